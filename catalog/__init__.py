@@ -1,0 +1,1 @@
+"""pgstac database, STAC API, tiles and map page for converted TerraMesh items."""

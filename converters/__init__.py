@@ -1,0 +1,1 @@
+"""Read TerraMesh shards and write STAC items with cloud-native assets."""

@@ -1,0 +1,185 @@
+"""What TerraMesh's eight modalities hold: bands, dtypes, units, nodata.
+
+Facts come from the dataset card, its loader (`terramesh.py`, `terramesh_statistics.yaml`)
+and the format notes; every other module reads them from here.
+"""
+
+from dataclasses import dataclass, field
+
+MODALITIES = ("S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC")
+SOURCES = ("majortom", "ssl4eos12")
+SPLITS = ("train", "val")
+
+# Each source carries exactly one Sentinel-1 version.
+S1_MODALITY = {"majortom": "S1RTC", "ssl4eos12": "S1GRD"}
+
+# Modalities whose zarr group also holds the S2 cloud mask (LULC reuses it).
+CLOUD_MASK_MODALITIES = ("S2L1C", "S2L2A", "S2RGB", "LULC")
+
+# Sentinel-2 processing baseline 04.00 (2022-01-25) added a -1000 offset to the
+# reflectance, so no-data moved from 0 to -1000 in TerraMesh's S2 arrays.
+S2_BASELINE_CHANGE = "2022-01-25"
+
+
+@dataclass(frozen=True)
+class Band:
+    name: str
+    description: str
+    common_name: str | None = None
+    center_wavelength: float | None = None  # micrometres
+    full_width_half_max: float | None = None  # micrometres
+    gsd: float | None = None  # native resolution before resampling to 10 m
+    mean: float | None = None  # from terramesh_statistics.yaml
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    title: str
+    dtype: str  # dtype in the source zarr
+    unit: str | None
+    nodata: float | int | None  # None: per sample (S2) or not defined
+    bands: tuple[Band, ...]
+    has_time: bool = True
+    scale: float | None = None  # physical value = stored * scale
+    roles: tuple[str, ...] = ("data",)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+
+def _s2_bands(names, means, stds):
+    table = {
+        # name: (common name, centre um, fwhm um, gsd m, description)
+        "B01": ("coastal", 0.443, 0.027, 60, "Coastal aerosol"),
+        "B02": ("blue", 0.490, 0.098, 10, "Blue"),
+        "B03": ("green", 0.560, 0.045, 10, "Green"),
+        "B04": ("red", 0.665, 0.038, 10, "Red"),
+        "B05": ("rededge071", 0.704, 0.019, 20, "Red edge 1"),
+        "B06": ("rededge075", 0.740, 0.018, 20, "Red edge 2"),
+        "B07": ("rededge078", 0.783, 0.028, 20, "Red edge 3"),
+        "B08": ("nir", 0.842, 0.145, 10, "Near infrared"),
+        "B8A": ("nir08", 0.865, 0.033, 20, "Narrow near infrared"),
+        "B09": ("nir09", 0.945, 0.026, 60, "Water vapour"),
+        "B10": ("cirrus", 1.375, 0.075, 60, "Cirrus"),
+        "B11": ("swir16", 1.610, 0.143, 20, "Short-wave infrared 1.6 um"),
+        "B12": ("swir22", 2.190, 0.242, 20, "Short-wave infrared 2.2 um"),
+    }
+    return tuple(
+        Band(n, f"{table[n][4]} ({n})", table[n][0], table[n][1], table[n][2], table[n][3], m, s)
+        for n, m, s in zip(names, means, stds)
+    )
+
+
+_L1C = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
+_L2A = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()
+
+# LULC classes (ESRI/Impact Observatory 10-class scheme as used by TerraMesh).
+LULC_CLASSES = {
+    0: ("no_data", "No data", "000000"),
+    1: ("water", "Water", "419bdf"),
+    2: ("trees", "Trees", "397d49"),
+    3: ("flooded_vegetation", "Flooded vegetation", "7a87c6"),
+    4: ("crops", "Crops", "e49635"),
+    5: ("built_area", "Built area", "c4281b"),
+    6: ("bare_ground", "Bare ground", "a59b8f"),
+    7: ("snow_ice", "Snow/ice", "a8ebff"),
+    8: ("clouds", "Clouds", "616161"),
+    9: ("rangeland", "Rangeland", "e3e2c3"),
+}
+
+# Cloud mask classes stored in S2L1C, S2L2A, S2RGB and LULC samples.
+CLOUD_MASK_CLASSES = {
+    0: ("land", "Land", "8c6d31"),
+    1: ("water", "Water", "2b83ba"),
+    2: ("snow", "Snow", "ffffff"),
+    3: ("thin_cloud", "Thin cloud", "d9d9d9"),
+    4: ("thick_cloud", "Thick cloud", "969696"),
+    5: ("cloud_shadow", "Cloud shadow", "404040"),
+    6: ("no_data", "No data", "000000"),
+}
+CLOUD_MASK_NODATA = 6
+# Classes counted as cloud when eo:cloud_cover is computed from the mask.
+CLOUDY_CLASSES = (3, 4)
+
+MODALITY_INFO: dict[str, Modality] = {
+    "S2L1C": Modality(
+        "S2L1C", "Sentinel-2 L1C top-of-atmosphere reflectance", "int16", None, None,
+        _s2_bands(
+            _L1C,
+            [2357.090, 2137.398, 2018.799, 2082.998, 2295.663, 2854.548, 3122.860,
+             3040.571, 3306.491, 1473.849, 506.072, 2472.840, 1838.943],
+            [1673.639, 1722.641, 1602.205, 1873.138, 1866.055, 1779.839, 1776.496,
+             1724.114, 1771.041, 1079.786, 512.404, 1340.879, 1172.435],
+        ),
+        scale=0.0001, roles=("data", "reflectance"),
+    ),
+    "S2L2A": Modality(
+        "S2L2A", "Sentinel-2 L2A surface reflectance", "int16", None, None,
+        _s2_bands(
+            _L2A,
+            [1390.461, 1503.332, 1718.211, 1853.926, 2199.116, 2779.989, 2987.025,
+             3083.248, 3132.235, 3162.989, 2424.902, 1857.665],
+            [2131.157, 2163.666, 2059.311, 2152.477, 2105.179, 1912.773, 1842.326,
+             1893.568, 1775.656, 1814.907, 1436.282, 1336.155],
+        ),
+        scale=0.0001, roles=("data", "reflectance"),
+    ),
+    "S2RGB": Modality(
+        "S2RGB", "Sentinel-2 true-colour composite (8-bit values in int16)", "int16", None, None,
+        (
+            Band("R", "Red", "red", 0.665, 0.038, 10, 110.349, 69.905),
+            Band("G", "Green", "green", 0.560, 0.045, 10, 99.507, 53.708),
+            Band("B", "Blue", "blue", 0.490, 0.098, 10, 75.843, 53.378),
+        ),
+        roles=("data", "visual"),
+    ),
+    "S1GRD": Modality(
+        "S1GRD", "Sentinel-1 GRD backscatter (sigma0, dB)", "float16", "dB", float("nan"),
+        (
+            Band("vv", "VV backscatter", mean=-12.577, std=5.179),
+            Band("vh", "VH backscatter", mean=-20.265, std=5.872),
+        ),
+        extra={"sar:product_type": "GRD", "sar:polarizations": ["VV", "VH"]},
+    ),
+    "S1RTC": Modality(
+        "S1RTC", "Sentinel-1 radiometrically terrain-corrected backscatter (gamma0, dB)",
+        "float16", "dB", float("nan"),
+        (
+            Band("vv", "VV backscatter", mean=-10.93, std=4.391),
+            Band("vh", "VH backscatter", mean=-17.329, std=4.459),
+        ),
+        extra={"sar:product_type": "RTC", "sar:polarizations": ["VV", "VH"]},
+    ),
+    "DEM": Modality(
+        "DEM", "Copernicus DEM GLO-30 elevation", "int16", "m", None,
+        (Band("DEM", "Elevation", mean=651.663, std=928.168),),
+        has_time=False, roles=("data", "elevation"),
+    ),
+    "NDVI": Modality(
+        "NDVI", "Normalised difference vegetation index from Sentinel-2 L2A", "float16", None,
+        float("nan"), (Band("NDVI", "NDVI (B08-B04)/(B08+B04)", mean=0.327, std=0.322),),
+    ),
+    "LULC": Modality(
+        "LULC", "Land use / land cover classes", "uint8", None, 0,
+        (Band("LULC", "Land-cover class"),),
+        roles=("data", "classification"),
+    ),
+}
+
+
+def modalities_for_source(source: str) -> list[str]:
+    """The seven modalities a sample of `source` has (one Sentinel-1 version only)."""
+    other_s1 = "S1GRD" if S1_MODALITY[source] == "S1RTC" else "S1RTC"
+    return [m for m in MODALITIES if m != other_s1]
+
+
+def source_of_key(key: str) -> str:
+    """`majortom_val_0000001` -> `majortom`."""
+    source = key.split("_", 1)[0]
+    if source not in SOURCES:
+        raise ValueError(f"sample key {key!r} does not start with a known source {SOURCES}")
+    return source

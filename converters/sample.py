@@ -1,0 +1,38 @@
+"""The in-memory form of one TerraMesh sample, shared by reader, writers and item builder."""
+
+from dataclasses import dataclass, field
+
+import xarray as xr
+
+
+@dataclass
+class Sample:
+    """One sample: its key and one decoded xarray Dataset per modality present.
+
+    Each Dataset is the sample's zarr group as written by TerraMesh: variable `bands`
+    (time, band, y, x), optional `cloud_mask` (time, y, x), scalars `center_lat`,
+    `center_lon`, `crs`, `file_id` (time), coords `band`, `time`, `x`, `y`, `sample`.
+    """
+
+    key: str  # e.g. majortom_val_0000001
+    split: str  # train | val
+    shard: str  # shard file name, e.g. majortom_shard_000001.tar
+    modalities: dict[str, xr.Dataset] = field(default_factory=dict)
+    metadata: dict | None = None  # the metadata parquet row, normalised; None if missing
+
+    @property
+    def source(self) -> str:
+        return self.key.split("_", 1)[0]
+
+
+@dataclass
+class SampleError:
+    """A member or sample that could not be read; reported, never fatal for the run."""
+
+    key: str | None
+    shard: str
+    modality: str | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "shard": self.shard, "modality": self.modality, "reason": self.reason}
