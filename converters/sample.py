@@ -36,3 +36,29 @@ class SampleError:
 
     def to_dict(self) -> dict:
         return {"key": self.key, "shard": self.shard, "modality": self.modality, "reason": self.reason}
+
+
+@dataclass
+class EncodedAsset:
+    """An asset's bytes plus the STAC fields its encoder knows (proj:*, bands, nodata ...)."""
+
+    key: str  # asset key in the item: a modality name, "cloud_mask" or "thumbnail"
+    data: bytes
+    media_type: str
+    roles: list[str]
+    filename: str  # e.g. "S2L2A.tif"
+    fields: dict = field(default_factory=dict)  # extra asset fields, STAC-ready
+
+
+@dataclass
+class WrittenAsset:
+    """An asset after it was stored: where it lives and what it weighs."""
+
+    key: str
+    href: str  # storage URL: absolute local path or s3://bucket/key
+    media_type: str
+    roles: list[str]
+    size: int  # file:size
+    checksum: str  # file:checksum, multihash hex (sha2-256)
+    fields: dict = field(default_factory=dict)
+    alternate_href: str | None = None  # https URL of an S3 object when the endpoint has one
