@@ -1,0 +1,83 @@
+"""Where converted assets and items go: a local folder (default) or S3 (s3fs/boto3).
+
+A Store hands out *storage URLs* as hrefs: absolute paths for local files, `s3://` URLs for
+S3. Nothing about where the service runs (host, port, prefix) is written here; the API
+turns local paths into HTTP links per request.
+"""
+
+import hashlib
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+
+def multihash_sha256(data: bytes) -> str:
+    """`file:checksum` value: multihash hex of SHA2-256 (code 0x12, length 0x20)."""
+    return "1220" + hashlib.sha256(data).hexdigest()
+
+
+class Store:
+    """A destination root. Relative paths use '/' on every platform."""
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None):
+        self.url = url.rstrip("/")
+        self.is_s3 = self.url.startswith("s3://")
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        self.public_url = public_url
+        if self.is_s3:
+            client_kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+            self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+            self.root = self.url[len("s3://"):]
+        else:
+            self.fs = fsspec.filesystem("file")
+            self.root = str(Path(self.url.removeprefix("file://")).expanduser().resolve())
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def _path(self, relpath: str) -> str:
+        return posixpath.join(self.root, relpath)
+
+    def href(self, relpath: str) -> str:
+        """Storage URL of an object: what items record as the asset href."""
+        return f"s3://{self._path(relpath)}" if self.is_s3 else self._path(relpath)
+
+    def https_href(self, relpath: str) -> str | None:
+        """A plain HTTP(S) URL for an S3 object, when one exists (asset alternate)."""
+        if not self.is_s3:
+            return None
+        if self.public_url:
+            bucket_relative = self._path(relpath).split("/", 1)[1]
+            return f"{self.public_url.rstrip('/')}/{bucket_relative}"
+        if self.endpoint_url:  # path-style URL on an S3-compatible endpoint
+            return f"{self.endpoint_url.rstrip('/')}/{self._path(relpath)}"
+        bucket, key = self._path(relpath).split("/", 1)
+        return f"https://{bucket}.s3.amazonaws.com/{key}"
+
+    def put(self, relpath: str, data: bytes) -> str:
+        """Write an object whole; readers never see a partial file at its final name."""
+        path = self._path(relpath)
+        if self.is_s3:
+            self.fs.pipe_file(path, data)  # S3 PUT is atomic
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            os.chmod(path, 0o644)  # readable by the service and the postgres-run stack
+        return self.href(relpath)
+
+    def get(self, relpath: str) -> bytes:
+        return self.fs.cat_file(self._path(relpath))
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self._path(relpath))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching a glob pattern under the root, sorted."""
+        root_len = len(self.root.rstrip("/")) + 1
+        return sorted(p[root_len:] for p in self.fs.glob(self._path(pattern)))
