@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what terramesh-stac needs on Debian/Ubuntu, skipping what is already there:
+# PostgreSQL + PostGIS (the major version the distribution ships), python3-venv, and the
+# project in .venv/ with the pinned versions of constraints.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else echo "error: need root (or sudo) to run: $*" >&2; exit 1
+    fi
+}
+
+apt_updated=no
+apt_install() {
+    [ "$apt_updated" = yes ] || { as_root apt-get update -qq; apt_updated=yes; }
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v apt-get >/dev/null; then
+    echo "note: no apt-get; install PostgreSQL with PostGIS and Python >= 3.11 yourself" >&2
+else
+    missing=()
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    [ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
+    pg_major=$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1 | cut -d/ -f5)
+    if [ ! -f "/usr/share/postgresql/$pg_major/extension/postgis.control" ]; then
+        echo "installing postgresql-$pg_major-postgis-3"
+        apt_install "postgresql-$pg_major-postgis-3"
+    fi
+fi
+
+stamp=.venv/.installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "installing the Python environment into .venv/ (pinned by constraints.txt)"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -c constraints.txt -e '.[test]'
+    echo "$want" > "$stamp"
+fi
