@@ -1,0 +1,138 @@
+"""The `terramesh-stac` command: a thin layer over the converters and catalog libraries."""
+
+import argparse
+import json
+import sys
+
+from terramesh_stac.settings import Settings, get_settings
+
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 3, 1
+
+
+def _cmd_synth(args, settings: Settings) -> int:
+    from converters.synth import generate
+
+    keys = generate(args.out_dir, split=args.split, shards=args.shards,
+                    samples_per_shard=args.samples_per_shard, seed=args.seed)
+    print(f"wrote {len(keys)} samples of split {args.split!r} to {args.out_dir}")
+    return EXIT_OK
+
+
+def _cmd_convert(args, settings: Settings) -> int:
+    from converters.pipeline import ConvertOptions, convert
+
+    options = ConvertOptions(
+        dest=args.dest or settings.dest,
+        collection_id=args.collection or settings.collection_id,
+        formats=tuple(args.format.split(",")),
+        modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+        revision=args.revision,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_public_url=settings.s3_public_url,
+    )
+    report = convert(args.source, options, split=args.split, limit=args.limit, progress=True)
+    print(report.summary())
+    return EXIT_PARTIAL if report.errors else EXIT_OK
+
+
+def _cmd_load(args, settings: Settings) -> int:
+    from catalog import database
+    from catalog.loader import load
+
+    dsn = args.dsn or database.dsn(settings, role="loader")
+    result = load(args.dest or settings.dest, dsn)
+    print(result.summary())
+    return EXIT_OK
+
+
+def _cmd_db(args, settings: Settings) -> int:
+    from catalog import database
+
+    if args.action == "start":
+        database.start(settings)
+        print(f"database running: {database.dsn(settings, role='admin')}")
+    elif args.action == "stop":
+        database.stop(settings)
+        print("database stopped")
+    elif args.action == "status":
+        print(json.dumps(database.status(settings), indent=2, default=str))
+    elif args.action == "dsn":
+        print(database.dsn(settings, role=args.role))
+    return EXIT_OK
+
+
+def _cmd_serve(args, settings: Settings) -> int:
+    from catalog.app import run
+
+    settings = settings.model_copy(update={
+        k: v for k, v in {"host": args.host, "port": args.port, "dest": args.dest}.items() if v
+    })
+    run(settings)
+    return EXIT_OK
+
+
+def _cmd_demo(args, settings: Settings) -> int:
+    from terramesh_stac.demo import run_demo
+
+    return run_demo(settings, source=args.source, serve=not args.no_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="terramesh-stac", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a small TerraMesh-format tree (generated data)")
+    s.add_argument("out_dir")
+    s.add_argument("--split", default="val", choices=["train", "val"])
+    s.add_argument("--shards", type=int, default=2)
+    s.add_argument("--samples-per-shard", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    c = sub.add_parser("convert", help="convert TerraMesh shards to assets + STAC items")
+    c.add_argument("source", help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix")
+    c.add_argument("--dest", help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
+    c.add_argument("--split", default="val", choices=["train", "val", "all"])
+    c.add_argument("--format", default="cog", choices=["cog"], help="asset format")
+    c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
+    c.add_argument("--limit", type=int, help="stop after N samples")
+    c.add_argument("--collection", help="collection id (default: terramesh)")
+    c.add_argument("--revision", help="dataset revision to record (default: from the source URL)")
+    c.set_defaults(func=_cmd_convert)
+
+    ld = sub.add_parser("load", help="bulk-load converted items into pgstac (upsert)")
+    ld.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")
+    ld.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
+    ld.set_defaults(func=_cmd_load)
+
+    d = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS + pgstac cluster")
+    d.add_argument("action", choices=["start", "stop", "status", "dsn"])
+    d.add_argument("--role", default="admin", choices=["admin", "loader", "api"])
+    d.set_defaults(func=_cmd_db)
+
+    sv = sub.add_parser("serve", help="STAC API (/stac), tiles (/raster), assets and map page")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--dest", help="local asset folder to serve (default: TERRAMESH_DEST)")
+    sv.set_defaults(func=_cmd_serve)
+
+    dm = sub.add_parser("demo", help="database + generated sample + convert + load + serve")
+    dm.add_argument("--source", help="a TerraMesh root to use instead of a generated sample")
+    dm.add_argument("--no-serve", action="store_true", help="stop after loading")
+    dm.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, get_settings())
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
