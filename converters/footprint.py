@@ -1,0 +1,152 @@
+"""Where a sample lies: its pixel grid (CRS, affine transform) and its WGS84 footprint.
+
+Everything is derived from the sample's own `crs` scalar and its `x`/`y` coordinates, never
+from the key, the Major TOM cell name or the `spatial_ref` attributes (see the format notes).
+`x`/`y` are pixel CENTRES, so the grid's outer edges lie half a pixel outside them.
+
+Footprint accuracy: a straight UTM edge is a (very slightly) curved line in lon/lat. The
+footprint is built from `DENSIFY` points per edge, transformed with pyproj, which keeps the
+polygon within 1e-6 degrees of the true UTM outline (`tests/test_items.py` measures it against
+a 100-point-per-edge reference, on patches up to 80 degrees latitude).
+
+Antimeridian: a footprint whose longitudes span more than 180 degrees after transformation
+crosses 180 E/W; it is unwrapped, cut at 180 and returned as a MultiPolygon of the two parts
+(RFC 7946 section 3.1.9), with a bbox whose west (first) value is greater than its east (third)
+value (RFC 7946 section 5.2, STAC's antimeridian convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from pyproj import Transformer
+from shapely.geometry import MultiPolygon, Polygon, box, mapping
+from shapely.geometry.polygon import orient
+
+DENSIFY = 5  # points per edge, corners included
+_DECIMALS = 9  # ~0.1 mm; far below the 1e-6 degree target
+
+
+def scalar(ds: xr.Dataset, name: str):
+    """A metadata scalar that may be stored 0-d or with shape (1,)."""
+    v = np.asarray(ds[name].values)
+    if v.size != 1:
+        raise ValueError(f"{name!r} should hold one value, has shape {v.shape}")
+    return v.reshape(()).item()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of one sample: EPSG code, north-up affine transform, (rows, cols)."""
+
+    epsg: int
+    transform: Affine
+    shape: tuple[int, int]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the pixel edges, in the grid's CRS."""
+        h, w = self.shape
+        t = self.transform
+        x0, y0 = t.c, t.f
+        x1, y1 = x0 + w * t.a, y0 + h * t.e
+        return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    @property
+    def proj_code(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    def stac_proj_fields(self) -> dict:
+        """Projection extension v2 fields for an asset on this grid."""
+        t = self.transform
+        return {
+            "proj:code": self.proj_code,
+            "proj:shape": [int(self.shape[0]), int(self.shape[1])],
+            "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "proj:bbox": list(self.bounds),
+        }
+
+
+def _spacing(c: np.ndarray, name: str) -> float:
+    if c.size < 2:
+        raise ValueError(f"coordinate {name!r} needs at least 2 values to derive the spacing")
+    d = np.diff(c)
+    step = float(d.mean())
+    if not np.allclose(d, step, rtol=0, atol=1e-6 * max(1.0, abs(step))):
+        raise ValueError(f"coordinate {name!r} is not regularly spaced")
+    return step
+
+
+def grid_of(ds: xr.Dataset) -> Grid:
+    """The grid from `crs` and the pixel-centre coordinates `x`/`y` (y may decrease)."""
+    x = np.asarray(ds["x"].values, dtype="float64")
+    y = np.asarray(ds["y"].values, dtype="float64")
+    dx, dy = _spacing(x, "x"), _spacing(y, "y")
+    if dx <= 0:
+        raise ValueError("x must increase")
+    if dy >= 0:
+        raise ValueError("y must decrease (north-up grid)")
+    transform = Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2)
+    return Grid(int(scalar(ds, "crs")), transform, (int(y.size), int(x.size)))
+
+
+@lru_cache(maxsize=64)
+def _to_wgs84(epsg: int) -> Transformer:
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def outline(grid: Grid, densify: int = DENSIFY) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of the pixel-edge outline, counter-clockwise in the grid CRS, closed."""
+    xmin, ymin, xmax, ymax = grid.bounds
+    t = np.linspace(0.0, 1.0, densify)[:-1]
+    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax),
+                         xmax - (xmax - xmin) * t, np.full_like(t, xmin)])
+    ys = np.concatenate([np.full_like(t, ymin), ymin + (ymax - ymin) * t,
+                         np.full_like(t, ymax), ymax - (ymax - ymin) * t])
+    lon, lat = _to_wgs84(grid.epsg).transform(xs, ys)
+    lon, lat = np.append(lon, lon[0]), np.append(lat, lat[0])
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _geojson(geom) -> dict:
+    """shapely mapping() with lists instead of tuples (JSON round-trips compare equal)."""
+    import json
+
+    return json.loads(json.dumps(mapping(geom)))
+
+
+def footprint(grid: Grid, densify: int = DENSIFY) -> tuple[dict, list[float]]:
+    """(GeoJSON geometry, bbox) in WGS84 of the grid's pixel edges; antimeridian-aware."""
+    lon, lat = outline(grid, densify)
+    lon = np.round(lon, _DECIMALS)
+    lat = np.round(lat, _DECIMALS)
+    if lon.max() - lon.min() <= 180.0:
+        poly = orient(Polygon(zip(lon, lat)), 1.0)
+        xmin, ymin, xmax, ymax = poly.bounds
+        return _geojson(poly), [xmin, ymin, xmax, ymax]
+
+    # Crosses the antimeridian: unwrap to [0, 360), cut at 180, shift the east part back.
+    ulon = np.where(lon < 0, lon + 360.0, lon)
+    poly = Polygon(zip(ulon, lat))
+    west_of_180 = poly.intersection(box(0.0, -90.0, 180.0, 90.0))  # lon in (.., 180]
+    east_of_180 = poly.intersection(box(180.0, -90.0, 360.0, 90.0))  # lon in [180, ..)
+    parts = []
+    for part, shift in ((west_of_180, 0.0), (east_of_180, -360.0)):
+        if part.is_empty or part.area == 0:
+            continue
+        coords = [(x + shift, y) for x, y in part.exterior.coords]
+        parts.append(orient(Polygon(coords), 1.0))
+    if len(parts) == 1:  # only touched 180
+        p = parts[0]
+        return _geojson(p), list(p.bounds)
+    mp = MultiPolygon(parts)
+    a, b = parts  # a: 1xx E side, b: -1xx W side
+    west = a.bounds[0]
+    east = b.bounds[2]
+    south = min(a.bounds[1], b.bounds[1])
+    north = max(a.bounds[3], b.bounds[3])
+    return _geojson(mp), [west, south, east, north]
