@@ -1,0 +1,202 @@
+"""Bulk-load what a conversion wrote (collection + NDJSON items) into pgstac, then check it.
+
+Layout read at `dest` (a local folder or s3://bucket/prefix):
+
+    dest/collection.json
+    dest/items/**/*.ndjson      one STAC item per line (.ndjson.gz also read)
+
+`load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in upsert
+mode, so loading the same output twice leaves the same rows (pgstac keys rows on collection,
+id and datetime). Before the first item the collection's partitioning and queryables are set
+(catalog.database.prepare_collection). Files are loaded one after the other, never in
+parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
+items of that file are counted in pgstac; a difference is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from catalog import database
+from converters.storage import Store
+
+log = logging.getLogger(__name__)
+
+ITEM_SUFFIXES = (".ndjson", ".ndjson.gz")
+
+
+class LoadError(RuntimeError):
+    """The load failed or pgstac holds a different number of items than were written."""
+
+    def __init__(self, message: str, result: "LoadResult"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class FileCount:
+    path: str
+    written: int  # item lines in the file
+    in_db: int  # of those (collection, id) pairs, how many pgstac holds after the load
+
+
+@dataclass
+class LoadResult:
+    dest: str
+    collection_id: str
+    files: list[FileCount] = field(default_factory=list)
+    expected: int | None = None  # a caller's expected total, checked when given
+    collection_seconds: float = 0.0
+    items_seconds: float = 0.0
+    check_seconds: float = 0.0
+    total_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return sum(f.written for f in self.files)
+
+    @property
+    def in_db(self) -> int:
+        return sum(f.in_db for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def items_per_second(self) -> float:
+        return self.written / self.items_seconds if self.items_seconds else 0.0
+
+    def summary(self) -> str:
+        text = (f"loaded {self.written} items from {len(self.files)} files into collection "
+                f"{self.collection_id!r} ({self.in_db} in pgstac) in {self.total_seconds:.1f} s "
+                f"(collection {self.collection_seconds:.2f} s, items {self.items_seconds:.2f} s "
+                f"= {self.items_per_second:.0f}/s, check {self.check_seconds:.2f} s)")
+        return text if self.ok else text + "\nERRORS:\n  " + "\n  ".join(self.errors)
+
+
+def open_store(dest: str, endpoint_url: str | None = None) -> Store:
+    """The destination as a Store; S3 endpoint from the argument, else settings.s3_endpoint_url."""
+    if endpoint_url is None and dest.startswith("s3://"):
+        from terramesh_stac.settings import get_settings
+
+        endpoint_url = get_settings().s3_endpoint_url
+    return Store(dest, endpoint_url=endpoint_url)
+
+
+def item_files(store: Store) -> list[str]:
+    """Relative paths of the NDJSON item files under items/, sorted."""
+    items_root = store._path("items")
+    if not store.fs.exists(items_root):
+        return []
+    prefix = store.root.rstrip("/") + "/"
+    return sorted(p[len(prefix):] for p in store.fs.find(items_root)
+                  if p.endswith(ITEM_SUFFIXES))
+
+
+def read_items(store: Store, relpath: str) -> Iterator[dict]:
+    with store.fs.open(store._path(relpath), "rb", compression="infer") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise ValueError(f"{relpath}:{n}: not a JSON line: {e}") from None
+
+
+def _count_in_db(conn, pairs: list[tuple[str, str]]) -> int:
+    """How many of these (collection, id) pairs pgstac holds."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (collection text, id text)")
+    conn.execute("TRUNCATE _terramesh_ids")
+    with conn.cursor().copy("COPY _terramesh_ids (collection, id) FROM STDIN") as copy:
+        for pair in pairs:
+            copy.write_row(pair)
+    return conn.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT collection, id FROM _terramesh_ids) w "
+        "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id)"
+    ).fetchone()[0]
+
+
+def load(
+    dest: str,
+    dsn: str,
+    *,
+    collection_path: str | None = None,
+    partition: str | None = "month",
+    expected_count: int | None = None,
+    endpoint_url: str | None = None,
+    raise_on_error: bool = True,
+) -> LoadResult:
+    """Upsert dest's collection and items into pgstac as `dsn` (the loader role) and check counts.
+
+    collection_path: the collection JSON, relative to dest (default "collection.json") or an
+    absolute path/URL. partition: pgstac partition_trunc set before the first item ("month",
+    "year" or None). expected_count: a total the caller expects, checked on top of the per-file
+    counts. Raises LoadError (with .result) on any error unless raise_on_error is False.
+    """
+    from pypgstac.load import Loader, Methods
+
+    t0 = time.perf_counter()
+    store = open_store(dest, endpoint_url)
+    if collection_path is None:
+        collection = orjson.loads(store.get("collection.json"))
+    elif "://" in collection_path or collection_path.startswith("/"):
+        collection = orjson.loads(open_store(collection_path.rsplit("/", 1)[0], endpoint_url)
+                                  .get(collection_path.rsplit("/", 1)[1]))
+    else:
+        collection = orjson.loads(store.get(collection_path))
+    cid = collection["id"]
+    result = LoadResult(dest=dest, collection_id=cid, expected=expected_count)
+
+    with database.pgstac_db(dsn) as db:
+        loader = Loader(db)
+        conn = db.connect()
+        loader.load_collections(iter([collection]), Methods.upsert)
+        database.prepare_collection(conn, cid, partition)
+        loader.collection_json.cache_clear()  # partition_trunc may have changed
+        result.collection_seconds = time.perf_counter() - t0
+
+        for relpath in item_files(store):
+            try:
+                items = list(read_items(store, relpath))
+            except (ValueError, OSError) as e:
+                result.errors.append(str(e))
+                continue
+            for item in items:
+                item.setdefault("collection", cid)
+            strays = {i["collection"] for i in items} - {cid}
+            if strays:
+                result.errors.append(f"{relpath}: items of other collections {sorted(strays)} (expected {cid!r})")
+                continue
+            pairs = [(i["collection"], i["id"]) for i in items]
+            duplicates = len(pairs) - len(set(pairs))
+            if duplicates:  # pgstac's upsert rejects a batch that names a row twice
+                result.errors.append(f"{relpath}: {duplicates} duplicate item ids; file not loaded")
+                result.files.append(FileCount(relpath, written=len(items), in_db=0))
+                continue
+            t = time.perf_counter()
+            if items:
+                loader.load_items(iter(items), Methods.upsert)
+            result.items_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            count = FileCount(relpath, written=len(items), in_db=_count_in_db(conn, pairs))
+            result.check_seconds += time.perf_counter() - t
+            result.files.append(count)
+            if count.in_db != count.written:
+                result.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
+            log.info("%s: %d items, %d in pgstac", relpath, count.written, count.in_db)
+
+    if not result.files and not result.errors:
+        result.errors.append(f"no item files under {store.href('items')} (*.ndjson)")
+    if expected_count is not None and result.in_db != expected_count:
+        result.errors.append(f"expected {expected_count} items, pgstac holds {result.in_db} of those loaded")
+    result.total_seconds = time.perf_counter() - t0
+    if result.errors and raise_on_error:
+        raise LoadError(result.summary(), result)
+    return result

@@ -1,0 +1,163 @@
+"""catalog.loader on the real embedded pgstac cluster (fixture pgstac_db).
+
+Each test loads its own collection id: the session database is shared with other tests.
+"""
+
+import datetime as dt
+import itertools
+import json
+from pathlib import Path
+
+import psycopg
+import pystac
+import pytest
+from psycopg.types.json import Jsonb
+
+from catalog import loader
+
+_ids = itertools.count()
+
+
+def _collection_id(name: str) -> str:
+    return f"terramesh-test-{name}-{next(_ids)}"
+
+
+def _item(cid: str, n: int, when: dt.datetime, split: str = "val") -> dict:
+    lon, lat = 10 + n * 0.01, 45.0
+    item = pystac.Item(
+        id=f"majortom_{split}_{n:07d}",
+        geometry={"type": "Polygon", "coordinates": [[[lon, lat], [lon + 0.02, lat], [lon + 0.02, lat + 0.02],
+                                                      [lon, lat + 0.02], [lon, lat]]]},
+        bbox=[lon, lat, lon + 0.02, lat + 0.02],
+        datetime=when,
+        properties={"terramesh:source": "majortom", "terramesh:split": split,
+                    "terramesh:shard": f"{split}-000", "terramesh:sample_id": f"majortom_{split}_{n:07d}",
+                    "terramesh:revision": "test", "eo:cloud_cover": float(n)},
+        collection=cid,
+    )
+    item.add_asset("S2L2A", pystac.Asset(href=f"/data/{n}/S2L2A.tif", media_type=pystac.MediaType.COG,
+                                         roles=["data"]))
+    return item.to_dict(include_self_link=False)
+
+
+def write_output(root: Path, cid: str, shards: dict[str, list[dict]], extra_lines: dict[str, list[dict]] = {}):
+    """What a conversion writes: collection.json and items/<split>/<shard>.ndjson."""
+    collection = pystac.Collection(
+        id=cid, description="TerraMesh test collection",
+        extent=pystac.Extent(pystac.SpatialExtent([[-180, -90, 180, 90]]),
+                             pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), None]])),
+        license="CC-BY-4.0",
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "collection.json").write_text(json.dumps(collection.to_dict(include_self_link=False)))
+    for relpath, items in shards.items():
+        path = root / "items" / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return root
+
+
+def _sample_output(root: Path, cid: str) -> Path:
+    jan = dt.datetime(2021, 1, 15, tzinfo=dt.timezone.utc)
+    feb = dt.datetime(2021, 2, 15, tzinfo=dt.timezone.utc)
+    return write_output(root, cid, {
+        "val/val-000.ndjson": [_item(cid, n, jan) for n in range(3)],
+        "train/train-000.ndjson": [_item(cid, n, feb, "train") for n in range(2)],
+    })
+
+
+def _rows(dsn: str, cid: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT id, datetime, content FROM pgstac.items WHERE collection = %s ORDER BY id",
+                            (cid,)).fetchall()
+
+
+def test_load_as_loader_role(pgstac_db, tmp_path):
+    cid = _collection_id("load")
+    result = loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
+    assert result.ok, result.summary()
+    assert (result.written, result.in_db, len(result.files)) == (5, 5, 2)
+    assert result.total_seconds > 0 and result.items_seconds > 0
+    # The API role sees them through pgstac's search.
+    with psycopg.connect(pgstac_db.api) as conn:
+        found = conn.execute("SELECT pgstac.search(%s)", (Jsonb({"collections": [cid], "limit": 10}),)).fetchone()[0]
+    assert found["numberReturned"] == 5
+    assert {f["properties"]["terramesh:split"] for f in found["features"]} == {"val", "train"}
+
+
+def test_load_twice_gives_same_rows(pgstac_db, tmp_path):
+    cid = _collection_id("twice")
+    dest = _sample_output(tmp_path, cid)
+    loader.load(str(dest), pgstac_db.loader)
+    first = _rows(pgstac_db.admin, cid)
+    second_result = loader.load(str(dest), pgstac_db.loader)
+    assert second_result.ok and second_result.in_db == 5
+    assert _rows(pgstac_db.admin, cid) == first
+    # Upsert updates content in place.
+    items = [json.loads(line) for line in (dest / "items/val/val-000.ndjson").read_text().splitlines()]
+    items[0]["properties"]["eo:cloud_cover"] = 99.0
+    (dest / "items/val/val-000.ndjson").write_text("".join(json.dumps(i) + "\n" for i in items))
+    loader.load(str(dest), pgstac_db.loader)
+    rows = _rows(pgstac_db.admin, cid)
+    assert len(rows) == 5
+    assert [r[2]["properties"]["eo:cloud_cover"] for r in rows if r[0] == items[0]["id"]] == [99.0]
+
+
+def test_count_mismatch_detected(pgstac_db, tmp_path):
+    cid = _collection_id("mismatch")
+    dest = str(_sample_output(tmp_path, cid))
+    with pytest.raises(loader.LoadError) as err:
+        loader.load(dest, pgstac_db.loader, expected_count=6)
+    assert not err.value.result.ok and "expected 6 items, pgstac holds 5" in str(err.value)
+    result = loader.load(dest, pgstac_db.loader, expected_count=6, raise_on_error=False)
+    assert not result.ok and result.in_db == 5
+
+
+def test_duplicate_ids_detected(pgstac_db, tmp_path):
+    cid = _collection_id("dupes")
+    when = dt.datetime(2021, 3, 1, tzinfo=dt.timezone.utc)
+    dest = write_output(tmp_path, cid, {"val/val-000.ndjson": [_item(cid, 1, when), _item(cid, 1, when)]})
+    result = loader.load(str(dest), pgstac_db.loader, raise_on_error=False)
+    assert not result.ok and "duplicate" in result.errors[0]
+    assert _rows(pgstac_db.admin, cid) == []  # the file is refused whole
+
+
+def test_partitioning_set_before_items(pgstac_db, tmp_path):
+    cid = _collection_id("partition")
+    loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
+    with psycopg.connect(pgstac_db.admin) as conn:
+        trunc = conn.execute("SELECT partition_trunc FROM pgstac.collections WHERE id = %s", (cid,)).fetchone()[0]
+        partitions = conn.execute("SELECT partition FROM pgstac.partitions_view WHERE collection = %s",
+                                  (cid,)).fetchall()
+    assert trunc == "month"
+    assert len(partitions) == 2  # January and February 2021: one sub-partition per month
+
+
+def test_queryables_listed_and_filterable(pgstac_db, tmp_path):
+    cid = _collection_id("queryables")
+    loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
+    with psycopg.connect(pgstac_db.api) as conn:
+        props = conn.execute("SELECT pgstac.get_queryables(%s::text)", (cid,)).fetchone()[0]["properties"]
+        assert {"terramesh:source", "terramesh:split", "terramesh:shard", "terramesh:sample_id",
+                "terramesh:revision", "eo:cloud_cover"} <= set(props)
+        found = conn.execute("SELECT pgstac.search(%s)", (Jsonb({
+            "collections": [cid], "filter-lang": "cql2-json",
+            "filter": {"op": "and", "args": [
+                {"op": "=", "args": [{"property": "terramesh:split"}, "val"]},
+                {"op": ">=", "args": [{"property": "eo:cloud_cover"}, 1]},
+            ]},
+        }),)).fetchone()[0]
+    assert sorted(f["id"] for f in found["features"]) == ["majortom_val_0000001", "majortom_val_0000002"]
+
+
+def test_api_role_cannot_load(pgstac_db, tmp_path):
+    cid = _collection_id("api")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.api)
+
+
+def test_no_items_is_an_error(pgstac_db, tmp_path):
+    cid = _collection_id("empty")
+    dest = write_output(tmp_path, cid, {})
+    with pytest.raises(loader.LoadError, match="no item files"):
+        loader.load(str(dest), pgstac_db.loader)
