@@ -176,7 +176,11 @@ def _prepare_dirs(settings: Settings) -> None:
                 "root); install the Debian postgresql package or run as a normal user."
             ) from None
     cdir = cluster_dir(settings)
-    cdir.mkdir(parents=True, exist_ok=True)
+    for parent in reversed(cdir.parents):  # folders we create are made traversable (0755)
+        if not parent.exists():
+            parent.mkdir()
+            os.chmod(parent, 0o755)
+    cdir.mkdir(exist_ok=True)
     _give_to_owner(cdir, 0o700)
     if _is_root():
         # Every parent must be traversable by the postgres user.
@@ -255,6 +259,14 @@ def _pg_ctl_status(settings: Settings, bindir: Path) -> int:
                           capture_output=True).returncode
 
 
+def _running_port(settings: Settings) -> int | None:
+    """The port in postmaster.pid (its 4th line), when the cluster runs."""
+    try:
+        return int((data_dir(settings) / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _initdb(settings: Settings, bindir: Path, admin_password: str) -> None:
     pwfile = cluster_dir(settings) / ".initdb-pw"
     pwfile.write_text(admin_password + "\n")
@@ -275,16 +287,33 @@ def start(settings: Settings) -> None:
         bindir = pg_bin_dir()
         ensure_postgis(bindir)
         _prepare_dirs(settings)
+        initialized = (data_dir(settings) / "PG_VERSION").exists()
+        if initialized and not credentials_file(settings).exists():
+            raise DatabaseError(
+                f"{data_dir(settings)} exists but {credentials_file(settings)} is gone: the passwords "
+                f"are lost. Remove {cluster_dir(settings)} to start afresh (its data goes with it)."
+            )
         creds = _credentials(settings, create=True)
-        if not (data_dir(settings) / "PG_VERSION").exists():
+        if not initialized:
             _initdb(settings, bindir, creds["admin"])
         if _pg_ctl_status(settings, bindir) != 0:
             _write_config(settings)
             log = log_file(settings)
             log.touch()
             _give_to_owner(log, 0o600)
-            _run([str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir(settings)),
-                  "-l", str(log)], f"pg_ctl start (see {log})")
+            try:
+                _run([str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir(settings)),
+                      "-l", str(log)], "pg_ctl start")
+            except DatabaseError as e:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+                raise DatabaseError(f"{e}\nlast lines of {log}:\n{tail}") from None
+        else:
+            running_port = _running_port(settings)
+            if running_port is not None and running_port != int(settings.db_port):
+                raise DatabaseError(
+                    f"the cluster in {data_dir(settings)} already runs on port {running_port}, not "
+                    f"{settings.db_port}: `terramesh-stac db stop` first, or set TERRAMESH_DB_PORT={running_port}."
+                )
         _create_database(settings)
     else:
         # External database: the generated users' passwords are still kept in the state dir.

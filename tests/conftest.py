@@ -55,3 +55,25 @@ def pgstac_db():
             database.stop(settings)
         finally:
             _shutil.rmtree(state, ignore_errors=True)
+
+
+# --- S3-compatible server (moto standalone, real HTTP on 127.0.0.1) -------------------------
+
+
+@_pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free local port; yields its endpoint URL. Fake credentials are
+    put in the environment for the session (botocore/s3fs refuse to sign without any)."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with _pytest.MonkeyPatch.context() as mp:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            mp.setenv(name, value)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()

@@ -104,3 +104,20 @@ def test_postgis_is_there(pgstac_db):
     assert database.postgis_installed(database.pg_bin_dir())
     with psycopg.connect(pgstac_db.admin) as conn:
         assert conn.execute("SELECT postgis_version()").fetchone()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the postgres-user reachability check applies when root")
+def test_unreachable_state_dir_is_a_clear_error(tmp_path):
+    from terramesh_stac.settings import Settings
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    settings = Settings(state_dir=locked / "state", db_port=1, dsn=None, _env_file=None)
+    with pytest.raises(database.DatabaseError, match="cannot reach"):
+        database.start(settings)
+
+
+def test_start_on_another_port_while_running_is_refused(pgstac_db):
+    other = pgstac_db.settings.model_copy(update={"db_port": pgstac_db.settings.db_port + 1})
+    with pytest.raises(database.DatabaseError, match="already runs on port"):
+        database.start(other)

@@ -161,3 +161,18 @@ def test_no_items_is_an_error(pgstac_db, tmp_path):
     dest = write_output(tmp_path, cid, {})
     with pytest.raises(loader.LoadError, match="no item files"):
         loader.load(str(dest), pgstac_db.loader)
+
+
+def test_load_from_s3(pgstac_db, s3_server, tmp_path):
+    import boto3
+
+    cid = _collection_id("s3")
+    local = _sample_output(tmp_path, cid)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="loader-test")
+    for path in local.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "loader-test", f"out/{path.relative_to(local).as_posix()}")
+    result = loader.load("s3://loader-test/out", pgstac_db.loader, endpoint_url=s3_server)
+    assert result.ok, result.summary()
+    assert (result.written, result.in_db, len(result.files)) == (5, 5, 2)
