@@ -37,7 +37,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     enable_transactions: bool = False
-    cors_origins: str = "*"
+    cors_origins: str = "*"  # comma-separated origins, or "*"
+    # DSN the API and tile service connect with (pgstac_read role). Default: the database
+    # module's API role DSN, else `dsn`, else libpq's PG* environment variables.
+    api_dsn: str | None = None
+    db_pool_max_size: int = 5  # per service (STAC API, tiles)
+    # Render preset used for the tile/preview links of items (else the collection's first).
+    default_render: str | None = None
+    render_cache_ttl: float = 60.0  # seconds the collection's render presets are cached
 
 
 @lru_cache

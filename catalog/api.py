@@ -1,0 +1,231 @@
+"""STAC API: stac-fastapi-pgstac assembled from its pieces (stac_fastapi/pgstac/app.py).
+
+Mounted at /stac by catalog/app.py. Extensions: filter (CQL2 text + JSON), sort, fields,
+query, token pagination, collection search (with free text); transactions only when
+`settings.enable_transactions`.
+
+`TerraMeshClient` (a `CoreCrudClient`) post-processes every item it returns (item,
+item collection, GET/POST search all go through `_search_base`) and every collection:
+
+- local asset hrefs (absolute paths under `settings.dest`) become
+  `{service root}/assets/<relative path>`, built from the request (nothing host-dependent
+  is stored in pgstac);
+- items get a TileJSON link (rel `tiles`) and a PNG preview link (rel `preview`) to the
+  tile service, with the collection's default render preset's parameters.
+
+Links: stac-fastapi builds them from `request.base_url`; catalog/app.py mounts the API
+so that its base URL is `.../stac/` (see `_MountedAsRoot`), so no `router_prefix`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import attr
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from stac_fastapi.api.app import StacApi
+from stac_fastapi.pgstac.app import instantiate_api
+from stac_fastapi.pgstac.config import PostgresSettings, ServerSettings
+from stac_fastapi.pgstac.config import Settings as StacSettings
+from stac_fastapi.pgstac.core import CoreCrudClient
+from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
+from stac_fastapi.pgstac.models.extensions import Extensions
+from stac_fastapi.types.errors import NotFoundError
+
+from catalog.links import (
+    ASSETS_PATH,
+    RASTER_PATH,
+    default_render_id,
+    item_render_links,
+    local_asset_root,
+    rewrite_asset_hrefs,
+    service_root,
+)
+from terramesh_stac.settings import Settings
+
+API_TITLE = "TerraMesh STAC API"
+API_DESCRIPTION = (
+    "TerraMesh (multimodal Earth-observation samples: Sentinel-2 L1C/L2A/RGB, Sentinel-1, "
+    "DEM, NDVI, LULC) as STAC items with COG assets."
+)
+
+
+def api_dsn(settings: Settings) -> str:
+    """The DSN the services connect with: the database module's `api` role (pgstac_read).
+
+    Order: `settings.api_dsn`; `catalog.database.dsn(settings, role="api")` (embedded
+    cluster or external `settings.dsn` + generated role credentials); `settings.dsn`;
+    else an empty DSN, i.e. libpq's PG* environment variables.
+    """
+    if settings.api_dsn:
+        return settings.api_dsn
+    try:
+        from catalog import database
+
+        return database.dsn(settings, role="api")
+    except Exception:  # module missing, cluster not initialised, no credentials file
+        pass
+    if settings.dsn:
+        return settings.dsn
+    return "postgresql://"
+
+
+def stac_postgres_settings(dsn: str, pool_max: int) -> PostgresSettings:
+    """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from PG* env)."""
+    u = urlsplit(dsn)
+    env = os.environ
+    return PostgresSettings(
+        pguser=unquote(u.username or env.get("PGUSER", "postgres")),
+        pgpassword=unquote(u.password or env.get("PGPASSWORD", "")),
+        pghost=u.hostname or env.get("PGHOST", "localhost"),
+        pgport=u.port or int(env.get("PGPORT", 5432)),
+        pgdatabase=unquote(u.path.lstrip("/")) or env.get("PGDATABASE", "postgres"),
+        db_min_conn_size=1,
+        db_max_conn_size=pool_max,
+        server_settings=ServerSettings(),
+    )
+
+
+@attr.s
+class TerraMeshClient(CoreCrudClient):
+    """CoreCrudClient that serves URLs instead of local paths and adds tile links."""
+
+    # collection id -> (time, renders) ; shared by all requests of one app
+    _renders_cache: dict = attr.ib(factory=dict)
+
+    async def _collection_renders(self, collection_id: str, request: Request) -> dict:
+        conf = request.app.state.terramesh
+        hit = self._renders_cache.get(collection_id)
+        if hit and time.monotonic() - hit[0] < conf["render_cache_ttl"]:
+            return hit[1]
+        async with request.app.state.get_connection(request, "r") as conn:
+            collection = await conn.fetchval("SELECT get_collection($1::text)", collection_id)
+        renders = (collection or {}).get("renders") or {}
+        self._renders_cache[collection_id] = (time.monotonic(), renders)
+        return renders
+
+    async def _decorate_item(self, item: dict[str, Any], request: Request, root: str) -> None:
+        conf = request.app.state.terramesh
+        rewrite_asset_hrefs(item, conf["asset_root"], f"{root}{ASSETS_PATH}/")
+        cid, iid = item.get("collection"), item.get("id")
+        if not (cid and iid) or not isinstance(item.get("links"), list):
+            return  # fields extension left no links / ids: nothing to add to
+        renders = await self._collection_renders(cid, request)
+        render_id = default_render_id(renders, conf["default_render"])
+        if render_id is not None:
+            item["links"] += item_render_links(
+                f"{root}{RASTER_PATH}/", cid, iid, render_id, renders[render_id]
+            )
+
+    async def _search_base(self, search_request, request: Request):  # type: ignore[override]
+        item_collection = await super()._search_base(search_request, request=request)
+        root = service_root(request)
+        for item in item_collection.get("features", []):
+            await self._decorate_item(item, request, root)
+        return item_collection
+
+    async def get_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
+        collection = await super().get_collection(collection_id, request=request, **kwargs)
+        conf = request.app.state.terramesh
+        rewrite_asset_hrefs(collection, conf["asset_root"], f"{service_root(request)}{ASSETS_PATH}/")
+        return collection
+
+    async def all_collections(self, request: Request, **kwargs):  # type: ignore[override]
+        collections = await super().all_collections(request=request, **kwargs)
+        conf = request.app.state.terramesh
+        body = collections
+        if hasattr(collections, "body"):  # JSONResponse when the fields extension is used
+            return collections
+        for collection in body.get("collections", []):
+            rewrite_asset_hrefs(collection, conf["asset_root"], f"{service_root(request)}{ASSETS_PATH}/")
+        return collections
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("terramesh-stac")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _bad_request(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"code": "BadRequest", "description": f"{type(exc).__name__}: {exc}"}, status_code=400
+    )
+
+
+# Client input errors that stac-fastapi-pgstac 7.2 lets through as 500s:
+# - malformed JSON in GET `intersects` / `query` (orjson.JSONDecodeError);
+# - pgstac's own input checks, raised in SQL (`RAISE EXCEPTION`), e.g. "Invalid paging
+#   token" (asyncpg RaiseError; other database errors keep their status).
+BAD_REQUEST_ERRORS = (orjson.JSONDecodeError, asyncpg.exceptions.RaiseError)
+
+
+def stac_settings(settings: Settings) -> StacSettings:
+    return StacSettings(
+        stac_fastapi_title=API_TITLE,
+        stac_fastapi_description=API_DESCRIPTION,
+        stac_fastapi_landing_id="terramesh",
+        enable_transactions_extensions=settings.enable_transactions,
+        enabled_extensions=None,  # all of stac-fastapi-pgstac's read extensions
+        cors_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+        prefix_path="",
+        root_path="",
+        stac_fastapi_version=_version(),
+        openapi_url="/api",
+        docs_url="/api.html",
+    )
+
+
+def create_stac_api(settings: Settings, dsn: str) -> StacApi:
+    """The STAC API (its `.app` is the FastAPI application to mount at /stac)."""
+    pg = stac_postgres_settings(dsn, settings.db_pool_max_size)
+    write_pg = stac_postgres_settings(settings.dsn or dsn, 2) if settings.enable_transactions else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await connect_to_db(
+            app,
+            postgres_settings=pg,
+            add_write_connection_pool=settings.enable_transactions,
+            write_postgres_settings=write_pg,
+        )
+        try:
+            yield
+        finally:
+            await close_db_connection(app)
+
+    ssettings = stac_settings(settings)
+    api = instantiate_api(
+        # the client's landing page id/title default to values read at import time
+        client=functools.partial(
+            TerraMeshClient,
+            landing_page_id=ssettings.stac_fastapi_landing_id,
+            title=ssettings.stac_fastapi_title,
+            description=ssettings.stac_fastapi_description,
+        ),
+        extensions=Extensions(settings=ssettings),
+        lifespan=lifespan,
+        settings=ssettings,
+    )
+    for exc in BAD_REQUEST_ERRORS:
+        api.app.add_exception_handler(exc, _bad_request)
+    api.app.state.terramesh = {
+        "asset_root": local_asset_root(settings.dest),
+        "default_render": settings.default_render,
+        "render_cache_ttl": settings.render_cache_ttl,
+    }
+    return api
+
+
+__all__ = ["api_dsn", "create_stac_api", "TerraMeshClient", "NotFoundError"]

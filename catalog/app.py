@@ -1,0 +1,133 @@
+"""`terramesh-stac serve`: one ASGI app for the STAC API, tiles, assets and the map page.
+
+    /           map page (catalog/static/map.html); also /map
+    /stac       STAC API (catalog/api.py, stac-fastapi-pgstac)
+    /raster     tiles, TileJSON, previews, mosaics (catalog/tiles.py, titiler-pgstac)
+    /assets     the converted files (when `settings.dest` is a local folder), with
+                HTTP range requests (Starlette FileResponse), so GDAL reads COGs remotely
+
+Run it with `run(settings)` or `uvicorn --factory catalog.app:app_from_env`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from catalog.api import api_dsn, create_stac_api
+from catalog.links import ASSETS_PATH, RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, local_asset_root
+from catalog.tiles import create_raster_app
+from terramesh_stac.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class _MountedAsRoot:
+    """Run a sub-app mounted at /stac or /raster as if /stac were its own root.
+
+    Starlette keeps `app_root_path` at the top-level root in mounted apps, and
+    `request.base_url` uses it: stac-fastapi and titiler would then build links without
+    the mount path (`http://host/collections` instead of `http://host/stac/collections`).
+    Setting `app_root_path` to the mount's `root_path` (and letting the sub-app's router
+    answer `url_for`) fixes every link they build, with no `router_prefix`; the service root is kept under SERVICE_ROOT_PATH_KEY for links to
+    sibling sub-apps (catalog.links.service_root).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    def __getattr__(self, name):  # .router, .state, ... of the wrapped app
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope)
+            scope[SERVICE_ROOT_PATH_KEY] = scope.get("app_root_path", "")
+            scope["app_root_path"] = scope.get("root_path", "")
+            scope.pop("router", None)  # url_for() resolves names in the sub-app's router
+        await self.app(scope, receive, send)
+
+
+class _Assets(StaticFiles):
+    """StaticFiles that answers 404 (not 500) for a missing asset folder, no listings."""
+
+    async def get_response(self, path: str, scope: Scope):
+        if not Path(self.directory).is_dir():
+            return JSONResponse({"detail": "asset folder not available"}, status_code=404)
+        return await super().get_response(path, scope)
+
+
+async def _map_page(request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "map.html", media_type="text/html")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The whole service as one Starlette app (sub-apps share one lifespan)."""
+    settings = settings or get_settings()
+    dsn = api_dsn(settings)
+    stac_api = create_stac_api(settings, dsn)
+    stac_app = stac_api.app
+    raster_app = create_raster_app(settings, dsn)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        async with AsyncExitStack() as stack:
+            for sub in (stac_app, raster_app):
+                await stack.enter_async_context(sub.router.lifespan_context(sub))
+            yield
+
+    routes = [
+        Route("/", _map_page, methods=["GET"]),
+        Route("/map", _map_page, methods=["GET"]),
+        Route(f"/{STAC_PATH}", lambda r: RedirectResponse(str(r.url.replace(path=r.url.path + "/")))),
+        Mount(f"/{STAC_PATH}", app=_MountedAsRoot(stac_app)),
+        Mount(f"/{RASTER_PATH}", app=_MountedAsRoot(raster_app)),
+    ]
+    asset_root = local_asset_root(settings.dest)
+    if asset_root is not None:
+        routes.append(Mount(f"/{ASSETS_PATH}", app=_Assets(directory=asset_root, check_dir=False)))
+
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "OPTIONS", "HEAD"],
+                allow_headers=["*"],
+                expose_headers=["Content-Range", "Content-Length", "Accept-Ranges"],
+            ),
+        ],
+    )
+    app.state.settings = settings
+    app.state.stac_api = stac_api
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory catalog.app:app_from_env` (settings from TERRAMESH_*)."""
+    return create_app(get_settings())
+
+
+def run(settings: Settings | None = None) -> None:
+    """Serve the app with uvicorn on settings.host:settings.port."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    app = create_app(settings)
+    logger.info("serving on http://%s:%s/ (STAC API at /stac)", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)

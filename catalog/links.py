@@ -1,0 +1,179 @@
+"""URLs the service hands out, computed per request (nothing host-dependent is stored).
+
+Pure helpers shared by the STAC API (`api.py`) and the tile service (`tiles.py`):
+
+- `service_root(request)`: base URL of the whole service (`http://host:port/`), as seen
+  by the client (honours uvicorn's `root_path` and proxy headers), from inside any
+  mounted sub-application.
+- `rewrite_asset_hrefs(...)`: local asset paths -> `{service root}assets/<relative path>`.
+- `render_query(render)`: a render-extension preset -> titiler query parameters.
+- `item_render_links(...)`: TileJSON + preview links of an item for one preset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+
+# ASGI scope key set by catalog/app.py for its mounted sub-apps: the root path of the
+# whole service (usually "", or uvicorn's --root-path behind a proxy).
+SERVICE_ROOT_PATH_KEY = "terramesh.root_path"
+
+ASSETS_PATH = "assets"
+RASTER_PATH = "raster"
+STAC_PATH = "stac"
+
+
+def service_root(request: Request) -> str:
+    """`http://host:port/` (+ root path): the URL the service's own paths hang from."""
+    root_path = request.scope.get(SERVICE_ROOT_PATH_KEY)
+    if root_path is None:  # sub-app used on its own: its base URL is the root
+        return str(request.base_url)
+    # request.base_url carries scheme/host after proxy-header handling; keep those and
+    # replace the sub-app's root path by the service's.
+    return str(request.base_url.replace(path=root_path.rstrip("/") + "/", query=""))
+
+
+def local_asset_root(dest: str | os.PathLike | None) -> Path | None:
+    """The folder served at /assets, or None when assets live on object storage."""
+    if dest is None:
+        return None
+    dest = str(dest)
+    if "://" in dest and not dest.startswith("file://"):
+        return None
+    if dest.startswith("file://"):
+        dest = dest[len("file://") :]
+    return Path(dest).expanduser().resolve()
+
+
+def local_href_to_url(href: str, asset_root: Path, assets_base: str) -> str | None:
+    """`/data/out/assets/x/S2L2A.tif` -> `{assets_base}x/S2L2A.tif` if under the root."""
+    if href.startswith("file://"):
+        href = href[len("file://") :]
+    elif "://" in href:
+        return None  # s3://, https://: left as they are
+    if not os.path.isabs(href):
+        return None
+    try:
+        rel = Path(os.path.normpath(href)).relative_to(asset_root)
+    except ValueError:
+        return None  # outside the served folder: never expose it
+    return assets_base + quote(rel.as_posix())
+
+
+def rewrite_asset_hrefs(obj: dict[str, Any], asset_root: Path | None, assets_base: str) -> None:
+    """Rewrite, in place, the local asset hrefs of an item or collection dict."""
+    if asset_root is None:
+        return
+    assets = obj.get("assets")
+    if not isinstance(assets, dict):
+        return
+    for asset in assets.values():
+        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+            url = local_href_to_url(asset["href"], asset_root, assets_base)
+            if url is not None:
+                asset["href"] = url
+
+
+# Render-extension fields that are not tile query parameters.
+_RENDER_NON_PARAMS = {"title", "minmax_zoom"}
+
+
+def render_query(render: dict[str, Any]) -> list[tuple[str, str]]:
+    """A render preset (STAC render extension) -> titiler query parameters.
+
+    `assets` is a list (titiler-core 2.x per-asset options such as `S2L2A|bidx=4,3,2` are
+    kept as written); `rescale` a list of [min, max]; `colormap` a dict (sent as JSON).
+    """
+    render = titiler_render(render)
+    params: list[tuple[str, str]] = []
+    for key, value in render.items():
+        if key in _RENDER_NON_PARAMS or value is None:
+            continue
+        if key == "assets":
+            params += [("assets", str(a)) for a in ([value] if isinstance(value, str) else value)]
+        elif key == "rescale":
+            ranges = value if value and isinstance(value[0], (list, tuple)) else [value]
+            params += [("rescale", ",".join(str(v) for v in r)) for r in ranges]
+        elif key == "colormap":
+            params.append(("colormap", json.dumps(value, separators=(",", ":"))))
+        elif isinstance(value, (list, tuple)):
+            params += [(key, str(v)) for v in value]
+        elif isinstance(value, bool):
+            params.append((key, "true" if value else "false"))
+        else:
+            params.append((key, str(value)))
+    return params
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def titiler_render(render: dict[str, Any]) -> dict[str, Any]:
+    """Move band options into titiler-core 2.x asset syntax (`S2L2A|bidx=4,3,2`).
+
+    titiler-core 2.3 ignores the older `asset_bidx=S2L2A|4,3,2` / `asset_expression`
+    parameters (and a top-level `bidx` on a multi-asset reader): fold them into `assets`.
+    """
+    render = dict(render)
+    assets = [str(a) for a in _as_list(render.get("assets") or [])]
+    options: dict[str, list[str]] = {a.split("|", 1)[0]: [] for a in assets}
+    for v in _as_list(render.pop("asset_bidx", None) or []):
+        name, bidx = str(v).split("|", 1)
+        options.setdefault(name, []).append(f"bidx={bidx}")
+    for v in _as_list(render.pop("asset_expression", None) or []):
+        name, expr = str(v).split("|", 1)
+        options.setdefault(name, []).append(f"expression={expr}")
+    if (bidx := render.pop("bidx", None)) is not None and len(options) == 1:
+        name = next(iter(options))
+        options[name].append("bidx=" + ",".join(str(b) for b in _as_list(bidx)))
+    if assets:
+        folded = []
+        for a in assets:
+            name = a.split("|", 1)[0]
+            extra = options.get(name) or []
+            folded.append("|".join([a, *extra]) if extra else a)
+        render["assets"] = folded
+    return render
+
+
+def default_render_id(renders: dict[str, Any], preferred: str | None = None) -> str | None:
+    """The preset used for an item's tile/preview links: `preferred` if the collection
+    has it, else the collection's first preset."""
+    if not renders:
+        return None
+    if preferred and preferred in renders:
+        return preferred
+    return next(iter(renders))
+
+
+def item_render_links(
+    raster_base: str, collection_id: str, item_id: str, render_id: str, render: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """TileJSON and PNG preview links of one item for one render preset."""
+    base = (
+        f"{raster_base}collections/{quote(collection_id, safe='')}"
+        f"/items/{quote(item_id, safe='')}"
+    )
+    query = urlencode(render_query(render))
+    title = render.get("title") or render_id
+    return [
+        {
+            "rel": "tiles",
+            "type": "application/json",
+            "title": f"TileJSON ({title})",
+            "href": f"{base}/WebMercatorQuad/tilejson.json?{query}",
+        },
+        {
+            "rel": "preview",
+            "type": "image/png",
+            "title": f"Rendered preview ({title})",
+            "href": f"{base}/preview.png?{query}",
+        },
+    ]

@@ -1,0 +1,280 @@
+"""Tile service: titiler-pgstac assembled from its factories (as titiler/pgstac/main.py does).
+
+Mounted at /raster by catalog/app.py. Routes:
+
+- `/collections/{cid}/items/{iid}/...`  item tiles, TileJSON, preview, info, renders
+- `/searches/register`, `/searches/{search_id}/...`  registered-search mosaics
+- `/tileMatrixSets`, `/colorMaps`, `/healthz`
+
+Assets are read BY PATH: items keep local asset hrefs as absolute filesystem paths in
+pgstac (the API rewrites them to URLs only in its responses), so GDAL never fetches tiles
+over HTTP from this same process (that hung, see ARCHITECTURE.md).
+
+Render presets live once in the collection's `renders` (render extension). titiler-pgstac
+reads item-level `renders` only, so two small additions wire the collection's presets in:
+
+- `?render=<id>` on any item or search endpoint: `RenderPresetMiddleware` expands it into
+  the preset's query parameters (explicit parameters in the request win), e.g.
+  `/collections/c/items/i/tiles/WebMercatorQuad/8/1/2.png?render=true_color`.
+  Unknown preset or collection -> 404 with a message.
+- `/collections/{cid}/items/{iid}/renders` lists the collection's presets (+ item ones).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import anyio
+import rasterio
+from fastapi import FastAPI, Query, status
+from psycopg.rows import dict_row
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
+from titiler.core.factory import ColorMapFactory, MultiBaseTilerFactory, TMSFactory
+from titiler.extensions import stacRenderExtension
+from titiler.mosaic.errors import MOSAIC_STATUS_CODES
+from titiler.pgstac import __version__ as titiler_pgstac_version
+from titiler.pgstac.db import close_db_connection, connect_to_db
+from titiler.pgstac.dependencies import ItemIdParams, SearchIdParams
+from titiler.pgstac.errors import PGSTAC_STATUS_CODES
+from titiler.pgstac.extensions import searchInfoExtension
+from titiler.pgstac.factory import (
+    MosaicTilerFactory,
+    add_search_list_route,
+    add_search_register_route,
+)
+from titiler.pgstac.reader import PgSTACReader
+from titiler.pgstac.settings import PostgresSettings
+
+from catalog.links import render_query, titiler_render
+from terramesh_stac.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RENDER_PARAM = "render"
+_COLLECTION_IN_PATH = re.compile(r"^/collections/(?P<cid>[^/]+)(/|$)")
+
+
+class CollectionRenders:
+    """The `renders` of each collection, read from pgstac and cached for `ttl` seconds.
+
+    One lookup per collection per `ttl`, however many items or tiles are requested.
+    """
+
+    def __init__(self, ttl: float = 60.0):
+        self.ttl = ttl
+        self.pool = None  # psycopg ConnectionPool, set by the app's lifespan
+        self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, collection_id: str) -> dict[str, dict] | None:
+        """Presets of a collection ({} if it has none), None if the collection is unknown."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(collection_id)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT pgstac.get_collection(%s) AS c", (collection_id,))
+            row = cur.fetchone()
+        collection = row["c"] if row else None
+        renders = None if collection is None else dict(collection.get("renders") or {})
+        with self._lock:
+            self._cache[collection_id] = (now, renders)
+        return renders
+
+    def for_item(self, reader: PgSTACReader) -> dict[str, dict]:
+        """Collection presets overlaid by the item's own `renders` (titiler `get_renders`)."""
+        renders: dict[str, dict] = {}
+        if reader.item.collection_id:
+            renders.update(self.get(reader.item.collection_id) or {})
+        renders.update(reader.item.properties.get("renders") or {})
+        # titiler-core 2.x band syntax (`S2L2A|bidx=4,3,2`); copies, not the cached dicts
+        return {k: titiler_render(v) for k, v in renders.items()}
+
+
+def _json_error(status_code: int, detail: str):
+    body = json.dumps({"detail": detail}).encode()
+
+    async def respond(send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status_code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
+
+
+class RenderPresetMiddleware:
+    """Expand `?render=<id>` into the collection preset's query parameters.
+
+    The collection is the one in the path (`/collections/{cid}/...`), else
+    `default_collection` (searches/mosaics). Parameters given explicitly win over the
+    preset's. The expanded query string is what the endpoint (and any URL it builds, e.g.
+    TileJSON tile templates) sees.
+    """
+
+    def __init__(self, app: ASGIApp, renders: CollectionRenders, default_collection: str):
+        self.app = app
+        self.renders = renders
+        self.default_collection = default_collection
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or b"render=" not in scope.get("query_string", b""):
+            return await self.app(scope, receive, send)
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        render_ids = [v for k, v in query if k == RENDER_PARAM]
+        if not render_ids:
+            return await self.app(scope, receive, send)
+        if len(render_ids) > 1:
+            return await _json_error(400, "give one `render` preset id")(send)
+        render_id = render_ids[0]
+
+        path = scope["path"]
+        root_path = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        m = _COLLECTION_IN_PATH.match(path)
+        collection_id = m.group("cid") if m else self.default_collection
+
+        try:
+            renders = await anyio.to_thread.run_sync(self.renders.get, collection_id)
+        except Exception as e:  # database down etc.: not the client's fault
+            logger.exception("render lookup failed")
+            return await _json_error(503, f"could not read render presets: {e}")(send)
+        if renders is None:
+            return await _json_error(404, f"collection {collection_id!r} not found")(send)
+        if render_id not in renders:
+            available = ", ".join(sorted(renders)) or "none"
+            return await _json_error(
+                404,
+                f"render preset {render_id!r} not found in collection {collection_id!r} "
+                f"(available: {available})",
+            )(send)
+
+        given = [(k, v) for k, v in query if k != RENDER_PARAM]
+        given_keys = {k for k, _ in given}
+        preset = [(k, v) for k, v in render_query(renders[render_id]) if k not in given_keys]
+        scope = dict(scope)
+        scope["query_string"] = urlencode(preset + given).encode("latin-1")
+        await self.app(scope, receive, send)
+
+
+def postgres_settings(dsn: str, settings: Settings) -> PostgresSettings:
+    return PostgresSettings(
+        database_url=dsn,
+        db_min_conn_size=1,
+        db_max_conn_size=settings.db_pool_max_size,
+        db_num_workers=1,
+    )
+
+
+def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
+    """The titiler-pgstac application (to be mounted at /raster)."""
+    renders = CollectionRenders(ttl=settings.render_cache_ttl)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await connect_to_db(app, settings=postgres_settings(dsn, settings))
+        renders.pool = app.state.dbpool
+        try:
+            yield
+        finally:
+            await close_db_connection(app)
+
+    app = FastAPI(
+        title="TerraMesh tiles (titiler-pgstac)",
+        version=titiler_pgstac_version,
+        openapi_url="/api",
+        docs_url="/api.html",
+        lifespan=lifespan,
+    )
+    add_exception_handlers(
+        app,
+        {
+            **DEFAULT_STATUS_CODES,
+            **MOSAIC_STATUS_CODES,
+            **PGSTAC_STATUS_CODES,
+            ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+            # rasterio/rio-tiler: band index out of range (`assets=S2L2A|bidx=20`)
+            IndexError: status.HTTP_400_BAD_REQUEST,
+        },
+    )
+    app.state.renders = renders
+
+    # Registered-search mosaics.
+    searches = MosaicTilerFactory(
+        path_dependency=SearchIdParams,
+        router_prefix="/searches/{search_id}",
+        add_statistics=False,
+        add_viewer=False,
+        add_part=True,
+        add_ogc_maps=False,
+        extensions=[searchInfoExtension()],
+    )
+    app.include_router(searches.router, tags=["STAC Search"], prefix="/searches/{search_id}")
+    add_search_list_route(app, prefix="/searches", tags=["STAC Search"])
+    add_search_register_route(
+        app,
+        prefix="/searches",
+        tile_dependencies=[
+            searches.layer_dependency,
+            searches.dataset_dependency,
+            searches.pixel_selection_dependency,
+            searches.process_dependency,
+            searches.render_dependency,
+            searches.assets_accessor_dependency,
+            searches.reader_dependency,
+            searches.backend_dependency,
+        ],
+        tags=["STAC Search"],
+    )
+
+    # Items.
+    items = MultiBaseTilerFactory(
+        reader=PgSTACReader,
+        path_dependency=ItemIdParams,
+        router_prefix="/collections/{collection_id}/items/{item_id}",
+        add_viewer=False,
+        get_renders=renders.for_item,
+        extensions=[stacRenderExtension()],
+    )
+    app.include_router(
+        items.router, tags=["STAC Item"], prefix="/collections/{collection_id}/items/{item_id}"
+    )
+
+    app.include_router(TMSFactory().router, tags=["Tiling Schemes"])
+    app.include_router(ColorMapFactory().router, tags=["ColorMaps"])
+
+    @app.get("/healthz", tags=["Health Check"])
+    def healthz(timeout: int = Query(1, ge=0, le=30)) -> dict[str, Any]:
+        try:
+            with app.state.dbpool.connection(timeout) as conn:
+                conn.execute("SELECT 1")
+            db_online = True
+        except Exception:
+            db_online = False
+        return {
+            "database_online": db_online,
+            "versions": {"titiler.pgstac": titiler_pgstac_version, "gdal": rasterio.__gdal_version__},
+        }
+
+    app.add_middleware(
+        RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id
+    )
+    return app
