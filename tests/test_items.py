@@ -1,0 +1,250 @@
+"""STAC items and collection: geometry, antimeridian, times, cloud cover, offline validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from pyproj import Transformer
+from shapely.geometry import Point, Polygon, shape
+
+from converters.cog import encode_cloud_mask, encode_cog
+from converters.collection import create_collection, render_query
+from converters.footprint import footprint, grid_of, outline
+from converters.items import cdse_item_url, cloud_cover_from_mask, create_item
+from converters.modalities import CLOUD_MASK_CLASSES, LULC_CLASSES, modalities_for_source
+from converters.sample import Sample, WrittenAsset
+from converters.thumbnail import encode_thumbnail
+from stac_schemas import validate
+from test_cog import make_ds
+
+S2_ID = "S2A_MSIL2A_20210601T095031_N0300_R079_T33SWC_20210601T121410.SAFE"
+S1_ID = "S1A_IW_GRDH_1SDV_20210603T050031_20210603T050056_038182_048183_3B1C"
+
+
+def make_sample(
+    source="majortom", *, size=64, epsg=32633, x0=500_005.0, y0=4_200_005.0,
+    metadata=None, key=None, s2_time="2021-06-01T09:50:31", s1_time="2021-06-03T05:00:31",
+) -> Sample:
+    mods = {}
+    for m in modalities_for_source(source):
+        t = s1_time if m.startswith("S1") else s2_time
+        fid = S2_ID if m == "S2L2A" else S1_ID if m.startswith("S1") else None
+        mods[m] = make_ds(m, size=size, epsg=epsg, x0=x0, y0=y0, time=t, file_id=fid, seed=len(mods))
+    key = key or f"{source}_val_0000001"
+    return Sample(key=key, split="val", shard=f"{source}_shard_000001.tar", modalities=mods,
+                  metadata=metadata)
+
+
+def write_assets(sample: Sample, root, *, s3=False) -> dict[str, WrittenAsset]:
+    encoded = [encode_cog(ds, m) for m, ds in sample.modalities.items()]
+    encoded.append(encode_cloud_mask(sample.modalities["S2L2A"]))
+    encoded.append(encode_thumbnail(sample.modalities["S2RGB"]))
+    out = {}
+    for e in encoded:
+        if s3:
+            href = f"s3://terramesh/{sample.key}/{e.filename}"
+            alt = f"https://s3.example.org/terramesh/{sample.key}/{e.filename}"
+        else:
+            p = root / sample.key / e.filename
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(e.data)
+            href, alt = str(p), None
+        out[e.key] = WrittenAsset(
+            key=e.key, href=href, media_type=e.media_type, roles=e.roles, size=len(e.data),
+            checksum="1220" + hashlib.sha256(e.data).hexdigest(), fields=e.fields, alternate_href=alt,
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def item_and_sample(tmp_path_factory):
+    sample = make_sample(metadata={"cloud_cover": 12.5})
+    assets = write_assets(sample, tmp_path_factory.mktemp("assets"))
+    return create_item(sample, assets, collection_id="terramesh", revision="abc123"), sample
+
+
+def test_item_validates_offline_and_round_trips(item_and_sample):
+    item, _ = item_and_sample
+    d = item.to_dict()
+    checked = validate(d)
+    assert d["stac_version"] == "1.1.0"
+    for ext in ("projection/v2.0.0", "eo/v2.0.0", "sar/v1.3.0", "classification/v2.0.0", "file/v2.1.0"):
+        assert any(ext in u for u in checked), ext
+    again = pystac.Item.from_dict(json.loads(json.dumps(d)))
+    assert again.to_dict() == d
+
+
+def test_item_content(item_and_sample, tmp_path):
+    item, sample = item_and_sample
+    d = item.to_dict()
+    p = d["properties"]
+    assert d["id"] == "majortom_val_0000001"
+    assert d["collection"] == "terramesh"
+    assert p["datetime"] == "2021-06-01T09:50:31Z"
+    assert p["start_datetime"].startswith("2021-06-01T09:50:31") and p["end_datetime"].startswith("2021-06-03T05:00:31")
+    assert p["eo:cloud_cover"] == 12.5  # metadata wins over the mask
+    assert p["terramesh:source"] == "majortom" and p["terramesh:split"] == "val"
+    assert p["terramesh:shard"] == "majortom_shard_000001.tar" and p["terramesh:revision"] == "abc123"
+    assert p["terramesh:sample_id"] == "0194630_1"
+    assert p["terramesh:s2_product_id"] == S2_ID[:-5] and p["terramesh:s1_product_id"] == S1_ID
+    derived = sorted(link["href"] for link in d["links"] if link["rel"] == "derived_from")
+    assert derived == sorted([
+        f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-2-l2a/items/{S2_ID[:-5]}",
+        f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-1-grd/items/{S1_ID}",
+    ])
+    a = d["assets"]
+    assert set(a) == {*sample.modalities, "cloud_mask", "thumbnail"}
+    assert a["S2L2A"]["bands"][3]["eo:common_name"] == "red"
+    assert a["S2L2A"]["nodata"] == 0 and a["S2L2A"]["data_type"] == "int16"
+    assert a["S1RTC"]["sar:product_type"] == "RTC" and a["S1RTC"]["sar:instrument_mode"] == "IW"
+    assert a["S1RTC"]["nodata"] == "nan" and a["S1RTC"]["terramesh:source_data_type"] == "float16"
+    assert a["S1RTC"]["datetime"].startswith("2021-06-03T05:00:31")
+    assert "datetime" not in a["DEM"]
+    assert [c["value"] for c in a["LULC"]["classification:classes"]] == sorted(LULC_CLASSES)
+    assert [c["value"] for c in a["cloud_mask"]["classification:classes"]] == sorted(CLOUD_MASK_CLASSES)
+    assert a["S2L2A"]["proj:code"] == "EPSG:32633" and a["S2L2A"]["proj:shape"] == [64, 64]
+    assert a["S2L2A"]["file:size"] > 0 and a["S2L2A"]["file:checksum"].startswith("1220")
+    assert a["thumbnail"]["roles"] == ["thumbnail"] and a["thumbnail"]["type"] == "image/jpeg"
+    for k, v in a.items():  # hrefs are exactly the written paths, no host baked in
+        assert v["href"].startswith(str(tmp_path.parent.parent)) or v["href"].startswith("/")
+
+
+def test_s3_assets_get_alternate_https(tmp_path):
+    sample = make_sample(size=16)
+    item = create_item(sample, write_assets(sample, tmp_path, s3=True), collection_id="terramesh",
+                       revision=None)
+    d = item.to_dict()
+    validate(d)
+    a = d["assets"]["S2L2A"]
+    assert a["href"] == "s3://terramesh/majortom_val_0000001/S2L2A.tif"
+    assert a["alternate"]["https"]["href"].startswith("https://s3.example.org/")
+    assert any("alternate-assets" in e for e in d["stac_extensions"])
+    assert "terramesh:revision" not in d["properties"]
+
+
+@pytest.mark.parametrize("epsg,lat", [(32633, 37.9), (32633, 70.5), (32733, -45.0), (32632, 80.0)])
+def test_geometry_matches_the_utm_footprint(epsg, lat):
+    # put the patch at `lat` on the zone's central meridian, then 100 km east
+    to_utm = Transformer.from_crs(4326, epsg, always_xy=True)
+    cm = 15.0 if epsg in (32633, 32733) else 9.0
+    x, y = to_utm.transform(cm, lat)
+    sample = make_sample(size=264, epsg=epsg, x0=round(x) + 100_005.0, y0=round(y) + 5.0)
+    ds = sample.modalities["S2L2A"]
+    grid = grid_of(ds)
+    item = create_item(sample, {}, collection_id="terramesh", revision=None)
+    geom = shape(item.geometry)
+    assert geom.is_valid and geom.geom_type == "Polygon"
+    assert geom.contains(Point(float(ds.center_lon), float(ds.center_lat)))
+
+    # the 4 pixel-edge corners, transformed with pyproj, are vertices within 1e-6 degrees
+    to_ll = Transformer.from_crs(epsg, 4326, always_xy=True)
+    xs, ys = ds.x.values, ds.y.values
+    corners = [(xs[0] - 5, ys[0] + 5), (xs[-1] + 5, ys[0] + 5), (xs[-1] + 5, ys[-1] - 5), (xs[0] - 5, ys[-1] - 5)]
+    verts = np.array(geom.exterior.coords)
+    for cx, cy in corners:
+        lon, lat_ = to_ll.transform(cx, cy)
+        assert np.min(np.hypot(verts[:, 0] - lon, verts[:, 1] - lat_)) < 1e-6
+    lons, lats = zip(*[to_ll.transform(cx, cy) for cx, cy in corners])
+    assert item.bbox == pytest.approx([min(lons), min(lats), max(lons), max(lats)], abs=1e-6)
+
+    # the densified outline is within 1e-6 degrees of a 100-points-per-edge reference
+    ref = Polygon(zip(*outline(grid, densify=101)))
+    assert geom.hausdorff_distance(ref) < 1e-6
+    validate(item.to_dict())
+
+
+def test_antimeridian_patch_becomes_a_multipolygon():
+    # zone 60 south (Fiji): find the easting of 180 degrees at 17 S and straddle it
+    epsg = 32760
+    x180, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(180.0, -17.0)
+    sample = make_sample(size=264, epsg=epsg, x0=round(x180) - 1_000 + 5.0, y0=round(y) + 5.0)
+    item = create_item(sample, {}, collection_id="terramesh", revision=None)
+    geom = shape(item.geometry)
+    assert item.geometry["type"] == "MultiPolygon" and len(geom.geoms) == 2
+    assert all(p.is_valid for p in geom.geoms) and geom.is_valid
+    lons = np.concatenate([np.array(p.exterior.coords)[:, 0] for p in geom.geoms])
+    assert lons.min() >= -180 and lons.max() <= 180
+    west, south, east, north = item.bbox
+    assert west > east and 179.9 < west < 180 and -180 < east < -179.9
+    # both parts touch the antimeridian and together cover the footprint's area
+    east_part, west_part = sorted(geom.geoms, key=lambda p: -p.bounds[0])
+    assert east_part.bounds[2] == 180.0 and west_part.bounds[0] == -180.0
+    unwrapped = Polygon([(x + 360 if x < 0 else x, y) for x, y in zip(*outline(grid_of(sample.modalities["S2L2A"])))])
+    assert east_part.area + west_part.area == pytest.approx(unwrapped.area, rel=1e-6)  # coords rounded to 1e-9 deg
+    validate(item.to_dict())
+
+
+def test_cloud_cover_rule():
+    mask = np.full((10, 10), 0, np.uint8)
+    mask[:5] = 6  # 50 no-data pixels
+    mask[5, :5] = 3  # thin cloud
+    mask[6, :5] = 4  # thick cloud
+    mask[7, :5] = 5  # shadow: not cloud
+    assert cloud_cover_from_mask(mask) == 20.0  # 10 of 50 valid
+    assert cloud_cover_from_mask(np.full((4, 4), 6, np.uint8)) is None
+
+    s = make_sample(size=16, metadata=None)
+    expected = cloud_cover_from_mask(s.modalities["S2L2A"]["cloud_mask"].values[0])
+    item = create_item(s, {}, collection_id="terramesh", revision=None)
+    assert item.properties["eo:cloud_cover"] == expected
+    s.metadata = {"cloud_cover": 0.0}  # metadata wins, even when 0
+    assert create_item(s, {}, collection_id="t", revision=None).properties["eo:cloud_cover"] == 0.0
+    s.metadata = {"cloud_cover": float("nan")}  # missing in the parquet -> mask
+    assert create_item(s, {}, collection_id="t", revision=None).properties["eo:cloud_cover"] == expected
+    for m in ("S2L1C", "S2L2A", "S2RGB", "LULC"):
+        s.modalities[m] = s.modalities[m].drop_vars("cloud_mask")
+    s.metadata = None
+    assert "eo:cloud_cover" not in create_item(s, {}, collection_id="t", revision=None).properties
+
+
+def test_ssl4eos12_sample_and_non_esa_ids():
+    s = make_sample("ssl4eos12", size=16, key="ssl4eos12_val_0080385")
+    s.modalities["S2L2A"]["file_id"] = (("time",), np.array(["20200401T101559_20200401T101843_T32UPU"]))
+    item = create_item(s, {}, collection_id="terramesh", revision=None)
+    assert "S1GRD" in s.modalities and "S1RTC" not in s.modalities
+    assert item.properties["terramesh:s2_product_id"] == "20200401T101559_20200401T101843_T32UPU"
+    assert all("sentinel-2" not in link.href for link in item.links if link.rel == "derived_from")
+    assert cdse_item_url("S2B_MSIL1C_20200115T100309_N0208_R122_T33TUF_20200115T102339").endswith(
+        "/sentinel-2-l1c/items/S2B_MSIL1C_20200115T100309_N0208_R122_T33TUF_20200115T102339")
+
+
+def test_gdal_stacit_reads_our_items(item_and_sample, tmp_path):
+    """GDAL 3.10.3's STACIT driver opens an ItemCollection of our items (proj:code only)."""
+    item, sample = item_and_sample
+    fc = {"type": "FeatureCollection", "features": [item.to_dict()]}
+    p = tmp_path / "items.json"
+    p.write_text(json.dumps(fc))
+    with rasterio.open(f'STACIT:"{p}":asset=S2L2A') as src:
+        assert src.crs.to_epsg() == 32633
+        assert src.count == 12 and src.width == 64
+        assert src.transform.c == float(sample.modalities["S2L2A"].x[0]) - 5
+        np.testing.assert_array_equal(src.read(1), sample.modalities["S2L2A"]["bands"].values[0, 0])
+
+
+def test_collection_validates_and_renders_map_to_titiler():
+    c = create_collection()
+    d = c.to_dict()
+    validate(d)
+    assert d["license"] == "CC-BY-SA-4.0"
+    assert d["sci:doi"] == "10.48550/arXiv.2504.11172"
+    assert {"S2L2A", "S1RTC", "S1GRD", "DEM", "LULC", "cloud_mask", "thumbnail"} <= set(d["item_assets"])
+    r = d["renders"]
+    assert r["true-color"]["assets"] == ["S2L2A|bidx=4,3,2"]
+    q = render_query(r["lulc"])
+    assert json.loads(q["colormap"])["1"] == [0x41, 0x9B, 0xDF, 255]
+    assert render_query(r["ndvi"])["rescale"] == ["-1,1"]
+
+
+def test_collection_extent_from_items(item_and_sample):
+    item, _ = item_and_sample
+    c = create_collection(items_summary=[item], demo=True)
+    d = c.to_dict()
+    validate(d)
+    assert d["extent"]["spatial"]["bbox"][0] == pytest.approx(item.bbox)
+    assert d["extent"]["temporal"]["interval"][0][0].startswith("2021-06-01")
+    assert "generated" in d["description"].lower() or "synthetic" in d["description"].lower()
