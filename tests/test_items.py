@@ -248,3 +248,21 @@ def test_collection_extent_from_items(item_and_sample):
     assert d["extent"]["spatial"]["bbox"][0] == pytest.approx(item.bbox)
     assert d["extent"]["temporal"]["interval"][0][0].startswith("2021-06-01")
     assert "generated" in d["description"].lower() or "synthetic" in d["description"].lower()
+
+
+def test_rio_tiler_reads_every_render_preset(item_and_sample):
+    """titiler's reader (rio-tiler 9 STACReader + titiler-core 2.3 asset parsing) renders each preset."""
+    from rio_tiler.io import STACReader
+    from titiler.core.dependencies import _parse_asset
+
+    from converters.collection import RENDERS
+
+    item, _ = item_and_sample
+    with STACReader(None, item=item.to_dict()) as r:
+        assert r.crs.to_epsg() == 32633
+        for name, render in RENDERS.items():
+            if name == "sar-grd":  # a majortom sample has S1RTC only
+                continue
+            kw = {"expression": render["expression"]} if "expression" in render else {}
+            img = r.preview(assets=_parse_asset(render["assets"]), max_size=32, **kw)
+            assert img.count == len(render.get("rescale", [None])), name
