@@ -94,6 +94,12 @@ def stac_postgres_settings(dsn: str, pool_max: int) -> PostgresSettings:
     )
 
 
+def _geojson(result):
+    if isinstance(result, JSONResponse):
+        result.headers["content-type"] = "application/geo+json"
+    return result
+
+
 @attr.s
 class TerraMeshClient(CoreCrudClient):
     """CoreCrudClient that serves URLs instead of local paths and adds tile links."""
@@ -131,6 +137,17 @@ class TerraMeshClient(CoreCrudClient):
         for item in item_collection.get("features", []):
             await self._decorate_item(item, request, root)
         return item_collection
+
+    # With the fields extension stac-fastapi-pgstac answers a plain JSONResponse
+    # (application/json); an item collection is GeoJSON: say so.
+    async def get_search(self, request: Request, **kwargs):  # type: ignore[override]
+        return _geojson(await super().get_search(request=request, **kwargs))
+
+    async def post_search(self, search_request, request: Request, **kwargs):  # type: ignore[override]
+        return _geojson(await super().post_search(search_request, request=request, **kwargs))
+
+    async def item_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
+        return _geojson(await super().item_collection(collection_id, request=request, **kwargs))
 
     async def get_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
         collection = await super().get_collection(collection_id, request=request, **kwargs)

@@ -77,3 +77,222 @@ def s3_server():
             yield f"http://127.0.0.1:{port}"
         finally:
             server.stop()
+
+
+# --- STAC API, tiles, assets, map page (catalog/app.py) ----------------------------------
+
+import datetime as _dt
+import json as _json
+import subprocess as _subprocess
+import sys as _sys
+import time as _time
+from pathlib import Path as _Path
+
+API_COLLECTION_ID = "terramesh-apitest"
+
+# (id, lon, lat, datetime, eo:cloud_cover): 264 px at 10 m is ~0.033 deg of longitude at
+# these latitudes; items 1+2 and 5+6 are neighbours (mosaic tests), 3 and 4 stand alone.
+API_SAMPLES = [
+    ("majortom_val_0000001", 9.000, 45.000, "2021-06-01T10:00:00Z", 5.0),
+    ("majortom_val_0000002", 9.033, 45.000, "2021-07-01T10:00:00Z", 20.0),
+    ("majortom_train_0000003", 10.000, 47.000, "2022-03-01T10:00:00Z", 2.0),
+    ("ssl4eos12_val_0000004", 11.000, 48.000, "2021-06-15T10:00:00Z", 50.0),
+    ("ssl4eos12_train_0000005", 7.000, 50.000, "2020-01-10T10:00:00Z", 8.0),
+    ("ssl4eos12_train_0000006", 7.033, 50.000, "2023-05-05T10:00:00Z", 30.0),
+]
+
+# Render presets as the collection carries them (render extension). `true_color` uses the
+# titiler `asset_bidx` convention, which catalog.links folds into `S2L2A|bidx=4,3,2`.
+API_RENDERS = {
+    "true_color": {"title": "True colour (S2 L2A)", "assets": ["S2L2A"], "asset_bidx": "S2L2A|4,3,2",
+                   "rescale": [[0, 3000], [0, 3000], [0, 3000]], "minmax_zoom": [8, 16]},
+    "rgb": {"title": "S2 RGB", "assets": ["S2RGB"], "rescale": [[0, 255]]},
+    "s1rtc_vv": {"title": "S1 RTC VV", "assets": ["S1RTC|bidx=1"], "rescale": [[-25, 0]],
+                 "colormap_name": "greys_r"},
+    "s1grd_vv": {"title": "S1 GRD VV", "assets": ["S1GRD"], "asset_bidx": "S1GRD|1",
+                 "rescale": [[-25, 0]], "colormap_name": "greys_r"},
+    "dem": {"title": "Elevation", "assets": ["DEM"], "rescale": [[0, 2000]], "colormap_name": "terrain"},
+    "ndvi": {"title": "NDVI", "assets": ["NDVI"], "rescale": [[-1, 1]], "colormap_name": "rdylgn"},
+    "lulc": {"title": "Land cover", "assets": ["LULC"],
+             "colormap": {"1": "#419bdf", "2": "#397d49", "4": "#e49635", "5": "#c4281b"}},
+}
+
+# asset key -> (bands, dtype, role title)
+_API_ASSETS = {
+    "S2L2A": (12, "int16"),
+    "S2RGB": (3, "int16"),
+    "S1RTC": (2, "float32"),
+    "S1GRD": (2, "float32"),
+    "DEM": (1, "int16"),
+    "NDVI": (1, "float32"),
+    "LULC": (1, "uint8"),
+}
+
+
+def _api_write_cog(path, data, crs, transform):
+    import rasterio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=transform, compress="deflate", blocksize=256,
+    ) as dst:
+        dst.write(data)
+
+
+def _api_pixels(key, bands, dtype, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:264, 0:264]
+    ramp = (xx + yy) / 526.0
+    if key == "S2L2A":
+        data = np.stack([500 + 2500 * ramp + 50 * b for b in range(bands)])
+    elif key == "S2RGB":
+        data = np.stack([40 + 200 * ramp for _ in range(bands)])
+    elif key in ("S1RTC", "S1GRD"):
+        data = np.stack([-20 + 15 * ramp, -25 + 10 * ramp])
+    elif key == "DEM":
+        data = (200 + 1500 * ramp)[None]
+    elif key == "NDVI":
+        data = (-0.5 + 1.4 * ramp)[None]
+    else:  # LULC: classes 1, 2, 4, 5 in quadrants
+        data = (1 + (xx >= 132) + 3 * (yy >= 132))[None]
+    data = data + rng.normal(0, 1e-3, data.shape) if dtype == "float32" else data
+    return data.astype(dtype)
+
+
+def build_api_sample_catalog(dest):
+    """A collection + items + COGs at local paths under `dest` (like the converter's output)."""
+    import pystac
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+    from shapely.geometry import box, mapping
+    from shapely.ops import transform as shp_transform
+
+    dest = _Path(dest)
+    items = []
+    for n, (key, lon, lat, when, cloud) in enumerate(API_SAMPLES):
+        source = key.split("_", 1)[0]
+        zone = int((lon + 180) // 6) + 1
+        crs = f"EPSG:{32600 + zone}"
+        to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        x0, y0 = to_utm.transform(lon, lat)
+        x0, y0 = round(x0 / 10) * 10, round(y0 / 10) * 10
+        transform = from_origin(x0, y0, 10, 10)
+        utm_box = box(x0, y0 - 2640, x0 + 2640, y0)
+        to_wgs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        footprint = shp_transform(lambda x, y: to_wgs.transform(x, y), utm_box)
+        item = pystac.Item(
+            id=key, geometry=mapping(footprint), bbox=list(footprint.bounds),
+            datetime=_dt.datetime.fromisoformat(when.replace("Z", "+00:00")),
+            properties={"eo:cloud_cover": cloud, "terramesh:source": source,
+                        "terramesh:split": key.split("_")[1], "proj:code": crs},
+            collection=API_COLLECTION_ID,
+            stac_extensions=["https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+                             "https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        )
+        s1 = "S1RTC" if source == "majortom" else "S1GRD"
+        for akey, (bands, dtype) in _API_ASSETS.items():
+            if akey in ("S1RTC", "S1GRD") and akey != s1:
+                continue
+            path = dest / "assets" / key / f"{akey}.tif"
+            _api_write_cog(path, _api_pixels(akey, bands, dtype, n), crs, transform)
+            item.add_asset(akey, pystac.Asset(href=str(path), media_type=pystac.MediaType.COG,
+                                              roles=["data"], title=akey))
+        items.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+
+    collection = pystac.Collection(
+        id=API_COLLECTION_ID, description="TerraMesh API test collection",
+        title="TerraMesh (API test)", license="CC-BY-SA-4.0",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[6.9, 44.9, 11.1, 50.1]]),
+            pystac.TemporalExtent([[_dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc),
+                                    _dt.datetime(2023, 12, 31, tzinfo=_dt.timezone.utc)]]),
+        ),
+        stac_extensions=["https://stac-extensions.github.io/render/v2.0.0/schema.json"],
+    )
+    cdict = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    cdict["links"] = [link for link in cdict["links"] if link["rel"] not in ("root", "self")]
+    cdict["renders"] = API_RENDERS
+    cdict["item_assets"] = {k: {"type": pystac.MediaType.COG, "roles": ["data"], "title": k}
+                            for k in _API_ASSETS}
+    return cdict, items
+
+
+@_pytest.fixture(scope="session")
+def api_catalog(pgstac_db):
+    """The sample collection + items, assets written under a fresh dest, loaded in pgstac
+    (as the loader role). Yields (dest, collection dict, item dicts)."""
+    from pypgstac.load import Loader, Methods
+
+    from catalog import database
+
+    dest = _tempfile.mkdtemp(prefix="terramesh-api-", dir="/tmp")
+    _os.chmod(dest, 0o755)
+    collection, items = build_api_sample_catalog(dest)
+    with database.pgstac_db(pgstac_db.loader) as db:
+        loader = Loader(db=db)
+        loader.load_collections(iter([collection]), insert_mode=Methods.upsert)
+        loader.load_items(iter(items), insert_mode=Methods.upsert)
+    try:
+        yield _Path(dest), collection, items
+    finally:
+        _shutil.rmtree(dest, ignore_errors=True)
+
+
+def _wait_http(url, proc, timeout=60.0):
+    import httpx
+
+    deadline = _time.monotonic() + timeout
+    while _time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        _time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@_pytest.fixture(scope="session")
+def live_server(pgstac_db, api_catalog):
+    """`terramesh-stac serve` (catalog.app) in a uvicorn subprocess on a free port.
+
+    A subprocess, not a thread: tests open COGs over HTTP with GDAL, which must not share a
+    GIL with the server answering them. Yields the base URL, e.g. http://127.0.0.1:PORT
+    (no trailing slash).
+    """
+    dest, _, _ = api_catalog
+    port = _free_port()
+    env = {
+        **_os.environ,
+        "TERRAMESH_API_DSN": pgstac_db.api,
+        "TERRAMESH_DEST": str(dest),
+        "TERRAMESH_COLLECTION_ID": API_COLLECTION_ID,
+        "TERRAMESH_DEFAULT_RENDER": "true_color",
+        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
+        # repo root importable: cwd is the asset folder (so no stray .env is read)
+        "PYTHONPATH": _os.pathsep.join(
+            [str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    log = open(dest / "server.log", "wb")
+    proc = _subprocess.Popen(
+        [_sys.executable, "-m", "uvicorn", "--factory", "catalog.app:app_from_env",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=str(dest), stdout=log, stderr=_subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/raster/healthz", proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except _subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
