@@ -4,6 +4,7 @@ Mounted at /raster by catalog/app.py. Routes:
 
 - `/collections/{cid}/items/{iid}/...`  item tiles, TileJSON, preview, info, renders
 - `/searches/register`, `/searches/{search_id}/...`  registered-search mosaics
+- `/collections/{cid}/tiles/...`  mosaic of a whole collection
 - `/tileMatrixSets`, `/colorMaps`, `/healthz`
 
 Assets are read BY PATH: items keep local asset hrefs as absolute filesystem paths in
@@ -43,7 +44,7 @@ from titiler.extensions import stacRenderExtension
 from titiler.mosaic.errors import MOSAIC_STATUS_CODES
 from titiler.pgstac import __version__ as titiler_pgstac_version
 from titiler.pgstac.db import close_db_connection, connect_to_db
-from titiler.pgstac.dependencies import ItemIdParams, SearchIdParams
+from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams
 from titiler.pgstac.errors import PGSTAC_STATUS_CODES
 from titiler.pgstac.extensions import searchInfoExtension
 from titiler.pgstac.factory import (
@@ -99,6 +100,11 @@ class CollectionRenders:
         renders.update(reader.item.properties.get("renders") or {})
         # titiler-core 2.x band syntax (`S2L2A|bidx=4,3,2`); copies, not the cached dicts
         return {k: titiler_render(v) for k, v in renders.items()}
+
+
+def _collection_mosaic_renders(backend) -> dict:
+    """Presets of a collection mosaic (titiler-pgstac keeps them as `defaults_params`)."""
+    return {k: titiler_render(v) for k, v in (backend.info().metadata.defaults_params or {}).items()}
 
 
 def _json_error(status_code: int, detail: str):
@@ -243,6 +249,21 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
             searches.backend_dependency,
         ],
         tags=["STAC Search"],
+    )
+
+    # Collection mosaics (all items of a collection, as in titiler-pgstac's main.py).
+    collections = MosaicTilerFactory(
+        path_dependency=CollectionIdParams,
+        router_prefix="/collections/{collection_id}",
+        add_statistics=False,
+        add_viewer=False,
+        add_part=True,
+        add_ogc_maps=False,
+        get_renders=_collection_mosaic_renders,
+        extensions=[searchInfoExtension()],
+    )
+    app.include_router(
+        collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}"
     )
 
     # Items.

@@ -131,6 +131,12 @@ def test_mosaic_tile_over_several_items(live_server):
     tj = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
                    params={"render": "true_color"}, timeout=60).json()
     assert tj["tiles"][0].startswith(f"{live_server}/raster/searches/{search_id}/tiles/")
+    # the whole-collection mosaic draws the same tile
+    r = httpx.get(
+        f"{live_server}/raster/collections/{API_COLLECTION_ID}/tiles/WebMercatorQuad/"
+        f"{tile.z}/{tile.x}/{tile.y}.png", params={"render": "true_color"}, timeout=60,
+    )
+    assert np.array_equal(_png(r)[..., 3] > 0, img[..., 3] > 0)
 
 
 BASE = f"/raster/collections/{API_COLLECTION_ID}/items/majortom_val_0000001"
