@@ -233,9 +233,12 @@ def create_collection(
     title: str | None = None,
     description: str | None = None,
     items_summary=None,
+    extent: pystac.Extent | None = None,
     demo: bool = False,
 ) -> pystac.Collection:
-    """The TerraMesh collection; extents from `items_summary` (iterable of Items) if given.
+    """The TerraMesh collection; extents from `extent`, else from `items_summary` (Items).
+
+    The converter passes `extent` (accumulated per shard) so it never holds all items.
 
     `demo=True` prefixes the description with a notice that the data are generated.
     """
@@ -261,7 +264,7 @@ def create_collection(
         id=collection_id,
         title=title or ("TerraMesh (demo, generated data)" if demo else "TerraMesh"),
         description=desc,
-        extent=_extent(items),
+        extent=extent or _extent(items),
         license="CC-BY-SA-4.0",
         keywords=["TerraMesh", "Sentinel-1", "Sentinel-2", "Copernicus DEM", "NDVI",
                   "land cover", "multimodal", "foundation models", "Major TOM", "SSL4EO-S12"],
