@@ -1,0 +1,168 @@
+"""Stream the samples of one shard: all its modality tars read in lockstep, member by member.
+
+The modality tars of a shard hold the same keys in the same order, so one pass over all of
+them yields whole samples without ever holding a shard in memory. Real files may not keep
+that promise (a tar short of a sample, keys out of order, a truncated upload), so samples
+are matched by key with a bounded look-ahead, and every disagreement is reported as a
+SampleError while the rest of the shard goes on.
+
+What `iter_samples` yields, in stream order:
+- SampleError for each problem; the errors of a key come right before that key's Sample;
+- Sample for every key seen in at least one readable modality tar, holding the modalities
+  that decoded (a corrupt member or a missing one is left out and reported).
+- `Sample.metadata` is the key's row of the metadata dict, or None when the dict is None
+  or has no row for the key (not reported here: the caller decides whether that matters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tarfile
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from .metadata import key_of_member
+from .modalities import MODALITIES, S1_MODALITY, SOURCES, modalities_for_source
+from .sample import Sample, SampleError
+from .zarrzip import CorruptSampleError, decode_zarr_zip
+
+MEMBER_SUFFIX = ".zarr.zip"
+# Members buffered per modality while looking for a key that is late or missing.
+LOOKAHEAD = 16
+
+
+def source_of_shard(shard: str) -> str | None:
+    """`majortom_shard_000001.tar` -> `majortom`; None for an unknown prefix."""
+    s = shard.split("_shard_", 1)[0]
+    return s if s in SOURCES else None
+
+
+def shard_modalities(shard: str, modalities=None) -> tuple[list[str], set[str]]:
+    """(modalities to open, those whose absence is normal). A source has one S1 version:
+    the other one is not opened; for an unknown source both are tried, absence quiet."""
+    wanted = [m for m in MODALITIES if modalities is None or m in modalities]
+    source = source_of_shard(shard)
+    if source is not None:
+        have = set(modalities_for_source(source))
+        return [m for m in wanted if m in have], set()
+    return wanted, set(S1_MODALITY.values())
+
+
+class _Stream:
+    """One modality tar read member by member; remembers whether it broke."""
+
+    def __init__(self, modality: str, shard: str, fileobj):
+        self.modality, self.shard = modality, shard
+        self.buffer: OrderedDict[str, bytes] = OrderedDict()
+        self.errors: list[SampleError] = []  # reported by the caller at the next chance
+        self.done = False
+        self.broken = False  # ended on a read error (truncated, corrupt)
+        self._tar = tarfile.open(fileobj=fileobj, mode="r|*")
+        self._members = iter(self._tar)
+        self._last = None
+
+    def pull(self) -> bool:
+        """Read the next sample member into the buffer; False when the tar is over."""
+        while not self.done:
+            try:
+                member = next(self._members)
+                if not member.isfile():
+                    continue
+                name = member.name.removeprefix("./")
+                if not name.endswith(MEMBER_SUFFIX):
+                    self.errors.append(SampleError(key_of_member(name), self.shard, self.modality,
+                                                   f"not a zarr.zip member: {name}"))
+                    continue
+                data = self._tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise EOFError(f"member {name} cut short")
+            except StopIteration:
+                self.done = True
+                return False
+            except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+                after = f" after {self._last}" if self._last else ""
+                self.errors.append(SampleError(None, self.shard, self.modality,
+                                               f"tar unreadable{after}: {type(e).__name__}: {e}"))
+                self.done = self.broken = True
+                return False
+            key = key_of_member(name)
+            self._last = name
+            if key in self.buffer:
+                self.errors.append(SampleError(key, self.shard, self.modality, "duplicate key in tar"))
+                continue
+            self.buffer[key] = data
+            return True
+        return False
+
+    def take(self, key: str) -> tuple[bytes | None, bool]:
+        """(member bytes for `key` or None, whether other keys came first = order differs)."""
+        while key not in self.buffer and len(self.buffer) < LOOKAHEAD and self.pull():
+            pass
+        if key not in self.buffer:
+            return None, False
+        in_order = next(iter(self.buffer)) == key
+        return self.buffer.pop(key), not in_order
+
+    def head(self) -> str | None:
+        if not self.buffer:
+            self.pull()
+        return next(iter(self.buffer), None)
+
+
+def iter_samples(source, split: str, shard: str, modalities=None,
+                 metadata: dict | None = None) -> Iterator[Sample | SampleError]:
+    """Samples of `shard` (see the module doc for what is yielded and when)."""
+    to_open, quiet = shard_modalities(shard, modalities)
+    with contextlib.ExitStack() as stack:
+        streams: list[_Stream] = []
+        for m in to_open:
+            try:
+                f = stack.enter_context(source.open_shard(split, m, shard))
+            except FileNotFoundError:
+                if m not in quiet:
+                    yield SampleError(None, shard, m, "modality tar missing for this shard")
+                continue
+            try:
+                streams.append(_Stream(m, shard, f))
+            except (tarfile.TarError, EOFError, OSError) as e:
+                yield SampleError(None, shard, m, f"not a readable tar: {type(e).__name__}: {e}")
+        if not streams:
+            return
+        while True:
+            # the first stream with anything left leads; its next key is the next sample
+            key, lead = None, None
+            for s in streams:
+                if (key := s.head()) is not None:
+                    lead = s
+                    break
+            pending = [e for s in streams for e in s.errors]
+            for s in streams:
+                s.errors.clear()
+            yield from pending
+            if key is None:
+                return
+            sample = Sample(key=key, split=split, shard=shard,
+                            metadata=metadata.get(key) if metadata is not None else None)
+            errors = []
+            for s in streams:
+                data, out_of_order = s.take(key)
+                errors += s.errors
+                s.errors.clear()
+                if data is None:
+                    if not s.broken:  # a broken tar was reported once, not per key
+                        errors.append(SampleError(key, shard, s.modality,
+                                                  f"sample missing from {s.modality} tar "
+                                                  f"(present in {lead.modality})"))
+                    continue
+                if out_of_order:
+                    errors.append(SampleError(key, shard, s.modality,
+                                              f"keys of the {s.modality} tar are not in the "
+                                              f"order of the {lead.modality} tar"))
+                try:
+                    sample.modalities[s.modality] = decode_zarr_zip(data)
+                except CorruptSampleError as e:
+                    errors.append(SampleError(key, shard, s.modality, f"corrupt member: {e.reason}"))
+            yield from errors
+            if sample.modalities:
+                yield sample
+
