@@ -267,7 +267,7 @@ def make_scene(rng, lat: float) -> Scene:
     elevation = np.clip(300 + 400 * relief + 40 * _smooth(rng, 4) + 600 * abs(lat) / 60, -20, 4000)
     water = relief < -1.0
     veg = np.clip(0.55 + 0.3 * _smooth(rng, 12), 0, 1) * ~water
-    clouds = _smooth(rng, 18)
+    clouds = _smooth(rng, 18) + rng.uniform(-1.0, 0.6)  # from clear to very cloudy
     shadow = np.roll(clouds, (12, 9), axis=(0, 1))
     snow = (elevation > 1500) | (abs(lat) > 62) & (relief > 0.8)
     cm = np.zeros((SIZE, SIZE), np.uint8)
@@ -314,8 +314,8 @@ def modality_bands(scene: Scene, modality: str, post_2022: bool, rng) -> np.ndar
         v[:, scene.nodata] = 0
         return v
     if modality == "NDVI":
-        nir, red = scene.l2a[7], scene.l2a[3]
-        v = ((nir - red) / np.maximum(nir + red, 1)).astype(np.float16)[None]
+        nir, red = np.clip(scene.l2a[7], 1, None), np.clip(scene.l2a[3], 1, None)
+        v = ((nir - red) / (nir + red)).astype(np.float16)[None]
         v[:, scene.nodata] = np.nan
         return v
     if modality in ("S1GRD", "S1RTC"):

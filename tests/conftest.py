@@ -296,3 +296,92 @@ def live_server(pgstac_db, api_catalog):
         except _subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# --- TerraMesh-format sample tree and an HTTP server for it (converters/synth.py, source.py) --
+
+
+@_pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A generated TerraMesh tree (read-only, shared): split `val`, 3 shards x 4 samples
+    (majortom_shard_000001/2, ssl4eos12_shard_000003), seed 0, plus val_metadata.parquet.
+    Copy it before modifying anything."""
+    from converters.synth import generate
+
+    root = tmp_path_factory.mktemp("terramesh")
+    generate(root, split="val", shards=3, samples_per_shard=4, seed=0)
+    return root
+
+
+def serve_directory(path):
+    """Serve `path` over HTTP on 127.0.0.1 (threaded, single byte ranges supported);
+    returns (base URL without trailing slash, stop function)."""
+    import functools
+    import http.server
+    import os
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def send_head(self):
+            rng = self.headers.get("Range")
+            fs_path = self.translate_path(self.path)
+            if not rng or not rng.startswith("bytes=") or not os.path.isfile(fs_path):
+                return super().send_head()
+            size = os.path.getsize(fs_path)
+            first, _, last = rng[6:].partition("-")
+            start = int(first) if first else max(size - int(last), 0)
+            end = min(int(last), size - 1) if first and last else size - 1
+            if start >= size:
+                self.send_error(416)
+                return None
+            f = open(fs_path, "rb")
+            f.seek(start)
+            self.send_response(206)
+            self.send_header("Content-Type", self.guess_type(fs_path))
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            return _LimitedReader(f, end - start + 1)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(path)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+class _LimitedReader:
+    """A file object that ends after `n` bytes (what copyfile sends for a range)."""
+
+    def __init__(self, f, n):
+        self.f, self.left = f, n
+
+    def read(self, size=-1):
+        if self.left <= 0:
+            return b""
+        data = self.f.read(self.left if size < 0 else min(size, self.left))
+        self.left -= len(data)
+        return data
+
+    def close(self):
+        self.f.close()
+
+
+@_pytest.fixture(scope="session")
+def http_server(synth_root):
+    """Base URL (no trailing slash) of an HTTP server whose document root is `synth_root`."""
+    url, stop = serve_directory(synth_root)
+    try:
+        yield url
+    finally:
+        stop()
