@@ -67,9 +67,10 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
     if ".zmetadata" not in entries:
         raise CorruptSampleError("no .zmetadata in the zip (not a consolidated zarr v2 group)")
     try:
-        json.loads(entries[".zmetadata"])
-    except ValueError as e:
-        raise CorruptSampleError(f".zmetadata is not JSON: {e}") from e
+        meta = json.loads(entries[".zmetadata"])["metadata"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptSampleError(f".zmetadata is not consolidated zarr metadata: {e}") from e
+    _check_chunks(meta, entries)
     store = MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in entries.items()})
     try:
         # decode_times=False: the "no time" rule needs the raw integer first
@@ -80,6 +81,23 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
     if "bands" not in ds:
         raise CorruptSampleError("zarr group has no 'bands' array")
     return _decode_time(ds)
+
+
+def _check_chunks(meta: dict, entries: dict) -> None:
+    """zarr reads a missing chunk as fill value; for the pixel arrays that hides damage."""
+    import itertools
+    import math
+
+    for name in ("bands", "cloud_mask"):
+        zarray = meta.get(f"{name}/.zarray")
+        if zarray is None:
+            continue
+        sep = zarray.get("dimension_separator") or "."
+        grid = [range(math.ceil(s / c)) for s, c in zip(zarray["shape"], zarray["chunks"])]
+        for idx in itertools.product(*grid):
+            key = f"{name}/" + (sep.join(map(str, idx)) if idx else "0")
+            if key not in entries:
+                raise CorruptSampleError(f"chunk {key} missing (zarr would read fill values)")
 
 
 def _decode_time(ds: xr.Dataset) -> xr.Dataset:
