@@ -72,6 +72,7 @@ def next_page_url(link_header: str | None) -> str | None:
 
 
 def _list_hub_folder(loc: HubLocation, path: str) -> list[str]:
+    import urllib.error
     import urllib.request
 
     names, url = [], hub_tree_url(loc, path)
@@ -79,9 +80,14 @@ def _list_hub_folder(loc: HubLocation, path: str) -> list[str]:
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         if token := os.environ.get("HF_TOKEN"):
             req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=60) as r:
-            names += parse_hub_tree(json.load(r))
-            url = next_page_url(r.headers.get("Link"))
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                names += parse_hub_tree(json.load(r))
+                url = next_page_url(r.headers.get("Link"))
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                raise FileNotFoundError(f"{path} not found at revision {loc.revision}") from e
+            raise
     return names
 
 
