@@ -20,6 +20,8 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 
+from converters.layout import ASSETS_DIR
+
 # ASGI scope key set by catalog/app.py for its mounted sub-apps: the root path of the
 # whole service (usually "", or uvicorn's --root-path behind a proxy).
 SERVICE_ROOT_PATH_KEY = "terramesh.root_path"
@@ -48,7 +50,9 @@ def local_asset_root(dest: str | os.PathLike | None) -> Path | None:
         return None
     if dest.startswith("file://"):
         dest = dest[len("file://") :]
-    return Path(dest).expanduser().resolve()
+    # The converter writes assets under DEST/assets/ (converters.layout);
+    # items and reports beside it are not served.
+    return (Path(dest).expanduser() / ASSETS_DIR).resolve()
 
 
 def local_href_to_url(href: str, asset_root: Path, assets_base: str) -> str | None:

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)
     # Render preset used for the tile/preview links of items (else the collection's first).
-    default_render: str | None = None
+    default_render: str | None = "true-color"  # preset of items' tile and preview links
     render_cache_ttl: float = 60.0  # seconds the collection's render presets are cached
 
 

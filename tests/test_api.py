@@ -180,9 +180,9 @@ def test_asset_hrefs_are_urls_built_per_request(live_server, pgstac_db, api_cata
     b = _get(f"http://localhost:{port}{path}").json()
     c = _get(f"http://127.0.0.1:{port}{path}", headers={"Forwarded": "proto=https;host=maps.example.org"}).json()
     rel = "assets/majortom_val_0000001/S2L2A.tif"
-    assert a["assets"]["S2L2A"]["href"] == f"http://127.0.0.1:{port}/assets/{rel}"
-    assert b["assets"]["S2L2A"]["href"] == f"http://localhost:{port}/assets/{rel}"
-    assert c["assets"]["S2L2A"]["href"] == f"https://maps.example.org/assets/{rel}"
+    assert a["assets"]["S2L2A"]["href"] == f"http://127.0.0.1:{port}/{rel}"
+    assert b["assets"]["S2L2A"]["href"] == f"http://localhost:{port}/{rel}"
+    assert c["assets"]["S2L2A"]["href"] == f"https://maps.example.org/{rel}"
     # Nothing host-dependent is stored: pgstac keeps the filesystem path.
     import psycopg
 
@@ -198,11 +198,11 @@ def test_assets_served_with_range_requests(live_server, api_catalog):
     dest, _, _ = api_catalog
     rel = "assets/majortom_val_0000001/S2L2A.tif"
     data = (dest / rel).read_bytes()
-    r = _get(f"{live_server}/assets/{rel}", headers={"Range": "bytes=100-199"})
+    r = _get(f"{live_server}/{rel}", headers={"Range": "bytes=100-199"})
     assert r.status_code == 206
     assert r.content == data[100:200]
     assert r.headers["content-range"] == f"bytes 100-199/{len(data)}"
-    full = _get(f"{live_server}/assets/{rel}")
+    full = _get(f"{live_server}/{rel}")
     assert full.status_code == 200 and full.content == data
     assert _get(f"{live_server}/assets/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
