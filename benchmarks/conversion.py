@@ -1,0 +1,288 @@
+"""Conversion throughput per core: decode limit, per-modality encode, full convert, COG size.
+
+    .venv/bin/python benchmarks/conversion.py [--shards 4] [--samples-per-shard 16]
+    .venv/bin/python benchmarks/conversion.py --source /data/TerraMesh --split val
+
+Without --source a TerraMesh-format tree is generated (converters.synth, both sources:
+Major TOM and SSL4EO-S12 shards) into a temp dir that is removed at the end. Everything runs
+in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
+
+(a) decode only: converters.shards.iter_samples over every shard (tar read + zarr.zip
+    decode of every modality into memory) -> samples/s. This is the ceiling of (c).
+(b) encode per modality: encode_cog per modality, encode_cloud_mask and encode_thumbnail on
+    the decoded samples of a second pass (decode not timed) -> ms/sample, samples/s.
+(c) full conversion: converters.pipeline.convert to a temp dest (no progress bar), the same
+    call as `terramesh-stac convert` -> samples/s, and its ratio to (a).
+(d) size: sum of COG bytes per modality vs sum of the .zarr.zip tar member sizes of that
+    modality (tarfile member headers), and vs the raw in-memory pixel bytes (source dtype:
+    float16 for S1/NDVI, which the COG stores as float32).
+(e) where a decode goes: decode_zarr_zip per modality on the first shard, against the zip
+    reading and the numcodecs decode of every chunk it contains (the work any reader must do).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("GDAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+           "NUMEXPR_NUM_THREADS", "BLOSC_NTHREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tarfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, conditions, generate_source, loadavg, temp_dir  # noqa: E402
+
+from converters.cog import encode_cloud_mask, encode_cog  # noqa: E402
+from converters.modalities import MODALITIES  # noqa: E402
+from converters.pipeline import ConvertOptions, convert  # noqa: E402
+from converters.sample import Sample  # noqa: E402
+from converters.shards import MEMBER_SUFFIX, iter_samples  # noqa: E402
+from converters.source import open_source  # noqa: E402
+from converters.thumbnail import encode_thumbnail  # noqa: E402
+
+MASK_SOURCES = ("S2L2A", "S2L1C", "S2RGB", "LULC")  # as converters.pipeline.encode_sample
+
+
+def decode_pass(source, split: str, shards: list[str]) -> tuple[int, float]:
+    n, t0 = 0, time.perf_counter()
+    for shard in shards:
+        for r in iter_samples(source, split, shard):
+            if isinstance(r, Sample):
+                n += 1
+    return n, time.perf_counter() - t0
+
+
+def encode_pass(source, split: str, shards: list[str]):
+    """Per asset key: list of encode seconds, COG bytes; raw pixel bytes per modality."""
+    seconds: dict[str, list[float]] = defaultdict(list)
+    cog_bytes: dict[str, int] = defaultdict(int)
+    raw_bytes: dict[str, int] = defaultdict(int)
+    for shard in shards:
+        for s in iter_samples(source, split, shard):
+            if not isinstance(s, Sample):
+                continue
+            for m, ds in s.modalities.items():
+                raw_bytes[m] += ds["bands"].nbytes
+                t = time.perf_counter()
+                a = encode_cog(ds, m)
+                seconds[m].append(time.perf_counter() - t)
+                cog_bytes[m] += len(a.data)
+            mask_src = next((s.modalities[m] for m in MASK_SOURCES
+                             if m in s.modalities and "cloud_mask" in s.modalities[m]), None)
+            if mask_src is not None:
+                t = time.perf_counter()
+                a = encode_cloud_mask(mask_src)
+                seconds["cloud_mask"].append(time.perf_counter() - t)
+                cog_bytes["cloud_mask"] += len(a.data)
+            if "S2RGB" in s.modalities:
+                t = time.perf_counter()
+                a = encode_thumbnail(s.modalities["S2RGB"])
+                seconds["thumbnail"].append(time.perf_counter() - t)
+                cog_bytes["thumbnail"] += len(a.data)
+    return seconds, cog_bytes, raw_bytes
+
+
+def member_sizes(source, split: str, shards: list[str]) -> dict[str, tuple[int, int]]:
+    """modality -> (number of .zarr.zip members, sum of their sizes), from tar headers."""
+    out: dict[str, tuple[int, int]] = {}
+    for m in MODALITIES:
+        n = size = 0
+        for shard in shards:
+            try:
+                with source.open_shard(split, m, shard) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+                    for member in tf:
+                        if member.isfile() and member.name.endswith(MEMBER_SUFFIX):
+                            n += 1
+                            size += member.size
+            except FileNotFoundError:  # the other S1 version is absent for a source
+                continue
+        if n:
+            out[m] = (n, size)
+    return out
+
+
+def decode_breakdown(source, split: str, shard: str) -> dict[str, tuple[int, float, float, float]]:
+    """modality -> (members, ms decode_zarr_zip, ms zip entries, ms numcodecs decode of every
+    chunk of every array): how much of a decode is codec work and how much zarr/xarray."""
+    import json
+
+    import numcodecs
+
+    from converters.zarrzip import _zip_entries, decode_zarr_zip
+
+    out = {}
+    for m in MODALITIES:
+        try:
+            with source.open_shard(split, m, shard) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+                datas = [tf.extractfile(x).read() for x in tf if x.isfile()]
+        except FileNotFoundError:
+            continue
+        if not datas:
+            continue
+        decode_zarr_zip(datas[0])  # warm
+        t = time.perf_counter()
+        for d in datas:
+            decode_zarr_zip(d)
+        full = (time.perf_counter() - t) / len(datas)
+        t = time.perf_counter()
+        entries = [_zip_entries(d) for d in datas]
+        zips = (time.perf_counter() - t) / len(datas)
+        meta = json.loads(entries[0][".zmetadata"])["metadata"]
+        arrays = {k.rsplit("/", 1)[0]: v for k, v in meta.items() if k.endswith(".zarray")}
+        codecs = {a: numcodecs.get_codec(z["compressor"]) if z.get("compressor") else None
+                  for a, z in arrays.items()}
+        t = time.perf_counter()
+        for e in entries:
+            for name, data in e.items():
+                a, _, leaf = name.rpartition("/")
+                if a in codecs and not leaf.startswith(".") and codecs[a] is not None:
+                    codecs[a].decode(data)
+        codec = (time.perf_counter() - t) / len(datas)
+        out[m] = (len(datas), 1000 * full, 1000 * zips, 1000 * codec, len(arrays))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", help="a TerraMesh root (folder, https://…/resolve/<rev>/, s3://…); "
+                                     "default: generate one in a temp dir")
+    ap.add_argument("--split", default="val", choices=["train", "val"])
+    ap.add_argument("--shards", type=int, default=4, help="generated shards (without --source)")
+    ap.add_argument("--samples-per-shard", type=int, default=16, help="generated samples per shard")
+    ap.add_argument("--max-shards", type=int, help="use only the first N shards of the source")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile the full conversion and print the top functions")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    work = temp_dir("terramesh-bench-conv-")
+    try:
+        if args.source:
+            source_url, data_note = args.source, f"data: TerraMesh source {args.source}, split {args.split}"
+        else:
+            source_url = os.path.join(work, "source")
+            t = time.perf_counter()
+            keys = generate_source(source_url, args.shards, args.samples_per_shard)
+            data_note = (f"data: GENERATED (converters.synth, seed 0): {args.shards} shards x "
+                         f"{args.samples_per_shard} samples = {len(keys)} samples, split val, "
+                         f"Major TOM + SSL4EO-S12 shards (generated in {time.perf_counter() - t:.0f} s, not timed)")
+        source = open_source(source_url)
+        shards = source.list_shards(args.split)[: args.max_shards]
+        sizes = member_sizes(source, args.split, shards)
+        total_src = sum(s for _, s in sizes.values())
+        print(conditions(command_line(), [
+            data_note,
+            f"shards: {len(shards)}; source .zarr.zip bytes: {total_src / 1e6:.1f} MB",
+            "one process, one core: GDAL_NUM_THREADS=1, OMP/BLAS/BLOSC threads 1",
+        ]))
+
+        # (a) decode only, twice (first pass warms imports, page cache, GDAL/zarr init)
+        decode_pass(source, args.split, shards[:1])
+        n_dec, s_dec = decode_pass(source, args.split, shards)
+        dec_rate = n_dec / s_dec
+
+        # (b) per-modality encode (decode not timed)
+        seconds, cog_bytes, raw_bytes = encode_pass(source, args.split, shards)
+
+        # (c) full conversion
+        dest = os.path.join(work, "dest")
+        options = ConvertOptions(dest=dest, collection_id="terramesh-bench")
+        if args.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+        report = convert(source_url, options, split=args.split, progress=False)
+        if args.profile:
+            prof.disable()
+        conv_rate = report.items / report.seconds
+        if report.errors:
+            print(f"# WARNING: {len(report.errors)} conversion problems, e.g. {report.errors[0]}")
+
+        # (d) sizes of what convert wrote (the same COGs as (b), read from the dest)
+        written: dict[str, int] = defaultdict(int)
+        for p in Path(dest, "assets").rglob("*"):
+            if p.is_file():
+                written[p.stem] += p.stat().st_size
+        items_bytes = sum(p.stat().st_size for p in Path(dest, "items").rglob("*.ndjson"))
+
+        print()
+        print("## (a) decode only vs (c) full conversion (one core)")
+        print()
+        print("| pass | samples | seconds | samples/s | ms/sample | vs decode |")
+        print("|---|---|---|---|---|---|")
+        print(f"| (a) decode only (iter_samples) | {n_dec} | {s_dec:.2f} | {dec_rate:.2f} | "
+              f"{1000 / dec_rate:.0f} | 1.00 |")
+        enc_total = sum(sum(v) for v in seconds.values())
+        print(f"| (b) encode only, all assets (sum of the table below) | {n_dec} | {enc_total:.2f} | "
+              f"{n_dec / enc_total:.2f} | {1000 * enc_total / n_dec:.0f} | - |")
+        print(f"| (c) full convert (pipeline.convert) | {report.items} | {report.seconds:.2f} | "
+              f"{conv_rate:.2f} | {1000 / conv_rate:.0f} | {conv_rate / dec_rate:.2f} |")
+        other = report.seconds - s_dec - enc_total
+        print()
+        print(f"(c) = decode {100 * s_dec / report.seconds:.0f} % + encode "
+              f"{100 * enc_total / report.seconds:.0f} % + rest (stats, items, checksums, "
+              f"writes, metadata) {100 * other / report.seconds:.0f} % "
+              f"({1000 * other / max(report.items, 1):.0f} ms/sample)")
+
+        print()
+        print("## (b) encode per asset (one core) and (d) size")
+        print()
+        print("| asset | n | ms/sample p50 | ms/sample mean | samples/s | source zarr.zip MB | "
+              "raw pixels MB | written MB | written / zarr.zip | written / raw |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        keys = [m for m in MODALITIES if m in seconds] + [k for k in ("cloud_mask", "thumbnail") if k in seconds]
+        for k in keys:
+            v = sorted(seconds[k])
+            mean = sum(v) / len(v)
+            p50 = v[len(v) // 2]
+            src = sizes.get(k, (0, 0))[1]
+            raw = raw_bytes.get(k, 0)
+            w = written.get(k, cog_bytes[k])
+            ratio = f"{w / src:.2f}" if src else "-"
+            raw_ratio = f"{w / raw:.2f}" if raw else "-"
+            print(f"| {k} | {len(v)} | {1000 * p50:.1f} | {1000 * mean:.1f} | {1 / mean:.0f} | "
+                  f"{src / 1e6:.2f} | {raw / 1e6:.2f} | {w / 1e6:.2f} | {ratio} | {raw_ratio} |")
+        w_all = sum(written.values())
+        print(f"| all assets | | | | | {total_src / 1e6:.2f} | {sum(raw_bytes.values()) / 1e6:.2f} | "
+              f"{w_all / 1e6:.2f} | {w_all / total_src:.2f} | |")
+        print()
+        print(f"items NDJSON: {items_bytes / 1e6:.2f} MB ({items_bytes / max(report.items, 1) / 1e3:.1f} kB/item)")
+
+        print()
+        print(f"## (e) where a decode goes, per modality (shard {shards[0]})")
+        print()
+        print("| modality | members | arrays | decode_zarr_zip ms | zip entries ms | codec (numcodecs) ms "
+              "| rest (zarr 3 + xarray open/load) ms | rest share |")
+        print("|---|---|---|---|---|---|---|---|")
+        tot = [0.0, 0.0, 0.0]
+        for m, (n, full, zips, codec, n_arr) in decode_breakdown(source, args.split, shards[0]).items():
+            rest = full - zips - codec
+            tot = [tot[0] + full, tot[1] + zips, tot[2] + codec]
+            print(f"| {m} | {n} | {n_arr} | {full:.1f} | {zips:.1f} | {codec:.1f} | {rest:.1f} | "
+                  f"{100 * rest / full:.0f} % |")
+        print(f"| all modalities of a sample | | | {tot[0]:.1f} | {tot[1]:.1f} | {tot[2]:.1f} | "
+              f"{tot[0] - tot[1] - tot[2]:.1f} | {100 * (tot[0] - tot[1] - tot[2]) / tot[0]:.0f} % |")
+        print()
+        print(f"# load average (1/5/15 min) at the end: {loadavg()}")
+
+        if args.profile:
+            print()
+            print("## cProfile of (c), top 25 by cumulative time")
+            pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
