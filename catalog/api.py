@@ -58,24 +58,49 @@ API_DESCRIPTION = (
 )
 
 
+_LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPORT")
+
+
+def _role_dsn(settings: Settings, role: str, setting: str) -> str:
+    """`catalog.database.dsn(settings, role)`, with a message that says what to set."""
+    from catalog import database
+
+    try:
+        return database.dsn(settings, role=role)  # type: ignore[arg-type]
+    except database.DatabaseError as e:
+        raise database.DatabaseError(f"{e} (or set {setting})") from None
+    except (OSError, ValueError, KeyError) as e:  # unreadable / corrupt credentials.json
+        raise database.DatabaseError(
+            f"cannot read the {role} role's credentials from {database.credentials_file(settings)}: "
+            f"{type(e).__name__}: {e}. Run `terramesh-stac db start` to rewrite the roles, or set {setting}."
+        ) from e
+
+
 def api_dsn(settings: Settings) -> str:
     """The DSN the services connect with: the database module's `api` role (pgstac_read).
 
-    Order: `settings.api_dsn`; `catalog.database.dsn(settings, role="api")` (embedded
-    cluster or external `settings.dsn` + generated role credentials); `settings.dsn`;
-    else an empty DSN, i.e. libpq's PG* environment variables.
+    Order: `settings.api_dsn`; else, when there is a database to derive it from (the
+    embedded cluster's credentials file, or an external `settings.dsn`),
+    `catalog.database.dsn(settings, role="api")`, whose errors are raised (a corrupt or
+    missing credentials file is a misconfiguration, reported at startup); else libpq's
+    PG* environment variables when any is set. Never `settings.dsn` itself: that is the
+    admin DSN, and the API must not run as a superuser.
+
+    Raises catalog.database.DatabaseError when there is nothing to connect with.
     """
+    from catalog import database
+
     if settings.api_dsn:
         return settings.api_dsn
-    try:
-        from catalog import database
-
-        return database.dsn(settings, role="api")
-    except Exception:  # module missing, cluster not initialised, no credentials file
-        pass
-    if settings.dsn:
-        return settings.dsn
-    return "postgresql://"
+    if settings.dsn or database.credentials_file(settings).exists():
+        return _role_dsn(settings, "api", "TERRAMESH_API_DSN")
+    if any(os.environ.get(name) for name in _LIBPQ_ENV):
+        return "postgresql://"  # libpq's PG* environment variables
+    raise database.DatabaseError(
+        f"no database to serve from: no credentials at {database.credentials_file(settings)} "
+        "(run `terramesh-stac db start`, or point TERRAMESH_STATE_DIR at the cluster's state dir), "
+        "no TERRAMESH_DSN, no TERRAMESH_API_DSN and no PG* environment variables."
+    )
 
 
 def stac_postgres_settings(dsn: str, pool_max: int) -> PostgresSettings:

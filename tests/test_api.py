@@ -359,3 +359,76 @@ def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_
     for e in errors:
         assert e.startswith("[Item Search - Sort Ext] : POST") and \
             f'"collections": "{API_COLLECTION_ID}"' in e and "400 instead of 200" in e, e
+
+
+# --- database configuration errors ---------------------
+
+import asyncio  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+_NO_TERRAMESH_DB_ENV = {"TERRAMESH_API_DSN": "", "TERRAMESH_DSN": "", "TERRAMESH_WRITE_DSN": ""}
+
+
+@pytest.fixture
+def no_libpq_env(monkeypatch):
+    for name in ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPORT",
+                 *_NO_TERRAMESH_DB_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _settings(**kw):
+    from terramesh_stac.settings import Settings
+
+    return Settings(_env_file=None, **kw)
+
+
+def test_api_dsn_without_any_database_is_a_clear_error(tmp_path, no_libpq_env):
+    from catalog.api import api_dsn
+    from catalog.app import create_app
+    from catalog.database import DatabaseError
+
+    settings = _settings(state_dir=tmp_path / "state", dest=str(tmp_path))
+    with pytest.raises(DatabaseError, match=r"no database to serve from: no credentials at .*db start"):
+        api_dsn(settings)
+    with pytest.raises(DatabaseError, match="no database to serve from"):
+        create_app(settings)  # at startup, not at the first request
+
+
+def test_api_dsn_with_corrupt_credentials_names_the_file(tmp_path, no_libpq_env):
+    from catalog import database
+    from catalog.api import api_dsn
+
+    settings = _settings(state_dir=tmp_path / "state")
+    creds = database.credentials_file(settings)
+    creds.parent.mkdir(parents=True)
+    creds.write_text("{not json")
+    with pytest.raises(database.DatabaseError, match=rf"api role's credentials from {creds}.*JSONDecodeError"):
+        api_dsn(settings)
+    creds.write_text('{"admin": "x"}')  # no api role
+    with pytest.raises(database.DatabaseError, match="KeyError: 'api'"):
+        api_dsn(settings)
+
+
+def test_api_dsn_never_falls_back_to_the_admin_dsn(tmp_path, no_libpq_env, pgstac_db):
+    from catalog.api import api_dsn
+    from catalog.database import DatabaseError
+
+    # An external database whose generated role passwords are not in this state dir.
+    settings = _settings(state_dir=tmp_path / "state", dsn=pgstac_db.admin)
+    with pytest.raises(DatabaseError, match="no credentials at .*TERRAMESH_API_DSN"):
+        api_dsn(settings)
+    # With the state dir of the running cluster: the pgstac_read role.
+    assert api_dsn(_settings(state_dir=pgstac_db.settings.state_dir, db_port=pgstac_db.settings.db_port)) \
+        == pgstac_db.api
+
+
+def test_serve_with_a_misconfigured_database_exits_with_a_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TERRAMESH_"))}
+    env.update(TERRAMESH_STATE_DIR=str(tmp_path / "state"), TERRAMESH_PORT="1")
+    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "serve"], cwd=tmp_path, env={
+        **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "error: no database to serve from" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
