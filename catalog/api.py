@@ -103,7 +103,39 @@ def api_dsn(settings: Settings) -> str:
     )
 
 
-def stac_postgres_settings(dsn: str, pool_max: int) -> PostgresSettings:
+def write_dsn(settings: Settings) -> str:
+    """The DSN of the transaction endpoints' write pool: the `loader` role (pgstac_ingest).
+
+    `settings.write_dsn`, else `catalog.database.dsn(settings, role="loader")`. Never the
+    read (`api`) DSN, which cannot write items, nor the admin DSN.
+    """
+    if settings.write_dsn:
+        return settings.write_dsn
+    return _role_dsn(settings, "loader", "TERRAMESH_WRITE_DSN")
+
+
+WRITE_APPLICATION_NAME = "terramesh-stac-write"
+
+
+async def check_write_role(pool) -> None:
+    """Refuse to start when the write pool's user is not a pgstac_ingest member, or is a superuser."""
+    from catalog.database import DatabaseError
+
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT current_user AS who, pg_has_role(current_user, 'pgstac_ingest', 'MEMBER') AS ingest,"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS super"
+        )
+    if row["super"] or not row["ingest"]:
+        raise DatabaseError(
+            f"the transaction endpoints' database user {row['who']!r} "
+            + ("is a superuser" if row["super"] else "is not a member of pgstac_ingest")
+            + ": set TERRAMESH_WRITE_DSN to the loader role's DSN "
+            "(`terramesh-stac db dsn --role loader`) or leave it unset."
+        )
+
+
+def stac_postgres_settings(dsn: str, pool_max: int, application_name: str = "pgstac") -> PostgresSettings:
     """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from PG* env)."""
     u = urlsplit(dsn)
     env = os.environ
@@ -115,7 +147,7 @@ def stac_postgres_settings(dsn: str, pool_max: int) -> PostgresSettings:
         pgdatabase=unquote(u.path.lstrip("/")) or env.get("PGDATABASE", "postgres"),
         db_min_conn_size=1,
         db_max_conn_size=pool_max,
-        server_settings=ServerSettings(),
+        server_settings=ServerSettings(application_name=application_name),
     )
 
 
@@ -232,7 +264,9 @@ def stac_settings(settings: Settings) -> StacSettings:
 def create_stac_api(settings: Settings, dsn: str) -> StacApi:
     """The STAC API (its `.app` is the FastAPI application to mount at /stac)."""
     pg = stac_postgres_settings(dsn, settings.db_pool_max_size)
-    write_pg = stac_postgres_settings(settings.dsn or dsn, 2) if settings.enable_transactions else None
+    # Transactions write with the loader role (pgstac_ingest), never with the read role.
+    write_pg = (stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME)
+                if settings.enable_transactions else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -243,6 +277,8 @@ def create_stac_api(settings: Settings, dsn: str) -> StacApi:
             write_postgres_settings=write_pg,
         )
         try:
+            if settings.enable_transactions:
+                await check_write_role(app.state.writepool)
             yield
         finally:
             await close_db_connection(app)
@@ -270,4 +306,4 @@ def create_stac_api(settings: Settings, dsn: str) -> StacApi:
     return api
 
 
-__all__ = ["api_dsn", "create_stac_api", "TerraMeshClient", "NotFoundError"]
+__all__ = ["api_dsn", "write_dsn", "create_stac_api", "TerraMeshClient", "NotFoundError"]

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # module's API role DSN, else `dsn`, else libpq's PG* environment variables.
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)
+    # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with
+    # enable_transactions. Default: the database module's loader role DSN.
+    write_dsn: str | None = None
     # Render preset used for the tile/preview links of items (else the collection's first).
     default_render: str | None = "true-color"  # preset of items' tile and preview links
     render_cache_ttl: float = 60.0  # seconds the collection's render presets are cached

@@ -298,6 +298,56 @@ def live_server(pgstac_db, api_catalog):
         log.close()
 
 
+import contextlib as _contextlib
+
+
+@_contextlib.contextmanager
+def start_service(env: dict, cwd, name: str = "server"):
+    """Another `terramesh-stac serve` (uvicorn subprocess, catalog.app:app_from_env) with
+    TERRAMESH_* settings from `env` on top of this process's environment (no .env: `cwd`
+    should be a fresh folder). Yields the base URL; the log is `cwd/<name>.log`."""
+    cwd = _Path(cwd)
+    port = _free_port()
+    full_env = {
+        **_os.environ,
+        **env,
+        "PYTHONPATH": _os.pathsep.join(
+            [str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    log_path = cwd / f"{name}.log"
+    log = open(log_path, "wb")
+    proc = _subprocess.Popen(
+        [_sys.executable, "-m", "uvicorn", "--factory", "catalog.app:app_from_env",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=full_env, cwd=str(cwd), stdout=log, stderr=_subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            _wait_http(f"{base}/raster/healthz", proc)
+        except (RuntimeError, TimeoutError) as e:
+            log.flush()
+            raise RuntimeError(f"{name} did not start ({e}):\n{log_path.read_text(errors='replace')[-3000:]}") from e
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except _subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def delete_collection(admin_dsn: str, collection_id: str) -> None:
+    """Remove a collection and its items from pgstac (test clean-up, as the admin)."""
+    import psycopg
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone():
+            conn.execute("SELECT pgstac.delete_collection(%s)", (collection_id,))
+
+
 # --- TerraMesh-format sample tree and an HTTP server for it (converters/synth.py, source.py) --
 
 

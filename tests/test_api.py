@@ -361,12 +361,14 @@ def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_
             f'"collections": "{API_COLLECTION_ID}"' in e and "400 instead of 200" in e, e
 
 
-# --- database configuration errors ---------------------
+# --- database roles: API DSN errors, transactions with the loader role ---------------------
 
 import asyncio  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
+from tests.conftest import delete_collection, start_service  # noqa: E402
 
 _NO_TERRAMESH_DB_ENV = {"TERRAMESH_API_DSN": "", "TERRAMESH_DSN": "", "TERRAMESH_WRITE_DSN": ""}
 
@@ -432,3 +434,75 @@ def test_serve_with_a_misconfigured_database_exits_with_a_message(tmp_path):
     assert proc.returncode != 0
     assert "error: no database to serve from" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+TX_COLLECTION_ID = "terramesh-txtest"
+
+
+@pytest.fixture(scope="module")
+def tx_server(pgstac_db):
+    """A second server with transactions enabled, configured like a user would: the
+    cluster's state dir and port only (both DSNs derived from its credentials)."""
+    cwd = tempfile.mkdtemp(prefix="terramesh-tx-", dir="/tmp")
+    env = {
+        **_NO_TERRAMESH_DB_ENV,
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_HOST": pgstac_db.settings.db_host,
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        "TERRAMESH_ENABLE_TRANSACTIONS": "true",
+        "TERRAMESH_DEST": cwd,
+        "TERRAMESH_DB_POOL_MAX_SIZE": "2",
+    }
+    try:
+        with start_service(env, cwd, "tx-server") as base:
+            yield base
+    finally:
+        delete_collection(pgstac_db.admin, TX_COLLECTION_ID)
+
+
+def test_transactions_write_with_the_loader_role(tx_server, pgstac_db):
+    import psycopg
+
+    from catalog.api import WRITE_APPLICATION_NAME
+
+    collection = {
+        "type": "Collection", "stac_version": "1.1.0", "id": TX_COLLECTION_ID,
+        "description": "transactions test", "license": "CC-BY-SA-4.0", "links": [],
+        "extent": {"spatial": {"bbox": [[30.0, 10.0, 30.1, 10.1]]},
+                   "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]}},
+    }
+    r = httpx.post(f"{tx_server}/stac/collections", json=collection, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    item = {
+        "type": "Feature", "stac_version": "1.1.0", "id": "tx-item-1", "collection": TX_COLLECTION_ID,
+        "geometry": {"type": "Polygon", "coordinates": [[[30.0, 10.0], [30.1, 10.0], [30.1, 10.1],
+                                                         [30.0, 10.1], [30.0, 10.0]]]},
+        "bbox": [30.0, 10.0, 30.1, 10.1], "properties": {"datetime": "2024-08-01T00:00:00Z"},
+        "links": [], "assets": {},
+    }
+    r = httpx.post(f"{tx_server}/stac/collections/{TX_COLLECTION_ID}/items", json=item, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    r = _get(f"{tx_server}/stac/collections/{TX_COLLECTION_ID}/items/tx-item-1")
+    assert r.status_code == 200 and r.json()["id"] == "tx-item-1"
+    with psycopg.connect(pgstac_db.admin) as conn:
+        users = {row[0] for row in conn.execute(
+            "SELECT usename FROM pg_stat_activity WHERE application_name = %s", (WRITE_APPLICATION_NAME,))}
+    assert users == {"terramesh_loader"}  # pgstac_ingest member; not the read role, not the admin
+
+
+@pytest.mark.parametrize("role, message", [("api", "is not a member of pgstac_ingest"),
+                                           ("admin", "is a superuser")])
+def test_transactions_refuse_to_start_with_a_wrong_write_role(pgstac_db, tmp_path, role, message):
+    from catalog.api import create_stac_api
+    from catalog.database import DatabaseError
+
+    settings = _settings(api_dsn=pgstac_db.api, write_dsn=getattr(pgstac_db, role),
+                         enable_transactions=True, dest=str(tmp_path), db_pool_max_size=1)
+    api = create_stac_api(settings, pgstac_db.api)
+
+    async def start():
+        async with api.app.router.lifespan_context(api.app):
+            pass
+
+    with pytest.raises(DatabaseError, match=message):
+        asyncio.run(start())
