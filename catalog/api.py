@@ -10,6 +10,12 @@ item collection, GET/POST search all go through `_search_base`) and every collec
 - local asset hrefs (absolute paths under `settings.dest`) become
   `{service root}/assets/<relative path>`, built from the request (nothing host-dependent
   is stored in pgstac);
+- `s3://bucket/key` hrefs (assets converted to S3) are returned as stored, with the
+  `alternate.https.href` (alternate-assets extension) the converter wrote. They are not
+  rewritten to `settings.s3_public_url`: the `s3://` URL is the asset's canonical location
+  and what clients with credentials (GDAL /vsis3/, fsspec, boto3, odc-stac) read fastest;
+  the bucket may be private, so a public URL in `href` could answer 403 where `s3://`
+  works; and the https form is already offered where the extension says it belongs.
 - items get a TileJSON link (rel `tiles`) and a PNG preview link (rel `preview`) to the
   tile service, with the collection's default render preset's parameters.
 

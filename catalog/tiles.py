@@ -9,7 +9,10 @@ Mounted at /raster by catalog/app.py. Routes:
 
 Assets are read BY PATH: items keep local asset hrefs as absolute filesystem paths in
 pgstac (the API rewrites them to URLs only in its responses), so GDAL never fetches tiles
-over HTTP from this same process (that hung, see ARCHITECTURE.md).
+over HTTP from this same process (that hung, see ARCHITECTURE.md). Assets converted to S3
+keep `s3://bucket/key` hrefs, which GDAL reads through /vsis3/ with the S3 settings of
+`gdal_s3_config` (endpoint from `settings.s3_endpoint_url`; credentials from the process
+environment / boto3, as rasterio wants them).
 
 Render presets live once in the collection's `renders` (render extension). titiler-pgstac
 reads item-level `renders` only, so two small additions wire the collection's presets in:
@@ -25,12 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import rasterio
@@ -181,6 +185,46 @@ class RenderPresetMiddleware:
         await self.app(scope, receive, send)
 
 
+def gdal_s3_config(endpoint_url: str | None) -> dict[str, str]:
+    """GDAL config options for /vsis3/ on an S3-compatible endpoint (none for AWS itself).
+
+    `http://127.0.0.1:9000` -> AWS_S3_ENDPOINT=127.0.0.1:9000, AWS_HTTPS=NO, path-style
+    addressing (AWS_VIRTUAL_HOSTING=FALSE), no directory listing on open. Credentials are
+    not set here: rasterio refuses AWS credentials in `rasterio.Env` and takes them from
+    boto3 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    """
+    if not endpoint_url:
+        return {}
+    u = urlsplit(endpoint_url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.path.strip("/"):
+        raise ValueError(
+            f"TERRAMESH_S3_ENDPOINT_URL must look like http(s)://host[:port], not {endpoint_url!r}"
+        )
+    host = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
+    return {
+        "AWS_S3_ENDPOINT": f"{host}:{u.port}" if u.port else host,
+        "AWS_HTTPS": "YES" if u.scheme == "https" else "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }
+
+
+def apply_gdal_s3_config(settings: Settings) -> dict[str, str]:
+    """Put `gdal_s3_config` into this process's environment, where GDAL reads config
+    options in every thread.
+
+    Not `rasterio.Env` per request (titiler's `environment_dependency`): outside the main
+    thread rasterio sets those options thread-locally, and rio-tiler reads the assets of
+    an item or a mosaic in its own thread pool, which would not see them.
+    """
+    config = gdal_s3_config(settings.s3_endpoint_url)
+    for key, value in config.items():
+        if os.environ.get(key) not in (None, value):
+            logger.info("%s=%s from settings.s3_endpoint_url replaces %s", key, value, os.environ[key])
+        os.environ[key] = value
+    return config
+
+
 def postgres_settings(dsn: str, settings: Settings) -> PostgresSettings:
     return PostgresSettings(
         database_url=dsn,
@@ -193,6 +237,7 @@ def postgres_settings(dsn: str, settings: Settings) -> PostgresSettings:
 def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
     """The titiler-pgstac application (to be mounted at /raster)."""
     renders = CollectionRenders(ttl=settings.render_cache_ttl)
+    apply_gdal_s3_config(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
