@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 RENDER_PARAM = "render"
 _COLLECTION_IN_PATH = re.compile(r"^/collections/(?P<cid>[^/]+)(/|$)")
+_SEARCH_IN_PATH = re.compile(r"^/searches/(?P<sid>(?!register/?$|list/?$)[^/]+)/")
 
 
 class CollectionRenders:
@@ -78,6 +79,7 @@ class CollectionRenders:
         self.ttl = ttl
         self.pool = None  # psycopg ConnectionPool, set by the app's lifespan
         self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._searches: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def get(self, collection_id: str) -> dict[str, dict] | None:
@@ -95,6 +97,27 @@ class CollectionRenders:
         with self._lock:
             self._cache[collection_id] = (now, renders)
         return renders
+
+    def search_collections(self, search_id: str) -> list[str] | None:
+        """The `collections` of a registered search ([] if it has none), None if unknown.
+
+        Registered searches never change (their id is the hash of their content), so
+        known ones are cached for good.
+        """
+        with self._lock:
+            hit = self._searches.get(search_id)
+        if hit is not None:
+            return hit
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT search FROM pgstac.searches WHERE hash = %s", (search_id,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        collections = row["search"].get("collections") or []
+        collections = [collections] if isinstance(collections, str) else [str(c) for c in collections]
+        with self._lock:
+            self._searches[search_id] = collections
+        return collections
 
     def for_item(self, reader: PgSTACReader) -> dict[str, dict]:
         """Collection presets overlaid by the item's own `renders` (titiler `get_renders`)."""
@@ -133,8 +156,10 @@ def _json_error(status_code: int, detail: str):
 class RenderPresetMiddleware:
     """Expand `?render=<id>` into the collection preset's query parameters.
 
-    The collection is the one in the path (`/collections/{cid}/...`), else
-    `default_collection` (searches/mosaics). Parameters given explicitly win over the
+    The collection is the one in the path (`/collections/{cid}/...`); for a registered
+    search (`/searches/{search_id}/...`) the preset is looked up in the search's own
+    `collections`, in their order (the first that has it wins; a search without
+    collections has no presets); on other paths `default_collection`. Parameters given explicitly win over the
     preset's. The expanded query string is what the endpoint (and any URL it builds, e.g.
     TileJSON tile templates) sees.
     """
@@ -143,6 +168,35 @@ class RenderPresetMiddleware:
         self.app = app
         self.renders = renders
         self.default_collection = default_collection
+
+    def _find_preset(self, path: str, render_id: str) -> dict | tuple[int, str]:
+        """The preset for a request path, or (status, message) when there is none."""
+        m = _SEARCH_IN_PATH.match(path)
+        if m:
+            search_id = m.group("sid")
+            collection_ids = self.renders.search_collections(search_id)
+            if collection_ids is None:
+                return 404, f"search {search_id!r} not found"
+            if not collection_ids:
+                return 400, (f"search {search_id!r} has no collections, so no render presets: "
+                             "give the tile parameters (assets, rescale, ...) explicitly")
+        else:
+            m = _COLLECTION_IN_PATH.match(path)
+            collection_ids = [m.group("cid") if m else self.default_collection]
+        available: set[str] = set()
+        for collection_id in collection_ids:
+            renders = self.renders.get(collection_id)
+            if renders is None:
+                if len(collection_ids) == 1:
+                    return 404, f"collection {collection_id!r} not found"
+                continue
+            if render_id in renders:
+                return renders[render_id]
+            available.update(renders)
+        where = ("collection " + repr(collection_ids[0]) if len(collection_ids) == 1
+                 else "collections " + ", ".join(repr(c) for c in collection_ids))
+        return 404, (f"render preset {render_id!r} not found in {where} "
+                     f"(available: {', '.join(sorted(available)) or 'none'})")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or b"render=" not in scope.get("query_string", b""):
@@ -159,27 +213,17 @@ class RenderPresetMiddleware:
         root_path = scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
-        m = _COLLECTION_IN_PATH.match(path)
-        collection_id = m.group("cid") if m else self.default_collection
-
         try:
-            renders = await anyio.to_thread.run_sync(self.renders.get, collection_id)
+            found = await anyio.to_thread.run_sync(self._find_preset, path, render_id)
         except Exception as e:  # database down etc.: not the client's fault
             logger.exception("render lookup failed")
             return await _json_error(503, f"could not read render presets: {e}")(send)
-        if renders is None:
-            return await _json_error(404, f"collection {collection_id!r} not found")(send)
-        if render_id not in renders:
-            available = ", ".join(sorted(renders)) or "none"
-            return await _json_error(
-                404,
-                f"render preset {render_id!r} not found in collection {collection_id!r} "
-                f"(available: {available})",
-            )(send)
+        if isinstance(found, tuple):  # (status, message)
+            return await _json_error(*found)(send)
 
         given = [(k, v) for k, v in query if k != RENDER_PARAM]
         given_keys = {k for k, _ in given}
-        preset = [(k, v) for k, v in render_query(renders[render_id]) if k not in given_keys]
+        preset = [(k, v) for k, v in render_query(found) if k not in given_keys]
         scope = dict(scope)
         scope["query_string"] = urlencode(preset + given).encode("latin-1")
         await self.app(scope, receive, send)

@@ -139,6 +139,71 @@ def test_mosaic_tile_over_several_items(live_server):
     assert np.array_equal(_png(r)[..., 3] > 0, img[..., 3] > 0)
 
 
+OTHER_COLLECTION_ID = "terramesh-apitest-other"
+OTHER_RENDERS = {"elevation": {"title": "Elevation (other)", "assets": ["DEM"], "rescale": [[0, 2000]],
+                               "colormap_name": "viridis"}}
+
+
+@pytest.fixture(scope="module")
+def other_collection(pgstac_db, api_catalog):
+    """A second collection with its own presets (not the service's default collection):
+    one item, re-using the assets of ssl4eos12_train_0000005. Removed afterwards."""
+    import copy
+
+    from pypgstac.load import Loader, Methods
+
+    from catalog import database
+    from tests.conftest import delete_collection
+
+    _, collection, items = api_catalog
+    other = {**copy.deepcopy(collection), "id": OTHER_COLLECTION_ID, "renders": OTHER_RENDERS}
+    item = copy.deepcopy(next(i for i in items if i["id"] == "ssl4eos12_train_0000005"))
+    item.update(id="other_0000005", collection=OTHER_COLLECTION_ID)
+    with database.pgstac_db(pgstac_db.loader) as db:
+        loader = Loader(db=db)
+        loader.load_collections(iter([other]), insert_mode=Methods.upsert)
+        loader.load_items(iter([item]), insert_mode=Methods.upsert)
+    try:
+        yield item
+    finally:
+        delete_collection(pgstac_db.admin, OTHER_COLLECTION_ID)
+
+
+def _register(live_server, search: dict) -> str:
+    r = httpx.post(f"{live_server}/raster/searches/register", json=search, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def test_search_render_presets_come_from_the_searchs_collections(live_server, other_collection):
+    search_id = _register(live_server, {"collections": [OTHER_COLLECTION_ID]})
+    tile = WMQ.tile(*_centre("ssl4eos12_train_0000005"), 13)
+    url = f"{live_server}/raster/searches/{search_id}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png"
+    img = _png(httpx.get(url, params={"render": "elevation"}, timeout=60))  # only in the other collection
+    assert (img[..., 3] > 0).mean() > 0.3
+    r = httpx.get(url, params={"render": "dem"}, timeout=60)  # only in the default collection
+    assert r.status_code == 404 and OTHER_COLLECTION_ID in r.json()["detail"], r.text
+    assert "elevation" in r.json()["detail"]  # lists what the search's collections offer
+    # a search over both: the first collection that has the preset gives it
+    both = _register(live_server, {"collections": [API_COLLECTION_ID, OTHER_COLLECTION_ID]})
+    for preset in ("elevation", "dem"):
+        r = httpx.get(f"{live_server}/raster/searches/{both}/WebMercatorQuad/tilejson.json",
+                      params={"render": preset}, timeout=60)
+        assert r.status_code == 200, r.text
+        q = parse_qs(urlsplit(r.json()["tiles"][0]).query)
+        assert q["colormap_name"] == [{"elevation": "viridis", "dem": "terrain"}[preset]]
+
+
+def test_search_without_collections_has_no_presets(live_server):
+    search_id = _register(live_server, {"bbox": [8.9, 44.9, 9.2, 45.1]})
+    r = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
+                  params={"render": "true_color"}, timeout=60)
+    assert r.status_code == 400 and "has no collections" in r.json()["detail"], r.text
+    r = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
+                  params={"assets": "DEM"}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
 BASE = f"/raster/collections/{API_COLLECTION_ID}/items/majortom_val_0000001"
 BAD_TILE_REQUESTS = [
     (f"{BASE}/tiles/WebMercatorQuad/40/1/1.png?render=rgb", 404),  # zoom beyond the TMS
@@ -156,6 +221,7 @@ BAD_TILE_REQUESTS = [
     (f"/raster/collections/{API_COLLECTION_ID}/items/nope/preview.png?assets=DEM", 404),
     ("/raster/collections/nope/items/nope/preview.png?render=dem", 404),
     ("/raster/searches/nope/tiles/WebMercatorQuad/3/1/1.png?assets=DEM", 404),
+    ("/raster/searches/nope/tiles/WebMercatorQuad/3/1/1.png?render=dem", 404),  # unknown search
 ]
 
 
