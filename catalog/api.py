@@ -1,6 +1,7 @@
 """STAC API: stac-fastapi-pgstac assembled from its pieces (stac_fastapi/pgstac/app.py).
 
-Mounted at /stac by catalog/app.py. Extensions: filter (CQL2 text + JSON), sort, fields,
+Mounted at /stac by catalog/app.py. Extensions: filter (CQL2 text + JSON, in GET and
+POST: a POST cql2-text filter is converted to CQL2 JSON with the `cql2` package), sort, fields,
 query, token pagination, collection search (with free text); transactions only when
 `settings.enable_transactions`.
 
@@ -29,22 +30,27 @@ import functools
 import os
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import attr
 import orjson
+from cql2 import Expr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import Field
+from stac_fastapi.extensions import SearchFilterExtension
+from stac_fastapi.extensions.filter.request import FilterExtensionPostRequest
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import PostgresSettings, ServerSettings
 from stac_fastapi.pgstac.config import Settings as StacSettings
 from stac_fastapi.pgstac.core import CoreCrudClient
 from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
+from stac_fastapi.pgstac.extensions.filter import FiltersClient
 from stac_fastapi.pgstac.models.extensions import Extensions
-from stac_fastapi.types.errors import NotFoundError
+from stac_fastapi.types.errors import InvalidQueryParameter, NotFoundError
 
 from catalog.links import (
     ASSETS_PATH,
@@ -163,6 +169,52 @@ def _geojson(result):
     return result
 
 
+class Cql2TextOrJsonPostRequest(FilterExtensionPostRequest):
+    """POST /search filter that may be CQL2 text (`"filter-lang": "cql2-text"`) as well as
+    CQL2 JSON. The filter spec asks POST servers for cql2-json and leaves cql2-text
+    optional; we advertise cql2-text conformance and accept it in GET, so POST takes it
+    too. `cql2_text_to_json` turns it into CQL2 JSON before pgstac sees it."""
+
+    filter_expr: dict[str, Any] | str | None = Field(
+        None, alias="filter", description="A CQL2 filter: a JSON object (cql2-json) or text (cql2-text).")
+    filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(
+        "cql2-json", alias="filter-lang", description="The CQL2 encoding of `filter` (default cql2-json).")
+
+
+def search_filter_extension() -> SearchFilterExtension:
+    """stac-fastapi-pgstac's search filter extension with `Cql2TextOrJsonPostRequest` as its
+    POST model. An instance attribute, not a subclass: stac-fastapi finds extensions by
+    class name (`extension_is_enabled("SearchFilterExtension")`, e.g. for the landing
+    page's queryables link)."""
+    extension = SearchFilterExtension(client=FiltersClient())
+    extension.POST = Cql2TextOrJsonPostRequest
+    return extension
+
+
+def cql2_text_to_json(search_request) -> None:
+    """In place: a cql2-text `filter` of a POST search becomes CQL2 JSON; mismatches are 400."""
+    expr = getattr(search_request, "filter_expr", None)
+    if expr is None:
+        return
+    lang = getattr(search_request, "filter_lang", None) or "cql2-json"
+    if isinstance(expr, str):
+        if lang != "cql2-text":
+            raise InvalidQueryParameter(
+                'filter is a string but filter-lang is cql2-json: send "filter-lang": "cql2-text" '
+                "with a CQL2 text filter, or the filter as a CQL2 JSON object")
+        try:
+            parsed = Expr(expr)
+            parsed.validate()
+        except Exception as e:  # cql2 raises plain exceptions (ParseError, ValidationError)
+            raise InvalidQueryParameter(f"invalid cql2-text filter {expr!r}: {e}") from e
+        search_request.filter_expr = parsed.to_json()
+        search_request.filter_lang = "cql2-json"
+    elif lang == "cql2-text":
+        raise InvalidQueryParameter(
+            'filter-lang is cql2-text but filter is a JSON object: send "filter-lang": "cql2-json" '
+            "(or leave it out), or the filter as CQL2 text")
+
+
 @attr.s
 class TerraMeshClient(CoreCrudClient):
     """CoreCrudClient that serves URLs instead of local paths and adds tile links."""
@@ -207,6 +259,7 @@ class TerraMeshClient(CoreCrudClient):
         return _geojson(await super().get_search(request=request, **kwargs))
 
     async def post_search(self, search_request, request: Request, **kwargs):  # type: ignore[override]
+        cql2_text_to_json(search_request)
         return _geojson(await super().post_search(search_request, request=request, **kwargs))
 
     async def item_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
@@ -298,7 +351,10 @@ def create_stac_api(settings: Settings, dsn: str) -> StacApi:
             title=ssettings.stac_fastapi_title,
             description=ssettings.stac_fastapi_description,
         ),
-        extensions=Extensions(settings=ssettings),
+        extensions=Extensions(
+            settings=ssettings,
+            search_map={"filter": search_filter_extension()},
+        ),
         lifespan=lifespan,
         settings=ssettings,
     )

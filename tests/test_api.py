@@ -66,6 +66,26 @@ def test_post_search_cql2_json_and_sort(live_server):
         "majortom_train_0000003", "majortom_val_0000001", "ssl4eos12_train_0000005"]
 
 
+def test_post_search_cql2_text_is_converted_and_pages_keep_it(live_server):
+    """cql2-text in POST (optional in the filter spec; GET has it, so POST takes it too)."""
+    body = {"collections": [API_COLLECTION_ID], "filter-lang": "cql2-text",
+            "filter": "eo:cloud_cover < 10 AND \"terramesh:source\" IN ('majortom', 'ssl4eos12')",
+            "sortby": [{"field": "properties.eo:cloud_cover", "direction": "asc"}], "limit": 2}
+    url, seen = f"{live_server}/stac/search", []
+    r = httpx.post(url, json=body, timeout=30)
+    for _ in range(5):
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen += [f["id"] for f in page["features"]]
+        nxt = [link for link in page["links"] if link["rel"] == "next"]
+        if not nxt:
+            break
+        link = nxt[0]
+        r = httpx.post(link["href"], json={**(body if link.get("merge") else {}), **link.get("body", {})},
+                       timeout=30)
+    assert seen == ["majortom_train_0000003", "majortom_val_0000001", "ssl4eos12_train_0000005"]
+
+
 def test_fields_extension_and_item_collection(live_server):
     r = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/items",
              params={"limit": 100, "fields": "id,properties.eo:cloud_cover,-assets"})
@@ -158,7 +178,7 @@ def test_pystac_client_follows_links(live_server):
     items = list(search.items())
     assert sorted(i.id for i in items) == sorted(ALL_IDS)  # walked 3 pages by `next` links
     expected = {"majortom_val_0000001", "majortom_train_0000003", "ssl4eos12_train_0000005"}
-    # cql2-text over GET; POST takes cql2-json only (stac-fastapi-pgstac's POST model)
+    # cql2-text over GET (POST takes it too: test_post_search_cql2_text_is_converted_and_pages_keep_it)
     search = client.search(filter="eo:cloud_cover < 10", filter_lang="cql2-text", method="GET")
     assert {i.id for i in search.items()} == expected
     search = client.search(filter={"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]})
@@ -241,6 +261,11 @@ BAD_REQUESTS = [
     ("POST", "/stac/search", 400, {"filter": {"op": "<<"}}),
     ("POST", "/stac/search", 400, {"datetime": "bad"}),
     ("POST", "/stac/search", 400, {"token": "x"}),
+    ("POST", "/stac/search", 400, {"filter-lang": "cql2-text", "filter": "eo:cloud_cover <<< 10"}),
+    ("POST", "/stac/search", 400, {"filter": "eo:cloud_cover < 10"}),  # text without filter-lang
+    ("POST", "/stac/search", 400, {"filter-lang": "cql2-text",
+                                   "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]}}),
+    ("POST", "/stac/search", 400, {"filter-lang": "cql3", "filter": "x = 1"}),
     ("GET", "/stac/collections/nope", 404),
     ("GET", "/stac/collections/nope/items", 404),
     ("GET", f"/stac/collections/{API_COLLECTION_ID}/items/nope", 404),
