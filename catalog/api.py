@@ -40,7 +40,7 @@ from cql2 import Expr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
-from stac_fastapi.extensions import SearchFilterExtension
+from stac_fastapi.extensions import ItemCollectionFilterExtension, SearchFilterExtension
 from stac_fastapi.extensions.filter.request import FilterExtensionPostRequest
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.pgstac.app import instantiate_api
@@ -186,7 +186,7 @@ def search_filter_extension() -> SearchFilterExtension:
     POST model. An instance attribute, not a subclass: stac-fastapi finds extensions by
     class name (`extension_is_enabled("SearchFilterExtension")`, e.g. for the landing
     page's queryables link)."""
-    extension = SearchFilterExtension(client=FiltersClient())
+    extension = SearchFilterExtension(client=TerraMeshFiltersClient())
     extension.POST = Cql2TextOrJsonPostRequest
     return extension
 
@@ -213,6 +213,56 @@ def cql2_text_to_json(search_request) -> None:
         raise InvalidQueryParameter(
             'filter-lang is cql2-text but filter is a JSON object: send "filter-lang": "cql2-json" '
             "(or leave it out), or the filter as CQL2 text")
+
+
+def filter_properties(node: Any) -> set[str]:
+    """Every `{"property": name}` of a CQL2 JSON expression."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("property"), str):
+            found.add(node["property"])
+        for value in node.values():
+            found |= filter_properties(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= filter_properties(value)
+    return found
+
+
+async def check_queryables(conn, search_request) -> None:
+    """400 for a filter on a property that is not a queryable of the searched collections.
+
+    The filter extension lets a server reject properties it does not know; otherwise such a
+    filter silently matches nothing. "Known" is pgstac's own answer (`pgstac.queryable(name,
+    collections).registered`): an item column (id, collection, datetime, geometry, ...) or a
+    row of pgstac.queryables for those collections (or for all). pgstac's own switch for
+    this, the `additional_properties=false` setting, cannot be used: it applies to every
+    search, and stac-fastapi-pgstac's collection listing filters collections on `type`, which
+    is no queryable, so /collections would answer 400.
+    """
+    names = sorted(filter_properties(getattr(search_request, "filter_expr", None)))
+    if not names:
+        return
+    collections = getattr(search_request, "collections", None) or None
+    unknown = await conn.fetchval(
+        "SELECT array_agg(p ORDER BY p) FROM unnest($1::text[]) p"
+        " WHERE NOT coalesce((pgstac.queryable(p, $2::text[])).registered, false)",
+        names, collections,
+    )
+    if unknown:
+        where = f"collection(s) {', '.join(collections)}" if collections else "any collection"
+        raise InvalidQueryParameter(
+            f"unknown queryable(s) in filter: {', '.join(unknown)} (not a queryable of {where}; "
+            "see the `queryables` link of the landing page or collection)")
+
+
+class TerraMeshFiltersClient(FiltersClient):
+    """Queryables documents say `additionalProperties: false`: other properties are 400."""
+
+    async def get_queryables(self, request: Request, collection_id: str | None = None, **kwargs):  # type: ignore[override]
+        queryables = await super().get_queryables(request, collection_id=collection_id, **kwargs)
+        queryables["additionalProperties"] = False
+        return queryables
 
 
 @attr.s
@@ -247,6 +297,8 @@ class TerraMeshClient(CoreCrudClient):
             )
 
     async def _search_base(self, search_request, request: Request):  # type: ignore[override]
+        async with request.app.state.get_connection(request, "r") as conn:
+            await check_queryables(conn, search_request)
         item_collection = await super()._search_base(search_request, request=request)
         root = service_root(request)
         for item in item_collection.get("features", []):
@@ -354,6 +406,7 @@ def create_stac_api(settings: Settings, dsn: str) -> StacApi:
         extensions=Extensions(
             settings=ssettings,
             search_map={"filter": search_filter_extension()},
+            item_collection_map={"filter": ItemCollectionFilterExtension(client=TerraMeshFiltersClient())},
         ),
         lifespan=lifespan,
         settings=ssettings,

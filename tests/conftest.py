@@ -234,6 +234,9 @@ def api_catalog(pgstac_db):
     with database.pgstac_db(pgstac_db.loader) as db:
         loader = Loader(db=db)
         loader.load_collections(iter([collection]), insert_mode=Methods.upsert)
+        # partitioning + queryables before the first item load, as catalog.loader does
+        database.prepare_collection(db.connect(), API_COLLECTION_ID)
+        loader.collection_json.cache_clear()
         loader.load_items(iter(items), insert_mode=Methods.upsert)
     try:
         yield _Path(dest), collection, items

@@ -86,6 +86,26 @@ def test_post_search_cql2_text_is_converted_and_pages_keep_it(live_server):
     assert seen == ["majortom_train_0000003", "majortom_val_0000001", "ssl4eos12_train_0000005"]
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "GET items"])
+def test_filter_on_an_unknown_property_is_400_naming_it(live_server, method):
+    """catalog.api.check_queryables: unknown terms are errors, not empty results."""
+    text = "eo:cloud_cover < 10 AND nosuch:prop = 'x'"
+    if method == "GET":
+        r = _get(f"{live_server}/stac/search", params={"filter": text, "filter-lang": "cql2-text"})
+    elif method == "POST":
+        r = httpx.post(f"{live_server}/stac/search", timeout=30, json={
+            "collections": [API_COLLECTION_ID],
+            "filter": {"op": "=", "args": [{"property": "nosuch:prop"}, "x"]}})
+    else:
+        r = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/items", params={"filter": text})
+    assert r.status_code == 400, r.text
+    assert "unknown queryable(s) in filter: nosuch:prop" in r.text, r.text
+    # the queryables say so too, and the known ones still work
+    q = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/queryables").json()
+    assert q["additionalProperties"] is False and "eo:cloud_cover" in q["properties"]
+    assert _get(f"{live_server}/stac/queryables").json()["additionalProperties"] is False
+
+
 def test_fields_extension_and_item_collection(live_server):
     r = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/items",
              params={"limit": 100, "fields": "id,properties.eo:cloud_cover,-assets"})
