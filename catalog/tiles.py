@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import anyio
 import rasterio
 from fastapi import FastAPI, Query, status
+from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -132,6 +133,19 @@ class CollectionRenders:
 def _collection_mosaic_renders(backend) -> dict:
     """Presets of a collection mosaic (titiler-pgstac keeps them as `defaults_params`)."""
     return {k: titiler_render(v) for k, v in (backend.info().metadata.defaults_params or {}).items()}
+
+
+# rasterio's message for a band that the dataset does not have (`assets=S2L2A|bidx=20`).
+_BAND_INDEX_ERROR = re.compile(r"^band index -?\d+ out of range")
+
+
+def index_error_response(request, exc: IndexError) -> JSONResponse:
+    """400 for rasterio's "band index N out of range" (the client asked for a band the
+    asset lacks); any other IndexError is a bug of ours or a library's: 500, logged."""
+    if _BAND_INDEX_ERROR.match(str(exc)):
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
+    logger.error("unexpected IndexError", exc_info=exc)
+    return JSONResponse({"detail": "internal error (IndexError)"}, status_code=500)
 
 
 def _json_error(status_code: int, detail: str):
@@ -306,10 +320,9 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
             **MOSAIC_STATUS_CODES,
             **PGSTAC_STATUS_CODES,
             ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT,
-            # rasterio/rio-tiler: band index out of range (`assets=S2L2A|bidx=20`)
-            IndexError: status.HTTP_400_BAD_REQUEST,
         },
     )
+    app.add_exception_handler(IndexError, index_error_response)
     app.state.renders = renders
 
     # Registered-search mosaics.
