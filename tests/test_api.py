@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -318,6 +319,55 @@ def test_map_page_is_served_and_uses_the_api_paths(live_server, path):
         assert needle in html
 
 
+def _inline_scripts(html: str) -> list[str]:
+    from html.parser import HTMLParser
+
+    class Scripts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.scripts, self._in = [], False
+
+        def handle_starttag(self, tag, attrs):
+            self._in = tag == "script" and not dict(attrs).get("src")
+            if self._in:
+                self.scripts.append("")
+
+        def handle_endtag(self, tag):
+            if tag == "script":
+                self._in = False
+
+        def handle_data(self, data):
+            if self._in:
+                self.scripts[-1] += data
+
+    parser = Scripts()
+    parser.feed(html)
+    return parser.scripts
+
+
+def _node_check(source: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:  # a failure, not a skip: the check must run where the tests run
+        pytest.fail("node (Node.js) is not installed: it is needed to syntax-check the map page's "
+                    "JavaScript (`node --check`); install it, e.g. `apt-get install nodejs`")
+    path = tmp_path / "script.js"
+    path.write_text(source)
+    return subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_map_page_javascript_parses(tmp_path):
+    """`node --check` (syntax only, nothing runs) on each inline script of the map page."""
+    scripts = _inline_scripts((REPO / "catalog" / "static" / "map.html").read_text())
+    assert scripts and all(s.strip() for s in scripts)
+    for n, source in enumerate(scripts):
+        proc = _node_check(source, tmp_path)
+        assert proc.returncode == 0, f"inline script {n} of map.html:\n{proc.stderr}"
+    # the check does catch a syntax error
+    assert _node_check(scripts[0] + "\nconst = ;\n", tmp_path).returncode != 0
+
+
 def test_cors_and_stac_redirect(live_server):
     r = _get(f"{live_server}/stac/collections", headers={"Origin": "http://example.org"})
     assert r.headers.get("access-control-allow-origin") in ("*", "http://example.org")
@@ -409,7 +459,6 @@ def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_
 # --- database roles: API DSN errors, transactions with the loader role ---------------------
 
 import asyncio  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
