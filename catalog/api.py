@@ -229,7 +229,7 @@ def filter_properties(node: Any) -> set[str]:
     return found
 
 
-async def check_queryables(conn, search_request) -> None:
+async def check_queryables(request: Request, search_request) -> None:
     """400 for a filter on a property that is not a queryable of the searched collections.
 
     The filter extension lets a server reject properties it does not know; otherwise such a
@@ -244,11 +244,12 @@ async def check_queryables(conn, search_request) -> None:
     if not names:
         return
     collections = getattr(search_request, "collections", None) or None
-    unknown = await conn.fetchval(
-        "SELECT array_agg(p ORDER BY p) FROM unnest($1::text[]) p"
-        " WHERE NOT coalesce((pgstac.queryable(p, $2::text[])).registered, false)",
-        names, collections,
-    )
+    async with request.app.state.get_connection(request, "r") as conn:  # only for filters
+        unknown = await conn.fetchval(
+            "SELECT array_agg(p ORDER BY p) FROM unnest($1::text[]) p"
+            " WHERE NOT coalesce((pgstac.queryable(p, $2::text[])).registered, false)",
+            names, collections,
+        )
     if unknown:
         where = f"collection(s) {', '.join(collections)}" if collections else "any collection"
         raise InvalidQueryParameter(
@@ -297,8 +298,7 @@ class TerraMeshClient(CoreCrudClient):
             )
 
     async def _search_base(self, search_request, request: Request):  # type: ignore[override]
-        async with request.app.state.get_connection(request, "r") as conn:
-            await check_queryables(conn, search_request)
+        await check_queryables(request, search_request)
         item_collection = await super()._search_base(search_request, request=request)
         root = service_root(request)
         for item in item_collection.get("features", []):
