@@ -24,6 +24,7 @@ else
     missing=()
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    command -v node >/dev/null || missing+=(nodejs)  # tests syntax-check the map page's script
     [ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
     pg_major=$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1 | cut -d/ -f5)
     if [ ! -f "/usr/share/postgresql/$pg_major/extension/postgis.control" ]; then
