@@ -235,12 +235,14 @@ def create_collection(
     items_summary=None,
     extent: pystac.Extent | None = None,
     demo: bool = False,
+    index_href: str | None = None,
 ) -> pystac.Collection:
     """The TerraMesh collection; extents from `extent`, else from `items_summary` (Items).
 
     The converter passes `extent` (accumulated per shard) so it never holds all items.
 
     `demo=True` prefixes the description with a notice that the data are generated.
+    `index_href` (the folder of the byte-range index) becomes the `byte-index` asset.
     """
     items = list(items_summary or [])
     desc = description or DESCRIPTION
@@ -292,6 +294,15 @@ def create_collection(
                               media_type="text/html", title="CC-BY-SA-4.0"))
     coll.add_link(pystac.Link("via", HF_DATASET, media_type="text/html",
                               title="TerraMesh on Hugging Face"))
+    if index_href:
+        coll.add_asset("byte-index", pystac.Asset(
+            index_href, title="Byte-range index of the source shards",
+            description=("Parquet files `<split>/<shard>.parquet` (read the folder as one dataset, "
+                         "e.g. pyarrow.dataset or DuckDB `read_parquet('.../*/*.parquet')`): per "
+                         "tar member its key, modality, tar URL, byte offset and size, and the "
+                         "offsets of the zip entries inside it, so one HTTP range request fetches "
+                         "a sample's original .zarr.zip (converters.byteindex.fetch_member)."),
+            media_type="application/vnd.apache.parquet", roles=["metadata", "index"]))
     d = coll.to_dict(include_self_link=False, transform_hrefs=False)
     coll.stac_extensions = stac_extensions_for(d)
     return coll

@@ -4,10 +4,16 @@
     items/<split>/<shard>.ndjson      one STAC item per line
     assets/<key>/<asset file>         COGs, cloud mask, thumbnail
     reports/<split>/<shard>.json      counts, timings, problems of one shard
+    index/<split>/<shard>.parquet     byte ranges of every member of the original shard tars
+    manifests/<split>/<shard>.json    what a finished shard wrote; written last (resume, skip)
+    revisions/<id>/assets/...         superseded assets of an older source revision (until prune)
+    published/<split>/<shard>.json    which content of the shard was loaded into which pgstac
+    reports/run.json                  the last run's report (every problem, per shard)
 """
 
 COLLECTION_FILE = "collection.json"
 ASSETS_DIR = "assets"
+INDEX_DIR = "index"
 ITEMS_GLOB = "items/**/*.ndjson"
 
 
@@ -15,9 +21,35 @@ def asset_path(key: str, filename: str) -> str:
     return f"{ASSETS_DIR}/{key}/{filename}"
 
 
+def _per_shard(folder: str, split: str, shard: str, suffix: str) -> str:
+    return f"{folder}/{split}/{shard.removesuffix('.tar')}{suffix}"
+
+
 def items_path(split: str, shard: str) -> str:
-    return f"items/{split}/{shard.removesuffix('.tar')}.ndjson"
+    return _per_shard("items", split, shard, ".ndjson")
 
 
 def report_path(split: str, shard: str) -> str:
-    return f"reports/{split}/{shard.removesuffix('.tar')}.json"
+    return _per_shard("reports", split, shard, ".json")
+
+
+def index_path(split: str, shard: str) -> str:
+    return _per_shard(INDEX_DIR, split, shard, ".parquet")
+
+
+def manifest_path(split: str, shard: str) -> str:
+    return _per_shard("manifests", split, shard, ".json")
+
+
+def published_path(split: str, shard: str) -> str:
+    return _per_shard("published", split, shard, ".json")
+
+
+def staging_path(split: str, shard: str) -> str:
+    """Temporary files of a shard being written (local destinations), cleared on retry."""
+    return _per_shard(".staging", split, shard, "")
+
+
+def revision_path(revision_id: str, relpath: str) -> str:
+    """Where a superseded object stays readable: revisions/<id>/<its relative path>."""
+    return f"revisions/{revision_id}/{relpath}"

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .metadata import key_of_member
+from .retry import is_transient
 from .modalities import MODALITIES, S1_MODALITY, SOURCES, modalities_for_source
 from .sample import Sample, SampleError
 from .zarrzip import CorruptSampleError, decode_zarr_zip
@@ -51,8 +52,9 @@ def shard_modalities(shard: str, modalities=None) -> tuple[list[str], set[str]]:
 class _Stream:
     """One modality tar read member by member; remembers whether it broke."""
 
-    def __init__(self, modality: str, shard: str, fileobj):
+    def __init__(self, modality: str, shard: str, fileobj, index=None, tar_url: str = ""):
         self.modality, self.shard = modality, shard
+        self.index, self.tar_url = index, tar_url
         self.buffer: OrderedDict[str, bytes] = OrderedDict()
         self.errors: list[SampleError] = []  # reported by the caller at the next chance
         self.done = False
@@ -70,16 +72,20 @@ class _Stream:
                     continue
                 name = member.name.removeprefix("./")
                 if not name.endswith(MEMBER_SUFFIX):
-                    self.errors.append(SampleError(key_of_member(name), self.shard, self.modality,
-                                                   f"not a zarr.zip member: {name}"))
+                    problem = f"not a zarr.zip member: {name}"
+                    self._index(member, name, problem=problem)
+                    self.errors.append(SampleError(key_of_member(name), self.shard, self.modality, problem))
                     continue
                 data = self._tar.extractfile(member).read()
                 if len(data) != member.size:
+                    self._index(member, name, problem="member cut short (tar truncated)")
                     raise EOFError(f"member {name} cut short")
             except StopIteration:
                 self.done = True
                 return False
             except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+                if is_transient(e):  # a network hiccup, not a broken tar: the shard is retried
+                    raise
                 after = f" after {self._last}" if self._last else ""
                 self.errors.append(SampleError(None, self.shard, self.modality,
                                                f"tar unreadable{after}: {type(e).__name__}: {e}"))
@@ -88,11 +94,20 @@ class _Stream:
             key = key_of_member(name)
             self._last = name
             if key in self.buffer:
+                self._index(member, name, problem="duplicate key in tar")
                 self.errors.append(SampleError(key, self.shard, self.modality, "duplicate key in tar"))
                 continue
+            self._index(member, name, data=data)
             self.buffer[key] = data
             return True
         return False
+
+    def _index(self, member: tarfile.TarInfo, name: str, data: bytes | None = None,
+               problem: str | None = None) -> None:
+        if self.index is not None:
+            self.index.add(key=key_of_member(name), modality=self.modality, tar_url=self.tar_url,
+                           member=member.name, offset=member.offset_data, size=member.size,
+                           data=data, problem=problem)
 
     def take(self, key: str) -> tuple[bytes | None, bool]:
         """(member bytes for `key` or None, whether other keys came first = order differs)."""
@@ -109,9 +124,10 @@ class _Stream:
         return next(iter(self.buffer), None)
 
 
-def iter_samples(source, split: str, shard: str, modalities=None,
-                 metadata: dict | None = None) -> Iterator[Sample | SampleError]:
-    """Samples of `shard` (see the module doc for what is yielded and when)."""
+def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict | None = None,
+                 index=None) -> Iterator[Sample | SampleError]:
+    """Samples of `shard` (see the module doc for what is yielded and when). With `index`
+    (a converters.byteindex.ShardIndex), every tar member read is recorded in it."""
     to_open, quiet = shard_modalities(shard, modalities)
     with contextlib.ExitStack() as stack:
         streams: list[_Stream] = []
@@ -123,8 +139,10 @@ def iter_samples(source, split: str, shard: str, modalities=None,
                     yield SampleError(None, shard, m, "modality tar missing for this shard")
                 continue
             try:
-                streams.append(_Stream(m, shard, f))
+                streams.append(_Stream(m, shard, f, index, source.shard_url(split, m, shard)))
             except (tarfile.TarError, EOFError, OSError) as e:
+                if is_transient(e):
+                    raise
                 yield SampleError(None, shard, m, f"not a readable tar: {type(e).__name__}: {e}")
         if not streams:
             return

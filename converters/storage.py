@@ -22,8 +22,12 @@ def multihash_sha256(data: bytes) -> str:
 class Store:
     """A destination root. Relative paths use '/' on every platform."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None):
+    def __init__(self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None,
+                 staging: str | None = None):
         self.url = url.rstrip("/")
+        # local files are written under `staging` (relative) then renamed into place, so a
+        # killed writer leaves its leftovers in one folder the next attempt clears
+        self.staging = staging
         self.is_s3 = self.url.startswith("s3://")
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         self.public_url = public_url
@@ -64,12 +68,51 @@ class Store:
             self.fs.pipe_file(path, data)  # S3 PUT is atomic
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            tmp_dir = self._path(self.staging) if self.staging else os.path.dirname(path)
+            os.makedirs(tmp_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)  # readable by the service and the postgres-run stack
             os.replace(tmp, path)
-            os.chmod(path, 0o644)  # readable by the service and the postgres-run stack
         return self.href(relpath)
+
+    def staged(self, staging: str) -> "Store":
+        """This store writing its temporary files under `staging`, emptied first."""
+        store = Store(self.url, endpoint_url=self.endpoint_url, public_url=self.public_url,
+                      staging=staging)
+        store.clear_staging()
+        return store
+
+    def clear_staging(self) -> None:
+        if self.staging and not self.is_s3:
+            self.delete_tree(self.staging)
+
+    def discard_staging(self) -> None:
+        """Remove the staging folder and its parents that are left empty."""
+        if self.staging and not self.is_s3:
+            self.delete_tree(self.staging)
+            try:
+                os.removedirs(os.path.dirname(self._path(self.staging)))
+            except OSError:  # not empty (another shard is staging): leave it
+                pass
+
+    def delete_tree(self, relpath: str) -> None:
+        path = self._path(relpath)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy an object whole (server-side on S3); `dst` appears complete or not at all."""
+        if self.is_s3:
+            self.fs.copy(self._path(src), self._path(dst))
+        else:
+            self.put(dst, self.get(src))
+
+    def delete(self, relpath: str) -> None:
+        path = self._path(relpath)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
     def get(self, relpath: str) -> bytes:
         return self.fs.cat_file(self._path(relpath))
