@@ -11,7 +11,7 @@ in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
     decode of every modality into memory) -> samples/s. This is the ceiling of (c).
 (b) encode per modality: encode_cog per modality, encode_cloud_mask and encode_thumbnail on
     the decoded samples of a second pass (decode not timed) -> ms/sample, samples/s.
-(c) full conversion: converters.pipeline.convert to a temp dest (no progress bar), the same
+(c) full conversion: converters.run.convert to a temp dest (no progress bar), the same
     call as `terramesh-stac convert` -> samples/s, and its ratio to (a).
 (d) size: sum of COG bytes per modality vs sum of the .zarr.zip tar member sizes of that
     modality (tarfile member headers), and vs the raw in-memory pixel bytes (source dtype:
@@ -43,7 +43,8 @@ from _common import command_line, conditions, generate_source, loadavg, temp_dir
 
 from converters.cog import encode_cloud_mask, encode_cog  # noqa: E402
 from converters.modalities import MODALITIES  # noqa: E402
-from converters.pipeline import ConvertOptions, convert  # noqa: E402
+from converters.pipeline import ConvertOptions  # noqa: E402
+from converters.run import convert  # noqa: E402
 from converters.sample import Sample  # noqa: E402
 from converters.shards import MEMBER_SUFFIX, iter_samples  # noqa: E402
 from converters.source import open_source  # noqa: E402

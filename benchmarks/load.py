@@ -159,13 +159,14 @@ def main() -> None:
         if args.dest:
             dest, note = args.dest, f"base items: {args.dest}"
         else:
-            from converters.pipeline import ConvertOptions, convert
+            from converters.pipeline import ConvertOptions
+            from converters.run import convert
 
             src, dest = str(work / "source"), str(work / "dest")
             keys = generate_source(src, args.shards, args.samples_per_shard)
             convert(src, ConvertOptions(dest=dest, collection_id="terramesh-bench"), split="val")
             note = (f"base items: GENERATED (converters.synth, seed 0) {len(keys)} samples, "
-                    f"converted with converters.pipeline.convert")
+                    f"converted with converters.run.convert")
         store = open_store(dest)
         base = [i for f in item_files(store) for i in read_items(store, f)]
         collection = orjson.loads(store.get("collection.json"))

@@ -5,9 +5,9 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
     dest/collection.json
     dest/items/**/*.ndjson      one STAC item per line (.ndjson.gz also read)
 
-`load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in upsert
-mode, so loading the same output twice leaves the same rows (pgstac keys rows on collection,
-id and datetime). Before the first item the collection's partitioning and queryables are set
+`load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
+mode, so loading the same output twice leaves the same rows, and an item whose datetime
+changed moves to its new partition instead of being duplicated. Before the first item the collection's partitioning and queryables are set
 (catalog.database.prepare_collection). Files are loaded one after the other, never in
 parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
 items of that file are counted in pgstac; a difference is an error.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from catalog import database
+from converters.layout import published_path
 from converters.storage import Store
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,130 @@ def _count_in_db(conn, pairs: list[tuple[str, str]]) -> int:
     ).fetchone()[0]
 
 
+def database_identity(dsn: str) -> str:
+    """host:port/dbname of a DSN, without credentials (recorded in publication markers)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = conninfo_to_dict(dsn)
+    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
+
+
+class Publisher:
+    """One writer into pgstac: the collection, then item files (or finished shards) in turn.
+
+    Items are loaded with pypgstac's `delsert`: rows of the same id are deleted first, in any
+    partition, so an item whose datetime changed moves instead of being duplicated (upsert
+    is keyed on id and datetime). After each file the ids are counted in pgstac.
+
+        with Publisher(dsn, store) as publisher:
+            publisher.publish_collection(collection_dict)
+            publisher.publish_shards(manifests)   # see converters/manifest.py
+    """
+
+    def __init__(self, dsn: str, store: Store, *, partition: str | None = "month"):
+        self.dsn, self.store, self.partition = dsn, store, partition
+        self.collection_id: str | None = None
+        self.files: list[FileCount] = []
+        self.errors: list[str] = []
+        self.items_seconds = self.check_seconds = 0.0
+        self.batches = self.shards = 0
+        self.database = database_identity(dsn)
+
+    def __enter__(self) -> "Publisher":
+        from pypgstac.load import Loader
+
+        self._db_context = database.pgstac_db(self.dsn)
+        self._db = self._db_context.__enter__()
+        self._loader = Loader(self._db)
+        self._conn = self._db.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self._db_context.__exit__(*exc)
+
+    def publish_collection(self, collection: dict) -> None:
+        from pypgstac.load import Methods
+
+        self._loader.load_collections(iter([collection]), Methods.upsert)
+        database.prepare_collection(self._conn, collection["id"], self.partition)
+        self._loader.collection_json.cache_clear()  # partition_trunc may have changed
+        self.collection_id = collection["id"]
+
+    def load_file(self, relpath: str, expected_ids: set[str] | None = None) -> FileCount | None:
+        """Load one NDJSON item file; None (and an error recorded) if it cannot be loaded."""
+        from pypgstac.load import Methods
+
+        cid = self.collection_id
+        try:
+            items = list(read_items(self.store, relpath))
+        except (ValueError, OSError) as e:
+            self.errors.append(str(e))
+            return None
+        for item in items:
+            item.setdefault("collection", cid)
+        strays = {i["collection"] for i in items} - {cid}
+        if strays:
+            self.errors.append(f"{relpath}: items of other collections {sorted(strays)} (expected {cid!r})")
+            return None
+        pairs = [(i["collection"], i["id"]) for i in items]
+        if expected_ids is not None and {i for _, i in pairs} != expected_ids:
+            self.errors.append(f"{relpath}: its items differ from the shard's manifest; not loaded")
+            return None
+        duplicates = len(pairs) - len(set(pairs))
+        if duplicates:  # pgstac rejects a batch that names a row twice
+            self.errors.append(f"{relpath}: {duplicates} duplicate item ids; file not loaded")
+            count = FileCount(relpath, written=len(items), in_db=0)
+            self.files.append(count)
+            return None
+        t = time.perf_counter()
+        if items:
+            self._loader.load_items(iter(items), Methods.delsert)
+        self.items_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        count = FileCount(relpath, written=len(items), in_db=_count_in_db(self._conn, pairs))
+        self.check_seconds += time.perf_counter() - t
+        self.files.append(count)
+        if count.in_db != count.written:
+            self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
+        log.info("%s: %d items, %d in pgstac", relpath, count.written, count.in_db)
+        return count
+
+    def _delete(self, ids: list[str]) -> None:
+        for item_id in ids:
+            self._conn.execute("DELETE FROM pgstac.items WHERE collection = %s AND id = %s",
+                               (self.collection_id, item_id))
+        self._conn.commit()
+
+    def publish_shards(self, manifests: list[dict]) -> None:
+        """Load the items of finished shards not yet published (as their manifest says) into
+        this database; remove items a new revision dropped; mark each shard published."""
+        self.batches += 1
+        for m in manifests:
+            marker_path = published_path(m["split"], m["shard"])
+            marker = {"items_sha256": m["items"]["sha256"], "content_id": m["content_id"],
+                      "database": self.database, "collection": self.collection_id}
+            try:
+                if orjson.loads(self.store.get(marker_path)) == marker:
+                    continue  # this very content is in this database already
+            except FileNotFoundError:
+                pass
+            self._delete(m["items"].get("removed", []))
+            count = self.load_file(m["items"]["path"], expected_ids=set(m["items"]["ids"]))
+            if count is None or count.in_db != m["items"]["count"]:
+                self.errors.append(f"{m['split']}/{m['shard']}: manifest says {m['items']['count']} items, "
+                                   f"pgstac holds {count.in_db if count else 0}")
+                continue
+            self.store.put(marker_path, orjson.dumps(marker, option=orjson.OPT_SORT_KEYS))
+            self.shards += 1
+
+    def summary(self) -> dict:
+        written = sum(f.written for f in self.files)
+        return {"items": written, "in_db": sum(f.in_db for f in self.files), "shards": self.shards,
+                "batches": self.batches, "seconds": self.items_seconds + self.check_seconds,
+                "items_per_second": written / self.items_seconds if self.items_seconds else 0.0,
+                "errors": list(self.errors)}
+
+
 def load(
     dest: str,
     dsn: str,
@@ -140,8 +265,6 @@ def load(
     "year" or None). expected_count: a total the caller expects, checked on top of the per-file
     counts. Raises LoadError (with .result) on any error unless raise_on_error is False.
     """
-    from pypgstac.load import Loader, Methods
-
     t0 = time.perf_counter()
     store = open_store(dest, endpoint_url)
     if collection_path is None:
@@ -151,46 +274,15 @@ def load(
                                   .get(collection_path.rsplit("/", 1)[1]))
     else:
         collection = orjson.loads(store.get(collection_path))
-    cid = collection["id"]
-    result = LoadResult(dest=dest, collection_id=cid, expected=expected_count)
+    result = LoadResult(dest=dest, collection_id=collection["id"], expected=expected_count)
 
-    with database.pgstac_db(dsn) as db:
-        loader = Loader(db)
-        conn = db.connect()
-        loader.load_collections(iter([collection]), Methods.upsert)
-        database.prepare_collection(conn, cid, partition)
-        loader.collection_json.cache_clear()  # partition_trunc may have changed
+    with Publisher(dsn, store, partition=partition) as publisher:
+        publisher.publish_collection(collection)
         result.collection_seconds = time.perf_counter() - t0
-
         for relpath in item_files(store):
-            try:
-                items = list(read_items(store, relpath))
-            except (ValueError, OSError) as e:
-                result.errors.append(str(e))
-                continue
-            for item in items:
-                item.setdefault("collection", cid)
-            strays = {i["collection"] for i in items} - {cid}
-            if strays:
-                result.errors.append(f"{relpath}: items of other collections {sorted(strays)} (expected {cid!r})")
-                continue
-            pairs = [(i["collection"], i["id"]) for i in items]
-            duplicates = len(pairs) - len(set(pairs))
-            if duplicates:  # pgstac's upsert rejects a batch that names a row twice
-                result.errors.append(f"{relpath}: {duplicates} duplicate item ids; file not loaded")
-                result.files.append(FileCount(relpath, written=len(items), in_db=0))
-                continue
-            t = time.perf_counter()
-            if items:
-                loader.load_items(iter(items), Methods.upsert)
-            result.items_seconds += time.perf_counter() - t
-            t = time.perf_counter()
-            count = FileCount(relpath, written=len(items), in_db=_count_in_db(conn, pairs))
-            result.check_seconds += time.perf_counter() - t
-            result.files.append(count)
-            if count.in_db != count.written:
-                result.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
-            log.info("%s: %d items, %d in pgstac", relpath, count.written, count.in_db)
+            publisher.load_file(relpath)
+    result.files, result.errors = publisher.files, publisher.errors
+    result.items_seconds, result.check_seconds = publisher.items_seconds, publisher.check_seconds
 
     if not result.files and not result.errors:
         result.errors.append(f"no item files under {store.href('items')} (*.ndjson)")

@@ -1,22 +1,24 @@
 """Convert TerraMesh: samples in, assets + STAC items out.
 
 The unit of work is a shard (`convert_shard`), a plain function of its arguments that a
-scheduler can run anywhere: it streams the shard from the source, writes the assets and
-the shard's items (NDJSON) straight to the destination and returns a small report.
-`convert` runs the shards of a split one after the other and writes the collection.
+scheduler can run anywhere: it streams the shard from the source, writes the assets, the
+byte index, the shard's items (NDJSON), its report and last its manifest straight to the
+destination, and returns a small report. `converters.run` schedules shards on Dask.
 """
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import pystac
 
 from converters.cog import encode_cloud_mask, encode_cog
-from converters.collection import create_collection
 from converters.items import create_item
-from converters.layout import COLLECTION_FILE, asset_path, items_path, report_path
+from converters.byteindex import ShardIndex
+from converters.layout import asset_path, index_path, items_path, report_path, revision_path, staging_path
+from converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
+from converters.retry import is_transient, retrying
 from converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
 from converters.shards import iter_samples
 from converters.source import open_source
@@ -50,6 +52,23 @@ class ShardReport:
     start: str | None = None
     end: str | None = None
     seconds: float = 0.0
+    content_id: str | None = None
+    revision: str | None = None
+    skipped: bool = False  # the manifest said this content was converted already
+    retries: list[str] = field(default_factory=list)  # transient errors that were retried
+    assets: dict = field(default_factory=dict)  # written / unchanged / superseded counts
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "ShardReport":
+        extent = manifest["extent"]
+        return cls(split=manifest["split"], shard=manifest["shard"],
+                   items=manifest["items"]["count"], bbox=extent["bbox"], start=extent["start"],
+                   end=extent["end"], content_id=manifest["content_id"],
+                   revision=manifest["revision"], errors=list(manifest.get("errors") or []),
+                   skipped=True)
 
     def add_item(self, item: pystac.Item) -> None:
         self.items += 1
@@ -59,29 +78,6 @@ class ShardReport:
             self.start = min(self.start or t, t)
             self.end = max(self.end or t, t)
         self.bbox = _union_bbox(self.bbox, item.bbox)
-
-
-@dataclass
-class RunReport:
-    shards: list[ShardReport]
-    collection_href: str
-    seconds: float
-
-    @property
-    def items(self) -> int:
-        return sum(s.items for s in self.shards)
-
-    @property
-    def errors(self) -> list[dict]:
-        return [e for s in self.shards for e in s.errors]
-
-    def summary(self) -> str:
-        lines = [f"converted {self.items} samples from {len(self.shards)} shards "
-                 f"in {self.seconds:.1f} s; collection: {self.collection_href}"]
-        if self.errors:
-            lines.append(f"PARTIAL: {len(self.errors)} problems (key, shard, modality: reason):")
-            lines += [f"  {e['key']}, {e['shard']}, {e['modality']}: {e['reason']}" for e in self.errors]
-        return "\n".join(lines)
 
 
 def _union_bbox(a, b):
@@ -105,33 +101,119 @@ def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None) -> 
     return encoded
 
 
-def write_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -> dict[str, WrittenAsset]:
-    written = {}
+class AssetWriter:
+    """Writes a shard's assets against what the previous manifest recorded.
+
+    An asset whose bytes equal the recorded checksum is not written again. One whose bytes
+    changed is first copied to `revisions/<old content id>/...` (kept readable for
+    subsets that point at it, until `prune`) and then replaced. The copy is made only if
+    absent, and always before the replacement, so a retry after a crash never copies
+    new bytes over the old ones.
+    """
+
+    def __init__(self, store: Store, previous: dict | None):
+        self.store = store
+        self.previous_assets: dict = (previous or {}).get("assets", {})
+        self.previous_id: str | None = (previous or {}).get("content_id")
+        self.superseded: dict = dict((previous or {}).get("superseded", {}))
+        self.assets: dict[str, dict] = {}  # relpath -> {size, checksum}
+        self.counts = {"written": 0, "unchanged": 0, "superseded": 0}
+
+    def _supersede(self, relpath: str) -> None:
+        old = self.previous_assets[relpath]
+        kept = revision_path(self.previous_id, relpath)
+        if not self.store.exists(kept):
+            self.store.copy(relpath, kept)
+        self.superseded[kept] = {**old, "of": relpath, "content_id": self.previous_id}
+        self.counts["superseded"] += 1
+
+    def put(self, relpath: str, data: bytes, checksum: str | None = None) -> None:
+        checksum = checksum or multihash_sha256(data)
+        old = self.previous_assets.get(relpath)
+        if old is not None and old["checksum"] == checksum and self.store.exists(relpath):
+            self.counts["unchanged"] += 1
+        else:
+            if old is not None and self.store.exists(relpath):
+                self._supersede(relpath)
+            self.store.put(relpath, data)
+            self.counts["written"] += 1
+        self.assets[relpath] = {"size": len(data), "checksum": checksum}
+
+    def retire_unused(self) -> None:
+        """Assets the previous revision had and this one did not write: moved aside."""
+        for relpath in sorted(set(self.previous_assets) - set(self.assets)):
+            if self.store.exists(relpath):
+                self._supersede(relpath)
+                self.store.delete(relpath)
+
+
+def describe_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -> dict[str, WrittenAsset]:
+    """What the item says about each asset (href, size, checksum), before anything is written."""
+    described = {}
     for asset in encoded:
         relpath = asset_path(sample.key, asset.filename)
-        written[asset.key] = WrittenAsset(
-            key=asset.key, href=store.put(relpath, asset.data), media_type=asset.media_type,
-            roles=asset.roles, size=len(asset.data), checksum=multihash_sha256(asset.data),
-            fields=asset.fields, alternate_href=store.https_href(relpath),
+        described[asset.key] = WrittenAsset(
+            key=asset.key, href=store.href(relpath), media_type=asset.media_type, roles=asset.roles,
+            size=len(asset.data), checksum=multihash_sha256(asset.data), fields=asset.fields,
+            alternate_href=store.https_href(relpath),
         )
-    return written
+    return described
 
 
-def convert_sample(sample: Sample, store: Store, options: ConvertOptions, revision: str | None) -> pystac.Item:
-    written = write_assets(sample, encode_sample(sample, options.modalities), store)
-    return create_item(sample, written, collection_id=options.collection_id, revision=revision)
+def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None) -> pystac.Item:
+    encoded = encode_sample(sample, options.modalities)
+    described = describe_assets(sample, encoded, writer.store)
+    item = create_item(sample, described, collection_id=options.collection_id, revision=revision)
+    # written only once the item is built: a sample that fails leaves no asset behind
+    for asset in encoded:
+        writer.put(asset_path(sample.key, asset.filename), asset.data, described[asset.key].checksum)
+    return item
+
+
+def shard_settings(options: ConvertOptions, limit: int | None) -> dict:
+    """The options that change what a shard's conversion writes (part of its content id)."""
+    return {"collection": options.collection_id, "formats": list(options.formats),
+            "modalities": sorted(options.modalities) if options.modalities else None,
+            "revision": options.revision, "limit": limit, "s3_public_url": options.s3_public_url}
 
 
 def convert_shard(source_url: str, split: str, shard: str, options: ConvertOptions,
-                  *, limit: int | None = None, on_sample=None) -> ShardReport:
-    """Convert one shard; write its items and its report to the destination."""
+                  *, limit: int | None = None, force: bool = False, on_sample=None) -> ShardReport:
+    """Convert one shard unless its manifest says the same source and settings are done.
+
+    Transient storage/network errors restart the shard with backoff (its writes are
+    idempotent); corrupt data is reported, never retried. Writes, in this order: assets,
+    byte index, items, report, manifest. Returns the shard's report.
+    """
+    retries = []
+    for attempt in retrying(on_retry=lambda e: retries.append(f"{type(e).__name__}: {e}")):
+        with attempt:
+            report = _convert_shard_once(source_url, split, shard, options, limit, force, on_sample)
+    report.retries = retries
+    return report
+
+
+def _convert_shard_once(source_url, split, shard, options, limit, force, on_sample) -> ShardReport:
     t0 = time.perf_counter()
     source = open_source(source_url, endpoint_url=options.s3_endpoint_url, revision=options.revision)
-    metadata = source.read_metadata(split, shard=shard)  # only this shard's rows
     store = options.store()
-    report = ShardReport(split=split, shard=shard)
-    lines = []
-    for n, result in enumerate(iter_samples(source, split, shard, options.modalities, metadata)):
+    fingerprint = source_fingerprint(source, split, shard, options.modalities)
+    cid = content_id(fingerprint, shard_settings(options, limit))
+    previous = read_manifest(store, split, shard)
+    if previous is not None and previous["content_id"] == cid and not force:
+        # a run killed between the manifest and the cleanup left the staging folder behind
+        store.staged(staging_path(split, shard)).discard_staging()
+        return ShardReport.from_manifest(previous)
+
+    store = store.staged(staging_path(split, shard))
+    revision = source.revision or cid
+    metadata = source.read_metadata(split, shard=shard)  # only this shard's rows
+    writer = AssetWriter(store, previous)
+    index = ShardIndex(split, shard)
+    report = ShardReport(split=split, shard=shard, content_id=cid, revision=revision)
+    lines, ids = [], {}
+    samples = iter_samples(source, split, shard, options.modalities, metadata, index=index)
+    for n, result in enumerate(samples):
         if limit is not None and n >= limit:
             break
         if isinstance(result, SampleError):
@@ -143,85 +225,37 @@ def convert_shard(source_url: str, split: str, shard: str, options: ConvertOptio
                 f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
             ).to_dict())
         try:
-            item = convert_sample(result, store, options, source.revision)
+            item = convert_sample(result, writer, options, revision)
         except Exception as e:  # one bad sample must not stop the shard
+            if is_transient(e):
+                raise
             report.errors.append(SampleError(result.key, shard, None, f"{type(e).__name__}: {e}").to_dict())
             continue
         lines.append(json.dumps(item.to_dict(include_self_link=False), separators=(",", ":")))
+        ids[item.id] = item.datetime.isoformat() if item.datetime else None
         report.add_item(item)
         if on_sample:
             on_sample()
-    store.put(items_path(split, shard), ("\n".join(lines) + "\n").encode() if lines else b"")
+    writer.retire_unused()
+    store.put(index_path(split, shard), index.to_parquet())
+    items_data = ("\n".join(lines) + "\n").encode() if lines else b""
+    store.put(items_path(split, shard), items_data)
+    report.assets = dict(writer.counts)
     report.seconds = time.perf_counter() - t0
-    store.put(report_path(split, shard), json.dumps(report.__dict__, indent=1).encode())
+    store.put(report_path(split, shard), json.dumps(report.to_dict(), indent=1).encode())
+    removed = sorted(set((previous or {}).get("items", {}).get("ids", {})) - set(ids))
+    write_manifest(store, {
+        "split": split, "shard": shard, "content_id": cid, "revision": revision,
+        "source": {"url": source.root, "revision": source.revision, "tars": fingerprint},
+        "settings": shard_settings(options, limit),
+        "items": {"path": items_path(split, shard), "count": len(ids), "ids": ids,
+                  "sha256": hashlib.sha256(items_data).hexdigest(), "removed": removed},
+        "extent": {"bbox": report.bbox, "start": report.start, "end": report.end},
+        "errors": report.errors,  # a skipped shard still reports what it could not convert
+        "assets": writer.assets,
+        "superseded": writer.superseded,
+        "index": index_path(split, shard),
+        "report": report_path(split, shard),
+    })
+    store.discard_staging()
     return report
-
-
-def _collection_from_reports(options: ConvertOptions, reports: list[ShardReport], store: Store) -> pystac.Collection:
-    bbox, start, end = None, None, None
-    for r in reports:
-        if r.items:
-            bbox = _union_bbox(bbox, r.bbox)
-            start = min(start or r.start, r.start)
-            end = max(end or r.end, r.end)
-    if store.exists(COLLECTION_FILE):  # a previous run's extent still holds its items
-        old = json.loads(store.get(COLLECTION_FILE))
-        old_bbox = old["extent"]["spatial"]["bbox"][0]
-        old_start, old_end = old["extent"]["temporal"]["interval"][0]
-        bbox = _union_bbox(bbox, old_bbox) if bbox else old_bbox
-        start = min(filter(None, [start, old_start]), default=None)
-        end = max(filter(None, [end, old_end]), default=None)
-    extent = None
-    if bbox:
-        extent = pystac.Extent(
-            pystac.SpatialExtent([bbox]),
-            pystac.TemporalExtent([[datetime.fromisoformat(start) if start else None,
-                                    datetime.fromisoformat(end) if end else None]]),
-        )
-    return create_collection(
-        collection_id=options.collection_id, title=options.collection_title,
-        description=options.collection_description, extent=extent,
-    )
-
-
-def convert(source_url: str, options: ConvertOptions, *, split: str = "val",
-            limit: int | None = None, progress: bool = False) -> RunReport:
-    """Convert every shard of `split` ("all" for train and val), at most `limit` samples."""
-    t0 = time.perf_counter()
-    source = open_source(source_url, endpoint_url=options.s3_endpoint_url, revision=options.revision)
-    splits = ["train", "val"] if split == "all" else [split]
-    work = [(s, shard) for s in splits for shard in source.list_shards(s)]
-    if not work:
-        raise FileNotFoundError(f"no shards of split {split!r} under {source_url}")
-    store = options.store()
-    reports: list[ShardReport] = []
-    with _progress(progress, limit) as advance:
-        for s, shard in work:
-            remaining = None if limit is None else limit - sum(r.items + len(r.errors) for r in reports)
-            if remaining is not None and remaining <= 0:
-                break
-            reports.append(convert_shard(source_url, s, shard, options, limit=remaining, on_sample=advance))
-    collection = _collection_from_reports(options, reports, store)
-    href = store.put(COLLECTION_FILE, json.dumps(collection.to_dict(include_self_link=False), indent=1).encode())
-    return RunReport(shards=reports, collection_href=href, seconds=time.perf_counter() - t0)
-
-
-class _progress:
-    """A rich progress bar over samples, or nothing."""
-
-    def __init__(self, enabled: bool, total: int | None):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self._bar = Progress(*Progress.get_default_columns(), "{task.completed} samples")
-        self._bar.start()
-        task = self._bar.add_task("converting", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.stop()

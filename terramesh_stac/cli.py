@@ -19,7 +19,10 @@ def _cmd_synth(args, settings: Settings) -> int:
 
 
 def _cmd_convert(args, settings: Settings) -> int:
-    from converters.pipeline import ConvertOptions, convert
+    import contextlib
+
+    from converters.pipeline import ConvertOptions
+    from converters.run import convert
 
     options = ConvertOptions(
         dest=args.dest or settings.dest,
@@ -30,9 +33,35 @@ def _cmd_convert(args, settings: Settings) -> int:
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_public_url=settings.s3_public_url,
     )
-    report = convert(args.source, options, split=args.split, limit=args.limit, progress=True)
+    with contextlib.ExitStack() as stack:
+        publisher = None
+        if args.load:
+            from catalog import database
+            from catalog.loader import Publisher
+
+            dsn = args.dsn or database.dsn(settings, role="loader")
+            publisher = stack.enter_context(Publisher(dsn, options.store()))
+        report = convert(args.source, options, split=args.split, limit=args.limit,
+                         max_shards=args.max_shards, scheduler=args.scheduler or settings.scheduler,
+                         workers=args.workers, force=args.force, progress=not args.quiet,
+                         publisher=publisher)
     print(report.summary())
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
     return EXIT_PARTIAL if report.errors else EXIT_OK
+
+
+def _cmd_prune(args, settings: Settings) -> int:
+    from converters.prune import prune
+    from converters.storage import Store
+
+    store = Store(args.dest or settings.dest, endpoint_url=settings.s3_endpoint_url)
+    result = prune(store, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {result['objects']} superseded objects ({result['bytes']} bytes) of "
+          f"{result['shards']} shards")
+    return EXIT_OK
 
 
 def _cmd_load(args, settings: Settings) -> int:
@@ -95,10 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="val", choices=["train", "val", "all"])
     c.add_argument("--format", default="cog", choices=["cog"], help="asset format")
     c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
-    c.add_argument("--limit", type=int, help="stop after N samples")
+    c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
+    c.add_argument("--max-shards", type=int, help="only the first N shards")
     c.add_argument("--collection", help="collection id (default: terramesh)")
     c.add_argument("--revision", help="dataset revision to record (default: from the source URL)")
+    c.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: TERRAMESH_SCHEDULER, else a LocalCluster on this machine)")
+    c.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    c.add_argument("--force", action="store_true", help="convert shards again even if their manifest is current")
+    c.add_argument("--load", action="store_true", help="load items into pgstac as shards finish")
+    c.add_argument("--dsn", help="with --load: PostgreSQL DSN (default: the embedded cluster's loader role)")
+    c.add_argument("--report", help="write the run's report (every problem, per shard) as JSON here")
+    c.add_argument("--quiet", action="store_true", help="no progress display")
     c.set_defaults(func=_cmd_convert)
+
+    pr = sub.add_parser("prune", help="delete superseded assets kept from older source revisions")
+    pr.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")
+    pr.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    pr.set_defaults(func=_cmd_prune)
 
     ld = sub.add_parser("load", help="bulk-load converted items into pgstac (upsert)")
     ld.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")

@@ -19,8 +19,9 @@ DEMO_DESCRIPTION = (
 
 def run_demo(settings: Settings, *, source: str | None = None, serve: bool = True) -> int:
     from catalog import database
-    from catalog.loader import load
-    from converters.pipeline import ConvertOptions, convert
+    from catalog.loader import Publisher
+    from converters.pipeline import ConvertOptions
+    from converters.run import convert
     from converters.synth import generate
 
     demo_dir = Path(settings.state_dir) / "demo"
@@ -37,15 +38,15 @@ def run_demo(settings: Settings, *, source: str | None = None, serve: bool = Tru
         collection_id, title, description = settings.collection_id, None, None
 
     dest = str(demo_dir / "output")
-    print(f"3/4 converting to COG assets + STAC items in {dest}")
+    print(f"3/4 converting to COG assets + STAC items in {dest} (on Dask), loading them into "
+          "pgstac as shards finish")
     options = ConvertOptions(dest=dest, collection_id=collection_id, collection_title=title,
                              collection_description=description,
                              s3_endpoint_url=settings.s3_endpoint_url)
-    report = convert(source, options, split="val", progress=True)
+    with Publisher(database.dsn(settings, role="loader"), options.store()) as publisher:
+        report = convert(source, options, split="val", progress=True, publisher=publisher)
     print(report.summary())
-
-    print("4/4 loading into pgstac")
-    print(load(dest, database.dsn(settings, role="loader")).summary())
+    print(f"4/4 {report.published.get('in_db', 0)} items published")
 
     base = f"http://{settings.host}:{settings.port}"
     print(f"""

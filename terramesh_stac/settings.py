@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     dest: str = "./terramesh-output"  # local folder or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
     s3_public_url: str | None = None  # https base that serves the bucket, for asset alternates
+    scheduler: str | None = None  # Dask scheduler address for `convert`; None: a LocalCluster
 
     # Service (`terramesh-stac serve`).
     host: str = "127.0.0.1"
@@ -39,7 +40,8 @@ class Settings(BaseSettings):
     enable_transactions: bool = False
     cors_origins: str = "*"  # comma-separated origins, or "*"
     # DSN the API and tile service connect with (pgstac_read role). Default: the database
-    # module's API role DSN, else `dsn`, else libpq's PG* environment variables.
+    # module's API role DSN (catalog.api.api_dsn), else libpq's PG* environment variables;
+    # never `dsn` itself (the admin).
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)
     # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with

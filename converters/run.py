@@ -1,0 +1,314 @@
+"""Run a conversion on Dask: one task per shard, published in batches as shards finish.
+
+    report = convert("path/or/url/of/TerraMesh", ConvertOptions(dest="out"), split="val")
+
+The client only plans and bookkeeps: workers stream shards from the source and write
+straight to the destination (`pipeline.convert_shard`); what comes back is a small report.
+Without `scheduler` a LocalCluster sized to the machine is started (one single-threaded
+worker process per core: encoding holds the GIL in places, and one shard in flight per
+worker bounds memory). With `scheduler="tcp://host:8786"` an existing cluster does the work.
+
+Re-running is safe at any point: finished shards (manifest present, same content id) are
+skipped, unfinished ones are converted again from the start. When a `publisher` is given
+(catalog.loader.Publisher), the items of each batch of finished shards are loaded into
+pgstac by this process alone (one writer: concurrent loaders deadlock, pgstac#285), after
+their assets exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pystac
+
+from converters.collection import create_collection
+from converters.layout import COLLECTION_FILE, INDEX_DIR
+from converters.manifest import all_manifests, read_manifest
+from converters.pipeline import ConvertOptions, ShardReport, _union_bbox, convert_shard
+from converters.sample import SampleError
+from converters.source import open_source
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TOPIC = "terramesh-samples"
+RUN_REPORT = "reports/run.json"
+SUMMARY_PROBLEMS = 50  # problems listed in the printed summary; the report has them all
+
+
+@dataclass
+class RunReport:
+    shards: list[ShardReport]
+    collection_href: str
+    seconds: float
+    workers: int = 0
+    dashboard: str | None = None
+    published: dict = field(default_factory=dict)  # items loaded, seconds, errors
+
+    @property
+    def items(self) -> int:
+        return sum(s.items for s in self.shards)
+
+    @property
+    def converted(self) -> list[ShardReport]:
+        return [s for s in self.shards if not s.skipped]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [e for s in self.shards for e in s.errors] + [
+            {"key": None, "shard": None, "modality": None, "reason": f"publishing: {e}"}
+            for e in self.published.get("errors", [])]
+
+    def to_dict(self) -> dict:
+        return {"collection": self.collection_href, "seconds": self.seconds, "workers": self.workers,
+                "items": self.items, "shards": len(self.shards), "skipped": len(self.shards) - len(self.converted),
+                "errors": self.errors, "published": self.published,
+                "shard_reports": [s.to_dict() for s in self.shards]}
+
+    def summary(self) -> str:
+        converted = self.converted
+        samples = sum(s.items for s in converted)
+        rate = samples / self.seconds if self.seconds else 0.0
+        lines = [f"{self.items} items in {len(self.shards)} shards: converted {len(converted)} shards "
+                 f"({samples} samples, {rate:.1f} samples/s on {self.workers} workers), skipped "
+                 f"{len(self.shards) - len(converted)} already done; {self.seconds:.1f} s; "
+                 f"collection: {self.collection_href}"]
+        if self.published:
+            p = self.published
+            lines.append(f"published {p.get('items', 0)} items of {p.get('shards', 0)} shards into "
+                         f"pgstac in {p.get('batches', 0)} batches ({p.get('seconds', 0.0):.1f} s)")
+        retried = [s for s in self.shards if s.retries]
+        if retried:
+            lines.append(f"{len(retried)} shards retried after transient errors")
+        if self.errors:
+            lines.append(f"PARTIAL: {len(self.errors)} problems (key, shard, modality: reason):")
+            lines += [f"  {e['key']}, {e['shard']}, {e['modality']}: {e['reason']}"
+                      for e in self.errors[:SUMMARY_PROBLEMS]]
+            if len(self.errors) > SUMMARY_PROBLEMS:
+                lines.append(f"  ... {len(self.errors) - SUMMARY_PROBLEMS} more in the report "
+                             "(--report FILE, or reports/run.json at the destination)")
+        return "\n".join(lines)
+
+
+def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collection:
+    """The collection, its extent the union of every finished shard's (this run or earlier)."""
+    bbox, start, end = None, None, None
+    for m in all_manifests(store):
+        e = m["extent"]
+        if m["settings"]["collection"] != options.collection_id or not e["bbox"]:
+            continue
+        bbox = _union_bbox(bbox, e["bbox"])
+        start = min(start or e["start"], e["start"])
+        end = max(end or e["end"], e["end"])
+    extent = None
+    if bbox:
+        extent = pystac.Extent(
+            pystac.SpatialExtent([bbox]),
+            pystac.TemporalExtent([[datetime.fromisoformat(start), datetime.fromisoformat(end)]]),
+        )
+    return create_collection(
+        collection_id=options.collection_id, title=options.collection_title,
+        description=options.collection_description, extent=extent,
+        index_href=store.href(INDEX_DIR) + "/",
+    )
+
+
+def write_collection(options: ConvertOptions, store) -> tuple[str, dict]:
+    collection = collection_from_manifests(options, store).to_dict(include_self_link=False)
+    return store.put(COLLECTION_FILE, json.dumps(collection, indent=1).encode()), collection
+
+
+def start_client(scheduler: str | None = None, workers: int | None = None):
+    """A dask.distributed Client: of `scheduler` if given, else of a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    n = workers or len(os.sched_getaffinity(0))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", silence_logs=logging.ERROR)
+    return Client(cluster)
+
+
+def _worker_progress():
+    """A per-sample callback that tells the client's progress display, at most every 0.5 s."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker
+        return None
+    pending, last = [0], [time.monotonic()]
+
+    def tick(force: bool = False):
+        pending[0] += 1 - force
+        if pending[0] and (force or time.monotonic() - last[0] > 0.5):
+            worker.log_event(PROGRESS_TOPIC, pending[0])
+            pending[0], last[0] = 0, time.monotonic()
+    return tick
+
+
+def run_shard(source_url: str, split: str, shard: str, options: ConvertOptions,
+              limit: int | None, force: bool) -> ShardReport:
+    """The Dask task: convert one shard, reporting samples as they finish."""
+    tick = _worker_progress()
+    report = convert_shard(source_url, split, shard, options, limit=limit, force=force, on_sample=tick)
+    if tick:
+        tick(force=True)
+    return report
+
+
+def _failed_shard(split: str, shard: str, exc: BaseException) -> ShardReport:
+    """A shard whose task failed as a whole (e.g. retries exhausted): reported, run goes on."""
+    report = ShardReport(split=split, shard=shard)
+    report.errors.append(SampleError(None, shard, None, f"shard failed: {type(exc).__name__}: {exc}").to_dict())
+    return report
+
+
+def convert(source_url: str, options: ConvertOptions, *, split: str = "val", limit: int | None = None,
+            max_shards: int | None = None, scheduler: str | None = None, workers: int | None = None,
+            force: bool = False, progress: bool = False, publisher=None, client=None) -> RunReport:
+    """Convert the shards of `split` ("all": train and val) on Dask; see the module doc.
+
+    limit: at most this many samples per shard (a trial run; the shards are converted again
+    by a later run without it). max_shards: only the first N shards (sorted by name).
+    publisher: loads finished shards into pgstac as they come (see catalog.loader.Publisher).
+    client: an existing dask Client to use (else one is started and closed here).
+    """
+    from distributed import as_completed
+
+    t0 = time.perf_counter()
+    source = open_source(source_url, endpoint_url=options.s3_endpoint_url, revision=options.revision)
+    splits = ["train", "val"] if split == "all" else [split]
+    work = [(s, shard) for s in splits for shard in source.list_shards(s)][:max_shards]
+    if not work:
+        raise FileNotFoundError(f"no shards of split {split!r} under {source_url}")
+    store = options.store()
+    expected = _expected_samples(source, splits, work, limit)
+
+    _, collection = write_collection(options, store)
+    if publisher is not None:
+        publisher.publish_collection(collection)
+
+    own_client = client is None
+    client = client or start_client(scheduler, workers)
+    reports: list[ShardReport] = []
+    try:
+        n_workers = len(client.scheduler_info()["workers"])
+        dashboard = client.dashboard_link if _has_dashboard() else None
+        if progress:
+            print(f"Dask: {n_workers} workers; dashboard: {dashboard or 'not available (pip install bokeh)'}")
+        futures = {
+            client.submit(run_shard, source_url, s, shard, options, limit, force,
+                          key=f"convert-{s}-{shard}-{time.time_ns()}", pure=False): (s, shard)
+            for s, shard in work
+        }
+        with _Display(progress, len(work), expected) as display:
+            if progress:
+                client.subscribe_topic(PROGRESS_TOPIC, lambda event: display.samples(event[1]))
+            for batch in as_completed(futures).batches():
+                finished = []
+                for future in batch:
+                    s, shard = futures[future]
+                    try:
+                        report = future.result()
+                    except Exception as e:  # noqa: BLE001 - reported per shard, the run goes on
+                        report = _failed_shard(s, shard, e)
+                    reports.append(report)
+                    display.shard(report)
+                    if report.content_id:
+                        finished.append((s, shard))
+                    future.release()
+                if publisher is not None and finished:
+                    publisher.publish_shards([read_manifest(store, s, shard) for s, shard in finished])
+    finally:
+        if progress:
+            try:
+                client.unsubscribe_topic(PROGRESS_TOPIC)
+            except Exception:  # noqa: BLE001 - the client may be closing already
+                pass
+        if own_client:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    href, collection = write_collection(options, store)
+    if publisher is not None:
+        publisher.publish_collection(collection)
+    reports.sort(key=lambda r: (r.split, r.shard))
+    run = RunReport(shards=reports, collection_href=href, seconds=time.perf_counter() - t0,
+                    workers=n_workers, dashboard=dashboard,
+                    published=publisher.summary() if publisher is not None else {})
+    run_dict = {"finished": datetime.now(timezone.utc).isoformat(), **run.to_dict()}
+    store.put(RUN_REPORT, json.dumps(run_dict, indent=1).encode())
+    return run
+
+
+def _has_dashboard() -> bool:
+    try:
+        import bokeh  # noqa: F401 - the dashboard needs it
+    except ImportError:
+        return False
+    return True
+
+
+def _expected_samples(source, splits, work, limit) -> int | None:
+    """Samples to convert, from the metadata parquet's `tar` column (None if it is absent)."""
+    wanted = set(work)
+    total = 0
+    for s in splits:
+        table = source._read_metadata_table(s, columns=["tar"])
+        if table is None:
+            return None
+        counts = Counter(table.column("tar").to_pylist())
+        total += sum(min(n, limit) if limit else n for shard, n in counts.items() if (s, shard) in wanted)
+    return total
+
+
+class _Display:
+    """Rich progress: samples (with rate and ETA), shards, failures; or nothing."""
+
+    def __init__(self, enabled: bool, shards: int, samples: int | None):
+        self.enabled, self.n_shards, self.n_samples = enabled, shards, samples
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self._bar.start()
+            self._samples = self._bar.add_task("samples", total=self.n_samples, rate="")
+            self._shards = self._bar.add_task("shards ", total=self.n_shards, rate="failures: 0")
+        return self
+
+    def samples(self, n: int) -> None:
+        if self.enabled:
+            with self._lock:
+                self._bar.advance(self._samples, n)
+                task = self._bar.tasks[self._samples]
+                if task.elapsed:
+                    self._bar.update(self._samples, rate=f"{task.completed / task.elapsed:.1f}/s")
+
+    def shard(self, report: ShardReport) -> None:
+        if self.enabled:
+            with self._lock:
+                self.failures += len(report.errors)
+                if report.skipped:  # counted as done without per-sample events
+                    self._bar.advance(self._samples, report.items)
+                self._bar.update(self._shards, advance=1, rate=f"problems: {self.failures}")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
