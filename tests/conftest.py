@@ -366,9 +366,10 @@ def synth_root(tmp_path_factory):
     return root
 
 
-def serve_directory(path):
+def serve_directory(path, requests: list | None = None):
     """Serve `path` over HTTP on 127.0.0.1 (threaded, single byte ranges supported);
-    returns (base URL without trailing slash, stop function)."""
+    returns (base URL without trailing slash, stop function). With `requests`, every
+    request is appended to it as (method, path, Range header or None)."""
     import functools
     import http.server
     import os
@@ -380,6 +381,8 @@ def serve_directory(path):
 
         def send_head(self):
             rng = self.headers.get("Range")
+            if requests is not None:
+                requests.append((self.command, self.path, rng))
             fs_path = self.translate_path(self.path)
             if not rng or not rng.startswith("bytes=") or not os.path.isfile(fs_path):
                 return super().send_head()
@@ -411,6 +414,43 @@ def serve_directory(path):
         server.server_close()
 
     return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+def serve_flaky_directory(path, fail_first=()):
+    """Like serve_directory, but the first GET of each file whose path starts with one of
+    `fail_first` gets a 503 (a real, misbehaving server). Returns (url, stop, failed paths)."""
+    import functools
+    import http.server
+    import threading
+
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            rel = self.path.lstrip("/")
+            with lock:
+                fail = rel.startswith(tuple(fail_first)) and rel not in failed
+                if fail:
+                    failed.append(rel)
+            if fail:
+                self.send_error(503, "Service Unavailable")
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(path)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop, failed
 
 
 class _LimitedReader:

@@ -213,7 +213,7 @@ def test_bad_input_is_reported_and_the_rest_converted(synth_root, tmp_path):
     items = read_items(dest)
     assert len(items) == len(source_samples(synth_root))  # nothing lost
     assert "DEM" not in items[bad_key]["assets"]
-    reports = [json.loads(p.read_text()) for p in (dest / "reports").rglob("*.json")]
+    reports = [json.loads(p.read_text()) for p in (dest / "reports" / "val").glob("*.json")]
     errors = [e for r in reports for e in r["errors"]]
     assert [(e["key"], e["modality"]) for e in errors] == [(bad_key, "DEM")]
 
