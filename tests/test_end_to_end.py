@@ -72,7 +72,7 @@ def test_convert_writes_one_item_per_sample(converted, samples):
     dest, proc = converted
     items = read_items(dest)
     assert sorted(items) == sorted(samples)
-    assert f"converted {len(samples)} samples" in proc.stdout
+    assert f"{len(samples)} items in" in proc.stdout and f"({len(samples)} samples," in proc.stdout
     for key, item in items.items():
         assert item["collection"] == COLLECTION
         assert item["properties"]["terramesh:source"] == key.split("_")[0]
