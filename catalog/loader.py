@@ -175,8 +175,42 @@ class Publisher:
 
     def load_file(self, relpath: str, expected_ids: set[str] | None = None) -> FileCount | None:
         """Load one NDJSON item file; None (and an error recorded) if it cannot be loaded."""
+        return self.load_files([(relpath, expected_ids)])[0]
+
+    def load_files(self, files: list[tuple[str, set[str] | None]]) -> list[FileCount | None]:
+        """Load NDJSON item files (relpath, ids the file must hold or None) in one pypgstac
+        call: its cost is mostly per (call, month partition), and a shard's items spread over
+        many months. Each file's ids are counted in pgstac afterwards; a file that cannot be
+        read or fails its checks is left out (None, error recorded)."""
         from pypgstac.load import Methods
 
+        checked = [(relpath, self._read_checked(relpath, expected)) for relpath, expected in files]
+        batch = [item for _, items in checked if items for item in items]
+        pairs = [(i["collection"], i["id"]) for i in batch]
+        if len(set(pairs)) != len(pairs) and len(files) > 1:  # ids repeated across files
+            return [self.load_file(relpath, expected) for relpath, expected in files]
+        t = time.perf_counter()
+        if batch:
+            self._loader.load_items(iter(batch), Methods.delsert)
+        self.items_seconds += time.perf_counter() - t
+        counts = []
+        for relpath, items in checked:
+            if items is None:
+                counts.append(None)
+                continue
+            t = time.perf_counter()
+            ids = [(i["collection"], i["id"]) for i in items]
+            count = FileCount(relpath, written=len(items), in_db=_count_in_db(self._conn, ids))
+            self.check_seconds += time.perf_counter() - t
+            self.files.append(count)
+            if count.in_db != count.written:
+                self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
+            log.info("%s: %d items, %d in pgstac", relpath, count.written, count.in_db)
+            counts.append(count)
+        return counts
+
+    def _read_checked(self, relpath: str, expected_ids: set[str] | None) -> list[dict] | None:
+        """A file's items, or None (error recorded) if unreadable or failing a check."""
         cid = self.collection_id
         try:
             items = list(read_items(self.store, relpath))
@@ -196,21 +230,9 @@ class Publisher:
         duplicates = len(pairs) - len(set(pairs))
         if duplicates:  # pgstac rejects a batch that names a row twice
             self.errors.append(f"{relpath}: {duplicates} duplicate item ids; file not loaded")
-            count = FileCount(relpath, written=len(items), in_db=0)
-            self.files.append(count)
+            self.files.append(FileCount(relpath, written=len(items), in_db=0))
             return None
-        t = time.perf_counter()
-        if items:
-            self._loader.load_items(iter(items), Methods.delsert)
-        self.items_seconds += time.perf_counter() - t
-        t = time.perf_counter()
-        count = FileCount(relpath, written=len(items), in_db=_count_in_db(self._conn, pairs))
-        self.check_seconds += time.perf_counter() - t
-        self.files.append(count)
-        if count.in_db != count.written:
-            self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
-        log.info("%s: %d items, %d in pgstac", relpath, count.written, count.in_db)
-        return count
+        return items
 
     def _delete(self, ids: list[str]) -> None:
         for item_id in ids:
@@ -222,6 +244,7 @@ class Publisher:
         """Load the items of finished shards not yet published (as their manifest says) into
         this database; remove items a new revision dropped; mark each shard published."""
         self.batches += 1
+        pending = []  # (manifest, marker path, marker) of shards to load, in one call
         for m in manifests:
             marker_path = published_path(m["split"], m["shard"])
             marker = {"items_sha256": m["items"]["sha256"], "content_id": m["content_id"],
@@ -231,8 +254,11 @@ class Publisher:
                     continue  # this very content is in this database already
             except FileNotFoundError:
                 pass
+            pending.append((m, marker_path, marker))
+        for m, _, _ in pending:
             self._delete(m["items"].get("removed", []))
-            count = self.load_file(m["items"]["path"], expected_ids=set(m["items"]["ids"]))
+        counts = self.load_files([(m["items"]["path"], set(m["items"]["ids"])) for m, _, _ in pending])
+        for (m, marker_path, marker), count in zip(pending, counts):
             if count is None or count.in_db != m["items"]["count"]:
                 self.errors.append(f"{m['split']}/{m['shard']}: manifest says {m['items']['count']} items, "
                                    f"pgstac holds {count.in_db if count else 0}")

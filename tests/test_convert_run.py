@@ -330,3 +330,47 @@ def test_transient_http_errors_are_retried(source, client, tmp_path):
     assert any(s.retries for s in report.shards)
     assert all("503" in r or "Service Unavailable" in r for s in report.shards for r in s.retries)
 
+
+
+def _drop_member(tar_path: Path, key: str) -> None:
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if not m.name.startswith(key)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        for m, data in members:
+            out.addfile(m, io.BytesIO(data))
+    tar_path.write_bytes(buf.getvalue())
+
+
+def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retired(source, client, tmp_path, pgstac_db):
+    from catalog.loader import Publisher
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    dest = tmp_path / "out"
+    options = ConvertOptions(dest=str(dest), collection_id="dropped")
+
+    def run():
+        with Publisher(pgstac_db.loader, options.store()) as publisher:
+            return convert(str(src), options, client=client, publisher=publisher)
+
+    first = run()
+    items = ndjson(dest)
+    shard = sorted({i["properties"]["terramesh:shard"] for i in items.values()})[-1]
+    dropped = sorted(k for k, i in items.items() if i["properties"]["terramesh:shard"] == shard)[1]
+    old = json.loads((dest / manifest_path("val", shard)).read_text())
+    old_assets = sorted(p.name for p in (dest / "assets" / dropped).iterdir())
+    for tar_path in sorted((src / "val").glob(f"*/{shard}")):
+        _drop_member(tar_path, dropped)
+
+    second = run()
+    assert not first.errors and not second.errors
+    assert second.items == first.items - 1
+    new = json.loads((dest / manifest_path("val", shard)).read_text())
+    assert new["items"]["removed"] == [dropped]
+    assert dropped not in ndjson(dest)
+    assert _count_db(pgstac_db.admin, "dropped") == {i: 1 for i in ndjson(dest)}
+    # its assets are gone from their final names, kept at the old revision's path
+    assert not (dest / "assets" / dropped).exists() or not any((dest / "assets" / dropped).iterdir())
+    for name in old_assets:
+        assert (dest / revision_path(old["content_id"], f"assets/{dropped}/{name}")).is_file(), name
