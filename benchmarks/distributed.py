@@ -265,13 +265,17 @@ def load_rate_model(idle: dict) -> tuple[float, float, float]:
 
 def real_load_rate(idle: dict, items: int, months_: int) -> tuple[float, str]:
     """items/s for files of `items` items over `months_` existing partitions, and how it was
-    obtained: the fit where both its terms are positive, else (noise) the measured per-shard
-    rate with the partitions there, which is lower than a large file's."""
+    obtained: the fit where both its terms are positive, else (noise) the measured rate of
+    all items in one call with the partitions there (convert publishes finished shards
+    together, up to converters.run.PUBLISH_ITEMS per call; a larger call amortises its
+    per-partition cost further, so this is a lower bound)."""
     c, b, _ = load_rate_model(idle)
     if c > 0 and b > 0:
         return items / (c * months_ + b * items), f"fitted for {items}-item files over {months_} months"
-    _, _, n, secs = idle[IDLE_LOADS[1]]
-    return n / secs, "measured per shard with the partitions there; the fit was not usable (noise)"
+    _, _, n, secs = idle[IDLE_LOADS[2]]
+    return n / secs, ("measured for all items in one call with the partitions there, as convert "
+                      "publishes batches of finished shards (a lower bound: real batches are larger); "
+                      "the fit was not usable (noise)")
 
 
 def count_objects(dest: str) -> Counter:
@@ -532,7 +536,8 @@ def main() -> None:
               "spread over the shard; no re-runs, no superseded assets); "
               + (f"(5) one publisher (pgstac writer) at the idle load rate of (e2), {load_how}, the "
                  f"partitions existing (created once, early in the run): {load_rate:.0f} items/s (the rate into a 9 M-row table is not measured; during the conversion on these shared cores it was "
-                 f"{pub['report'].published['items_per_second']:.0f} items/s for {n_items // len(shards)}-item files)."
+                 f"{pub['report'].published['items_per_second']:.0f} items/s in {pub['report'].published['batches']} "
+                 f"publishing call(s) of {n_items // len(shards)}-item shard files)."
                  if load_rate else "(5) pgstac load rate: not measured (--no-publish)."))
         print()
         print("| workers | convert wall time | worker-hours | source read per worker | source read total | "
