@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import pystac
 
 from .cog import COG_MEDIA_TYPE, classes_field
+from . import references
 from .items import EXTENSIONS, SAR_FIELDS, STAC_VERSION, stac_extensions_for
 from .modalities import (
     CLOUD_MASK_CLASSES,
@@ -186,8 +187,17 @@ def _item_asset(modality: str) -> dict:
     return d
 
 
-def item_assets() -> dict[str, dict]:
+def item_assets(formats: tuple[str, ...] = ("cog",)) -> dict[str, dict]:
+    """What items may hold: a COG per modality (also where references fell back to one),
+    with "ref" a reference file per modality, the cloud mask and the thumbnail."""
     out = {m: _item_asset(m) for m in MODALITIES}
+    if "ref" in formats:
+        for m in MODALITIES:
+            out[references.asset_key(m)] = {
+                "title": f"{m}: kerchunk references into the original shard (no copy)",
+                "type": references.MEDIA_TYPE, "roles": list(references.ROLES),
+                "xarray:open_kwargs": {"engine": "kerchunk"},
+            }
     out["cloud_mask"] = {
         "title": "Sentinel-2 cloud mask",
         "type": COG_MEDIA_TYPE,
@@ -236,6 +246,7 @@ def create_collection(
     extent: pystac.Extent | None = None,
     demo: bool = False,
     index_href: str | None = None,
+    formats: tuple[str, ...] = ("cog",),
 ) -> pystac.Collection:
     """The TerraMesh collection; extents from `extent`, else from `items_summary` (Items).
 
@@ -286,7 +297,7 @@ def create_collection(
             "sci:doi": DOI,
             "sci:citation": CITATION,
             "renders": json.loads(json.dumps(RENDERS)),
-            "item_assets": item_assets(),
+            "item_assets": item_assets(formats),
         },
     )
     coll.add_link(pystac.Link("cite-as", f"https://doi.org/{DOI}", title="TerraMesh paper"))

@@ -61,6 +61,7 @@ EXTENSIONS = {
     "alternate": "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json",
     "sci:": "https://stac-extensions.github.io/scientific/v1.0.0/schema.json",
     "renders": "https://stac-extensions.github.io/render/v2.0.0/schema.json",
+    "xarray:": "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json",
 }
 
 CDSE_STAC = "https://stac.dataspace.copernicus.eu/v1"
@@ -266,5 +267,13 @@ def create_item(
     item.add_link(pystac.Link("collection", "../collection.json", media_type="application/json"))
     for link in links:
         item.add_link(link)
+    for key in sorted(assets):  # the original bytes, where references point into
+        if member := assets[key].fields.get("terramesh:source_member"):
+            end = member["offset"] + member["size"] - 1
+            item.add_link(pystac.Link(
+                "via", member["href"], media_type="application/x-tar",
+                title=f"Original shard holding this sample's {key.removesuffix('_ref')} .zarr.zip "
+                      f"(bytes {member['offset']}-{end})",
+                extra_fields={"terramesh:byte_range": [member["offset"], end]}))
     item.stac_extensions = stac_extensions_for(item.to_dict(include_self_link=False, transform_hrefs=False))
     return item

@@ -18,6 +18,7 @@ from converters.items import create_item
 from converters.byteindex import ShardIndex
 from converters.layout import asset_path, index_path, items_path, report_path, revision_path, staging_path
 from converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
+from converters.references import NotByteAddressable, encode_references
 from converters.retry import is_transient, retrying
 from converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
 from converters.shards import iter_samples
@@ -57,6 +58,7 @@ class ShardReport:
     skipped: bool = False  # the manifest said this content was converted already
     retries: list[str] = field(default_factory=list)  # transient errors that were retried
     assets: dict = field(default_factory=dict)  # written / unchanged / superseded counts
+    notes: list[dict] = field(default_factory=list)  # not errors: e.g. a fallback to another format
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -68,6 +70,7 @@ class ShardReport:
                    items=manifest["items"]["count"], bbox=extent["bbox"], start=extent["start"],
                    end=extent["end"], content_id=manifest["content_id"],
                    revision=manifest["revision"], errors=list(manifest.get("errors") or []),
+                   notes=list(manifest.get("notes") or []),
                    skipped=True)
 
     def add_item(self, item: pystac.Item) -> None:
@@ -88,10 +91,25 @@ def _union_bbox(a, b):
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
 
-def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None) -> list[EncodedAsset]:
-    """All assets of one sample: one COG per modality, the cloud mask and a thumbnail."""
+def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
+                  formats: tuple[str, ...] = ("cog",), notes: list | None = None) -> list[EncodedAsset]:
+    """All assets of one sample: per modality a COG and/or references into the source shard
+    (formats "cog", "ref"), the cloud mask and a thumbnail. A modality whose references
+    cannot be made (DEFLATED zip entries) gets its COG instead, with a note in `notes`."""
     wanted = [m for m in sample.modalities if modalities is None or m in modalities]
-    encoded = [encode_cog(sample.modalities[m], m) for m in wanted]
+    encoded = []
+    for m in wanted:
+        cog = "cog" in formats
+        if "ref" in formats:
+            try:
+                encoded.append(encode_references(m, sample.originals[m]))
+            except NotByteAddressable as e:
+                cog = True
+                if notes is not None:
+                    notes.append(SampleError(sample.key, sample.shard, m,
+                                             f"no references: {e}; COG written instead").to_dict())
+        if cog:
+            encoded.append(encode_cog(sample.modalities[m], m))
     mask_source = next((sample.modalities[m] for m in ("S2L2A", "S2L1C", "S2RGB", "LULC")
                         if m in sample.modalities and "cloud_mask" in sample.modalities[m]), None)
     if mask_source is not None:
@@ -160,8 +178,9 @@ def describe_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -
     return described
 
 
-def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None) -> pystac.Item:
-    encoded = encode_sample(sample, options.modalities)
+def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None,
+                   notes: list | None = None) -> pystac.Item:
+    encoded = encode_sample(sample, options.modalities, options.formats, notes)
     described = describe_assets(sample, encoded, writer.store)
     item = create_item(sample, described, collection_id=options.collection_id, revision=revision)
     # written only once the item is built: a sample that fails leaves no asset behind
@@ -225,7 +244,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
                 f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
             ).to_dict())
         try:
-            item = convert_sample(result, writer, options, revision)
+            item = convert_sample(result, writer, options, revision, report.notes)
         except Exception as e:  # one bad sample must not stop the shard
             if is_transient(e):
                 raise
@@ -252,6 +271,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
                   "sha256": hashlib.sha256(items_data).hexdigest(), "removed": removed},
         "extent": {"bbox": report.bbox, "start": report.start, "end": report.end},
         "errors": report.errors,  # a skipped shard still reports what it could not convert
+        "notes": report.notes,
         "assets": writer.assets,
         "superseded": writer.superseded,
         "index": index_path(split, shard),

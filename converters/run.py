@@ -76,7 +76,8 @@ class RunReport:
     def to_dict(self) -> dict:
         return {"collection": self.collection_href, "seconds": self.seconds, "workers": self.workers,
                 "items": self.items, "shards": len(self.shards), "skipped": len(self.shards) - len(self.converted),
-                "errors": self.errors, "published": self.published,
+                "errors": self.errors, "notes": [n for s in self.shards for n in s.notes],
+                "published": self.published,
                 "shard_reports": [s.to_dict() for s in self.shards]}
 
     def summary(self) -> str:
@@ -91,6 +92,10 @@ class RunReport:
             p = self.published
             lines.append(f"published {p.get('items', 0)} items of {p.get('shards', 0)} shards into "
                          f"pgstac in {p.get('batches', 0)} batches ({p.get('seconds', 0.0):.1f} s)")
+        notes = [n for s in self.shards for n in s.notes]
+        if notes:
+            lines.append(f"{len(notes)} notes (not errors), e.g. {notes[0]['key']}, {notes[0]['modality']}: "
+                         f"{notes[0]['reason']}")
         retried = [s for s in self.shards if s.retries]
         if retried:
             lines.append(f"{len(retried)} shards retried after transient errors")
@@ -123,7 +128,7 @@ def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collecti
     return create_collection(
         collection_id=options.collection_id, title=options.collection_title,
         description=options.collection_description, extent=extent,
-        index_href=store.href(INDEX_DIR) + "/",
+        index_href=store.href(INDEX_DIR) + "/", formats=options.formats,
     )
 
 

@@ -19,10 +19,21 @@ class Sample:
     shard: str  # shard file name, e.g. majortom_shard_000001.tar
     modalities: dict[str, xr.Dataset] = field(default_factory=dict)
     metadata: dict | None = None  # the metadata parquet row, normalised; None if missing
+    # per modality: where its .zarr.zip sits in the source and its bytes (for references)
+    originals: dict[str, "SourceMember"] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
         return self.key.split("_", 1)[0]
+
+
+@dataclass(frozen=True)
+class SourceMember:
+    """One sample's `.zarr.zip` as it sits in its tar: URL, byte offset, bytes."""
+
+    tar_url: str
+    offset: int
+    data: bytes = field(repr=False)
 
 
 @dataclass

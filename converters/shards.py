@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from .metadata import key_of_member
 from .retry import is_transient
 from .modalities import MODALITIES, S1_MODALITY, SOURCES, modalities_for_source
-from .sample import Sample, SampleError
+from .sample import Sample, SampleError, SourceMember
 from .zarrzip import CorruptSampleError, decode_zarr_zip
 
 MEMBER_SUFFIX = ".zarr.zip"
@@ -55,7 +55,7 @@ class _Stream:
     def __init__(self, modality: str, shard: str, fileobj, index=None, tar_url: str = ""):
         self.modality, self.shard = modality, shard
         self.index, self.tar_url = index, tar_url
-        self.buffer: OrderedDict[str, bytes] = OrderedDict()
+        self.buffer: OrderedDict[str, SourceMember] = OrderedDict()
         self.errors: list[SampleError] = []  # reported by the caller at the next chance
         self.done = False
         self.broken = False  # ended on a read error (truncated, corrupt)
@@ -98,7 +98,7 @@ class _Stream:
                 self.errors.append(SampleError(key, self.shard, self.modality, "duplicate key in tar"))
                 continue
             self._index(member, name, data=data)
-            self.buffer[key] = data
+            self.buffer[key] = SourceMember(self.tar_url, member.offset_data, data)
             return True
         return False
 
@@ -109,8 +109,8 @@ class _Stream:
                            member=member.name, offset=member.offset_data, size=member.size,
                            data=data, problem=problem)
 
-    def take(self, key: str) -> tuple[bytes | None, bool]:
-        """(member bytes for `key` or None, whether other keys came first = order differs)."""
+    def take(self, key: str) -> tuple[SourceMember | None, bool]:
+        """(member of `key` or None, whether other keys came first = order differs)."""
         while key not in self.buffer and len(self.buffer) < LOOKAHEAD and self.pull():
             pass
         if key not in self.buffer:
@@ -163,10 +163,10 @@ def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict
                             metadata=metadata.get(key) if metadata is not None else None)
             errors = []
             for s in streams:
-                data, out_of_order = s.take(key)
+                member, out_of_order = s.take(key)
                 errors += s.errors
                 s.errors.clear()
-                if data is None:
+                if member is None:
                     if not s.broken:  # a broken tar was reported once, not per key
                         errors.append(SampleError(key, shard, s.modality,
                                                   f"sample missing from {s.modality} tar "
@@ -177,7 +177,8 @@ def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict
                                               f"keys of the {s.modality} tar are not in the "
                                               f"order of the {lead.modality} tar"))
                 try:
-                    sample.modalities[s.modality] = decode_zarr_zip(data)
+                    sample.modalities[s.modality] = decode_zarr_zip(member.data)
+                    sample.originals[s.modality] = member
                 except CorruptSampleError as e:
                     errors.append(SampleError(key, shard, s.modality, f"corrupt member: {e.reason}"))
             yield from errors

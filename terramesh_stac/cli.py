@@ -18,6 +18,17 @@ def _cmd_synth(args, settings: Settings) -> int:
     return EXIT_OK
 
 
+FORMATS = ("cog", "ref")
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in value.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
 def _cmd_convert(args, settings: Settings) -> int:
     import contextlib
 
@@ -27,7 +38,7 @@ def _cmd_convert(args, settings: Settings) -> int:
     options = ConvertOptions(
         dest=args.dest or settings.dest,
         collection_id=args.collection or settings.collection_id,
-        formats=tuple(args.format.split(",")),
+        formats=args.format,
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         revision=args.revision,
         s3_endpoint_url=settings.s3_endpoint_url,
@@ -122,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix")
     c.add_argument("--dest", help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
     c.add_argument("--split", default="val", choices=["train", "val", "all"])
-    c.add_argument("--format", default="cog", choices=["cog"], help="asset format")
+    c.add_argument("--format", default="cog", type=_formats,
+                   help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), ref "
+                        "(kerchunk references into the source shards, no copy); e.g. cog,ref")
     c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
     c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
     c.add_argument("--max-shards", type=int, help="only the first N shards")

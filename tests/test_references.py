@@ -1,0 +1,192 @@
+"""`convert --format ref` (issue 5, item 2): kerchunk references into the original shards.
+
+The generated tree (3 shards, all 8 modalities) is converted with `cog,ref` from a local
+HTTP server that supports ranges, from a local folder and from the moto S3 server; every
+modality's reference asset must open with xarray as the item says and equal what xarray
+reads from the original `.zarr.zip` (values, NaNs, dtypes, coordinates, CRS attributes),
+over range requests only.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pystac
+import pytest
+import xarray as xr
+from zarr.storage import ZipStore
+
+from converters.pipeline import ConvertOptions, convert_shard
+from converters.run import write_collection
+from converters.synth import generate
+from tests.conftest import serve_directory
+from tests.stac_schemas import validate
+
+SPLIT = "val"
+
+
+def original(src: Path, modality: str, shard: str, key: str, tmp: Path) -> xr.Dataset:
+    """What xarray reads from the sample's original .zarr.zip (extracted from its tar)."""
+    with tarfile.open(src / SPLIT / modality / shard) as tar:
+        data = tar.extractfile(f"{key}.zarr.zip").read()
+    path = tmp / f"{key}-{modality}.zip"
+    path.write_bytes(data)
+    with ZipStore(path, mode="r") as store:
+        return xr.open_zarr(store, zarr_format=2, consolidated=True).load()
+
+
+def items_of(dest: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((dest / "items").rglob("*.ndjson"))
+            for line in f.read_text().splitlines()]
+
+
+def open_reference(asset: dict, **storage_options) -> xr.Dataset:
+    """How a user opens the asset: its href with its xarray:open_kwargs."""
+    kwargs = json.loads(json.dumps(asset["xarray:open_kwargs"]))
+    kwargs["storage_options"].update(storage_options)
+    return xr.open_dataset(asset["href"], **kwargs).load()
+
+
+def convert_all(source_url: str, dest: Path, shards: list[str], **options) -> list:
+    opts = ConvertOptions(dest=str(dest), formats=("cog", "ref"), **options)
+    reports = [convert_shard(source_url, SPLIT, shard, opts) for shard in shards]
+    write_collection(opts, opts.store())
+    return reports
+
+
+@pytest.fixture(scope="module")
+def over_http(synth_root, tmp_path_factory):
+    requests: list = []
+    url, stop = serve_directory(synth_root, requests)
+    dest = tmp_path_factory.mktemp("refs-http")
+    shards = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())
+    try:
+        reports = convert_all(url + "/", dest, shards)
+        yield {"url": url, "dest": dest, "requests": requests, "reports": reports}
+    finally:
+        stop()
+
+
+def test_every_modality_opens_from_its_item_over_range_requests_equal_to_the_source(over_http, synth_root, tmp_path):
+    requests, checked, modalities = over_http["requests"], 0, set()
+    assert all(not r.errors and not r.notes for r in over_http["reports"])
+    for item in items_of(over_http["dest"]):
+        shard = item["properties"]["terramesh:shard"]
+        for key, asset in item["assets"].items():
+            if not key.endswith("_ref"):
+                continue
+            modality = key.removesuffix("_ref")
+            before = len(requests)
+            got = open_reference(asset)
+            new = requests[before:]
+            assert new and all(method == "GET" and rng for method, _, rng in new), new
+            fetched = sum(int(b) - int(a) + 1 for a, b in (rng[6:].split("-") for _, _, rng in new))
+            member = asset["terramesh:source_member"]
+            assert fetched <= member["size"]  # never more than the sample, never the shard
+            xr.testing.assert_identical(got, original(synth_root, modality, shard, item["id"], tmp_path))
+            modalities.add(modality)
+            checked += 1
+    assert modalities == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
+    assert checked == sum(1 for i in items_of(over_http["dest"]) for k in i["assets"] if k.endswith("_ref"))
+
+
+def test_items_link_the_original_bytes_and_validate(over_http, synth_root):
+    for item in items_of(over_http["dest"]):
+        validate(item)
+        shard = item["properties"]["terramesh:shard"]
+        via = {link["href"]: link for link in item["links"] if link["rel"] == "via"}
+        for key, asset in item["assets"].items():
+            if not key.endswith("_ref"):
+                continue
+            modality = key.removesuffix("_ref")
+            member = asset["terramesh:source_member"]
+            assert member["href"] == f"{over_http['url']}/{SPLIT}/{modality}/{shard}"
+            data = (synth_root / SPLIT / modality / shard).read_bytes()
+            with tarfile.open(synth_root / SPLIT / modality / shard) as tar:
+                assert data[member["offset"]:member["offset"] + member["size"]] == \
+                    tar.extractfile(f"{item['id']}.zarr.zip").read()
+            assert via[member["href"]]["terramesh:byte_range"] == [member["offset"],
+                                                                  member["offset"] + member["size"] - 1]
+            assert asset["type"] == "application/json" and "references" in asset["roles"]
+            assert key.removesuffix("_ref") in item["assets"]  # the COG is there too (cog,ref)
+    collection = json.loads((over_http["dest"] / "collection.json").read_text())
+    validate(collection)
+    assert "S2L2A_ref" in collection["item_assets"]
+
+
+def test_xpystac_opens_the_reference_asset(over_http, synth_root, tmp_path):
+    """xpystac (xarray.open_dataset on a pystac Asset) reads the reference over HTTP, as a
+    STAC API serves it."""
+    url, stop = serve_directory(over_http["dest"])
+    try:
+        item = pystac.Item.from_dict(items_of(over_http["dest"])[0])
+        asset = item.assets["S2L2A_ref"]
+        asset.href = url + "/" + Path(asset.href).relative_to(over_http["dest"]).as_posix()
+        got = xr.open_dataset(asset).load()
+    finally:
+        stop()
+    want = original(synth_root, "S2L2A", item.properties["terramesh:shard"], item.id, tmp_path)
+    xr.testing.assert_identical(got, want)
+
+
+def test_references_into_a_local_folder(synth_root, tmp_path):
+    shard = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())[-1]
+    convert_all(str(synth_root), tmp_path / "dest", [shard])
+    for item in items_of(tmp_path / "dest"):
+        asset = item["assets"]["S1GRD_ref"] if "S1GRD_ref" in item["assets"] else item["assets"]["S1RTC_ref"]
+        assert asset["xarray:open_kwargs"]["storage_options"]["remote_protocol"] == "file"
+        modality = asset["terramesh:source_member"]["href"].split("/")[-2]
+        xr.testing.assert_identical(open_reference(asset),
+                                    original(synth_root, modality, shard, item["id"], tmp_path))
+
+
+def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="refs")
+    shard = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())[0]
+    for path in (synth_root / SPLIT).glob(f"*/{shard}"):
+        s3.upload_file(str(path), "refs", f"src/{path.relative_to(synth_root).as_posix()}")
+    s3.upload_file(str(synth_root / f"{SPLIT}_metadata.parquet"), "refs", f"src/{SPLIT}_metadata.parquet")
+    reports = convert_all("s3://refs/src", tmp_path / "dest", [shard], s3_endpoint_url=s3_server)
+    assert reports[0].items == 4 and not reports[0].errors
+    for item in items_of(tmp_path / "dest"):
+        asset = item["assets"]["DEM_ref"]
+        assert asset["terramesh:source_member"]["href"].startswith("s3://refs/src/val/DEM/")
+        got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
+        xr.testing.assert_identical(got, original(synth_root, "DEM", shard, item["id"], tmp_path))
+
+
+def test_deflated_members_fall_back_to_cogs_with_a_note(tmp_path):
+    src = tmp_path / "src"
+    generate(src, split=SPLIT, shards=1, samples_per_shard=2, seed=4, deflate=True)
+    shard = next((src / SPLIT / "DEM").iterdir()).name
+    opts = ConvertOptions(dest=str(tmp_path / "dest"), formats=("ref",))
+    report = convert_shard(str(src), SPLIT, shard, opts)
+    assert report.items == 2 and not report.errors
+    items = items_of(tmp_path / "dest")
+    noted = {(n["key"], n["modality"]) for n in report.notes}
+    for item in items:
+        for modality in ("S2L2A", "DEM"):
+            assert modality in item["assets"] and f"{modality}_ref" not in item["assets"]
+            assert (item["id"], modality) in noted
+    assert all("deflated" in n["reason"] and "COG written instead" in n["reason"] for n in report.notes)
+
+
+def test_cli_format_option(synth_root, tmp_path):
+    cli = [sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root), "--dest", str(tmp_path / "d")]
+    bad = subprocess.run([*cli, "--format", "cog,zarrr"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown format" in bad.stderr and "zarrr" in bad.stderr
+    env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
+    ok = subprocess.run([*cli, "--format", "ref", "--workers", "1", "--max-shards", "1", "--limit", "1", "--quiet"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    item = items_of(tmp_path / "d")[0]
+    assert any(k.endswith("_ref") for k in item["assets"])
+    assert not any(k in item["assets"] for k in ("S2L2A", "DEM"))  # no COG copies with ref alone
+    shutil.rmtree(tmp_path / "d")
