@@ -2,21 +2,22 @@
 
 Tar members are stored uncompressed and TerraMesh's zip entries are STORED, so every zarr
 chunk of a sample is one contiguous byte range of its shard file. A kerchunk reference
-file (version 1 JSON) maps each zarr key to `[shard URL, offset, length]`; the small
-metadata files (`.zmetadata`, `.zarray`, `.zattrs`, `.zgroup`) are inlined, so opening a
-sample costs one read of the reference file and one range request per chunk, and nothing
-is copied. xarray opens it with kerchunk's engine:
+file (version 1 JSON) maps each zarr key to `[shard URL, offset, length]`; the metadata
+files (`.zmetadata`, `.zarray`, `.zattrs`, `.zgroup`) and chunks under INLINE_BELOW bytes
+are inlined, so opening a sample costs one read of the reference file and a range request
+per large chunk (bands, cloud mask), and the pixels are not copied. xarray opens it with kerchunk's engine:
 
     xr.open_dataset(href, engine="kerchunk", storage_options={"remote_protocol": "https"})
 
 One reference file per sample and modality: a sample is opened on its own (item asset),
-and at ~5-10 kB each they are small next to the COGs. A zip entry that is DEFLATED is not a
+and at ~20-30 kB each they are small next to the COGs. A zip entry that is DEFLATED is not a
 plain byte range: such a member gets no reference (NotByteAddressable, the caller falls
 back to a copy).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 
 import fsspec
@@ -27,6 +28,10 @@ from converters.sample import EncodedAsset, SourceMember
 MEDIA_TYPE = "application/json"  # what xpystac and STAC practice use for kerchunk files
 ROLES = ["data", "references"]
 METADATA_FILES = (".zmetadata", ".zarray", ".zattrs", ".zgroup", "zarr.json")
+# Chunks smaller than this (coordinates, scalars) are inlined: opening a sample then costs
+# the reference file plus a range request per large chunk (bands, cloud mask), not one per
+# tiny array. An x or y coordinate chunk is ~2 kB.
+INLINE_BELOW = 4096
 
 
 class NotByteAddressable(ValueError):
@@ -57,9 +62,12 @@ def member_references(member: SourceMember) -> dict:
         name = e["name"][len(prefix):]
         if not name or name.endswith("/"):
             continue
+        start = e["offset"] - member.offset
+        data = member.data[start:start + e["size"]]
         if name.rsplit("/", 1)[-1] in METADATA_FILES:
-            start = e["offset"] - member.offset
-            refs[name] = member.data[start:start + e["size"]].decode("utf-8")
+            refs[name] = data.decode("utf-8")
+        elif e["size"] < INLINE_BELOW:
+            refs[name] = "base64:" + base64.b64encode(data).decode("ascii")
         else:
             refs[name] = [member.tar_url, e["offset"], e["size"]]
     return {"version": 1, "refs": refs}

@@ -366,10 +366,11 @@ def synth_root(tmp_path_factory):
     return root
 
 
-def serve_directory(path, requests: list | None = None):
+def serve_directory(path, requests: list | None = None, ranges_only: bool = False, port: int = 0):
     """Serve `path` over HTTP on 127.0.0.1 (threaded, single byte ranges supported);
     returns (base URL without trailing slash, stop function). With `requests`, every
-    request is appended to it as (method, path, Range header or None)."""
+    request is appended to it as (method, path, Range header or None); with `ranges_only`,
+    a GET of a .tar without a Range header is refused (403): nothing downloads a shard."""
     import functools
     import http.server
     import os
@@ -383,6 +384,9 @@ def serve_directory(path, requests: list | None = None):
             rng = self.headers.get("Range")
             if requests is not None:
                 requests.append((self.command, self.path, rng))
+            if ranges_only and self.command == "GET" and not rng and self.path.endswith(".tar"):
+                self.send_error(403, "range requests only")
+                return None
             fs_path = self.translate_path(self.path)
             if not rng or not rng.startswith("bytes=") or not os.path.isfile(fs_path):
                 return super().send_head()
@@ -404,7 +408,7 @@ def serve_directory(path, requests: list | None = None):
             return _LimitedReader(f, end - start + 1)
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(path)))
+        ("127.0.0.1", port), functools.partial(Handler, directory=str(path)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
