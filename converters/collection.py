@@ -187,12 +187,13 @@ def _item_asset(modality: str) -> dict:
     return d
 
 
-def item_assets(formats: tuple[str, ...] = ("cog",)) -> dict[str, dict]:
-    """What items may hold: a COG per modality (also where references fell back to one),
-    with "ref" a reference file per modality, the cloud mask and the thumbnail."""
+def item_assets(formats: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict]:
+    """What items may hold, from the formats per modality (default: COG for all): a COG per
+    modality (kept for all: references fall back to a COG), a reference file per modality
+    converted with "ref", the cloud mask and the thumbnail."""
     out = {m: _item_asset(m) for m in MODALITIES}
-    if "ref" in formats:
-        for m in MODALITIES:
+    for m in MODALITIES:
+        if "ref" in (formats or {}).get(m, ()):
             out[references.asset_key(m)] = {
                 "title": f"{m}: kerchunk references into the original shard (no copy)",
                 "type": references.MEDIA_TYPE, "roles": list(references.ROLES),
@@ -246,7 +247,7 @@ def create_collection(
     extent: pystac.Extent | None = None,
     demo: bool = False,
     index_href: str | None = None,
-    formats: tuple[str, ...] = ("cog",),
+    formats: dict[str, tuple[str, ...]] | None = None,
 ) -> pystac.Collection:
     """The TerraMesh collection; extents from `extent`, else from `items_summary` (Items).
 
@@ -254,6 +255,8 @@ def create_collection(
 
     `demo=True` prefixes the description with a notice that the data are generated.
     `index_href` (the folder of the byte-range index) becomes the `byte-index` asset.
+    `formats` (per modality, as ConvertOptions.all_formats) shape item_assets and the
+    `terramesh:formats` summary.
     """
     items = list(items_summary or [])
     desc = description or DESCRIPTION
@@ -261,6 +264,7 @@ def create_collection(
         desc = DEMO_NOTE + desc
     summaries = {
         "gsd": [10],
+        "terramesh:formats": sorted({f for fs in (formats or {"*": ("cog",)}).values() for f in fs}),
         "terramesh:source": ["majortom", "ssl4eos12"],
         "terramesh:split": ["train", "val"],
         "sar:instrument_mode": ["IW"],

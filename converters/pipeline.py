@@ -15,6 +15,7 @@ import pystac
 
 from converters.cog import encode_cloud_mask, encode_cog
 from converters.items import create_item
+from converters.modalities import MODALITIES
 from converters.byteindex import ShardIndex
 from converters.layout import asset_path, index_path, items_path, report_path, revision_path, staging_path
 from converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
@@ -32,12 +33,21 @@ class ConvertOptions:
     dest: str
     collection_id: str = "terramesh"
     formats: tuple[str, ...] = ("cog",)
+    # per-modality overrides of `formats`: ((modality, formats), ...), e.g. (("S1GRD", ("ref",)),)
+    modality_formats: tuple[tuple[str, tuple[str, ...]], ...] = ()
     modalities: tuple[str, ...] | None = None  # None: all the sample has
     revision: str | None = None  # None: what the source URL says
     s3_endpoint_url: str | None = None
     s3_public_url: str | None = None
     collection_title: str | None = None
     collection_description: str | None = None
+
+    def formats_for(self, modality: str) -> tuple[str, ...]:
+        return dict(self.modality_formats).get(modality, self.formats)
+
+    def all_formats(self) -> dict[str, tuple[str, ...]]:
+        """Formats per modality, for every modality (the collection's item_assets)."""
+        return {m: self.formats_for(m) for m in MODALITIES}
 
     def store(self) -> Store:
         return Store(self.dest, endpoint_url=self.s3_endpoint_url, public_url=self.s3_public_url)
@@ -92,15 +102,17 @@ def _union_bbox(a, b):
 
 
 def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
-                  formats: tuple[str, ...] = ("cog",), notes: list | None = None) -> list[EncodedAsset]:
+                  formats=("cog",), notes: list | None = None) -> list[EncodedAsset]:
     """All assets of one sample: per modality a COG and/or references into the source shard
-    (formats "cog", "ref"), the cloud mask and a thumbnail. A modality whose references
-    cannot be made (DEFLATED zip entries) gets its COG instead, with a note in `notes`."""
+    (formats "cog", "ref": one tuple for all modalities, or a function of the modality), the
+    cloud mask and a thumbnail. A modality whose references cannot be made (DEFLATED zip
+    entries) gets its COG instead, with a note in `notes`."""
+    formats_for = formats if callable(formats) else (lambda m: formats)
     wanted = [m for m in sample.modalities if modalities is None or m in modalities]
     encoded = []
     for m in wanted:
-        cog = "cog" in formats
-        if "ref" in formats:
+        cog = "cog" in formats_for(m)
+        if "ref" in formats_for(m):
             try:
                 encoded.append(encode_references(m, sample.originals[m]))
             except NotByteAddressable as e:
@@ -180,7 +192,7 @@ def describe_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -
 
 def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None,
                    notes: list | None = None) -> pystac.Item:
-    encoded = encode_sample(sample, options.modalities, options.formats, notes)
+    encoded = encode_sample(sample, options.modalities, options.formats_for, notes)
     described = describe_assets(sample, encoded, writer.store)
     item = create_item(sample, described, collection_id=options.collection_id, revision=revision)
     # written only once the item is built: a sample that fails leaves no asset behind
@@ -192,6 +204,7 @@ def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions,
 def shard_settings(options: ConvertOptions, limit: int | None) -> dict:
     """The options that change what a shard's conversion writes (part of its content id)."""
     return {"collection": options.collection_id, "formats": list(options.formats),
+            "modality_formats": {m: list(f) for m, f in options.modality_formats},
             "modalities": sorted(options.modalities) if options.modalities else None,
             "revision": options.revision, "limit": limit, "s3_public_url": options.s3_public_url}
 

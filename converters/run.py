@@ -128,7 +128,7 @@ def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collecti
     return create_collection(
         collection_id=options.collection_id, title=options.collection_title,
         description=options.collection_description, extent=extent,
-        index_href=store.href(INDEX_DIR) + "/", formats=options.formats,
+        index_href=store.href(INDEX_DIR) + "/", formats=options.all_formats(),
     )
 
 

@@ -29,6 +29,16 @@ def _formats(value: str) -> tuple[str, ...]:
     return formats
 
 
+def _modality_formats(value: str) -> tuple[str, tuple[str, ...]]:
+    from converters.modalities import MODALITIES
+
+    modality, sep, formats = value.partition("=")
+    if not sep or modality not in MODALITIES:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=FORMATS with MODALITY one of "
+                                         f"{', '.join(MODALITIES)}, got {value!r}")
+    return modality, _formats(formats)
+
+
 def _cmd_convert(args, settings: Settings) -> int:
     import contextlib
 
@@ -39,6 +49,7 @@ def _cmd_convert(args, settings: Settings) -> int:
         dest=args.dest or settings.dest,
         collection_id=args.collection or settings.collection_id,
         formats=args.format,
+        modality_formats=tuple(sorted(dict(args.format_for or []).items())),
         modalities=tuple(args.modalities.split(",")) if args.modalities else None,
         revision=args.revision,
         s3_endpoint_url=settings.s3_endpoint_url,
@@ -136,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="cog", type=_formats,
                    help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), ref "
                         "(kerchunk references into the source shards, no copy); e.g. cog,ref")
+    c.add_argument("--format-for", action="append", type=_modality_formats, metavar="MODALITY=FORMATS",
+                   help="formats of one modality instead of --format (repeatable), e.g. "
+                        "--format-for S1GRD=ref --format-for S1RTC=ref")
     c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
     c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
     c.add_argument("--max-shards", type=int, help="only the first N shards")

@@ -198,3 +198,44 @@ def test_cli_format_option(synth_root, tmp_path):
     assert any(k.endswith("_ref") for k in item["assets"])
     assert not any(k in item["assets"] for k in ("S2L2A", "DEM"))  # no COG copies with ref alone
     shutil.rmtree(tmp_path / "d")
+
+
+def test_formats_chosen_per_modality(synth_root, tmp_path):
+    """COG for most modalities, references for the S1 ones: items hold exactly that, and the
+    collection's item_assets and summaries say so."""
+    env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
+    dest = tmp_path / "d"
+    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root),
+                           "--dest", str(dest), "--format", "cog", "--format-for", "S1GRD=ref",
+                           "--format-for", "S1RTC=ref", "--workers", "1", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    items = items_of(dest)
+    s1_seen = set()
+    for item in items:
+        for modality in ("S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC", "S1GRD", "S1RTC"):
+            if item["properties"]["terramesh:source"] == "majortom" and modality == "S1GRD":
+                continue
+            if item["properties"]["terramesh:source"] == "ssl4eos12" and modality == "S1RTC":
+                continue
+            if modality.startswith("S1"):
+                assert f"{modality}_ref" in item["assets"] and modality not in item["assets"], (item["id"], modality)
+                s1_seen.add(modality)
+            else:
+                assert modality in item["assets"] and f"{modality}_ref" not in item["assets"], (item["id"], modality)
+        validate(item)
+    assert s1_seen == {"S1GRD", "S1RTC"}
+    collection = json.loads((dest / "collection.json").read_text())
+    validate(collection)
+    refs = {k for k in collection["item_assets"] if k.endswith("_ref")}
+    assert refs == {"S1GRD_ref", "S1RTC_ref"}
+    assert collection["summaries"]["terramesh:formats"] == ["cog", "ref"]
+    # the choice is part of each shard's settings: another choice converts the shards again
+    again = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root),
+                            "--dest", str(dest), "--format", "cog", "--workers", "1", "--quiet",
+                            "--report", str(tmp_path / "r.json")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not any(s["skipped"] for s in report["shard_reports"])
+    assert all("S1GRD_ref" not in i["assets"] and "S1RTC_ref" not in i["assets"] for i in items_of(dest))
