@@ -7,8 +7,8 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
 
 `load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
 mode, so loading the same output twice leaves the same rows, and an item whose datetime
-changed moves to its new partition instead of being duplicated. Before the first item the collection's partitioning and queryables are set
-(catalog.database.prepare_collection). Files are loaded one after the other, never in
+changed moves to its new partition instead of being duplicated. Before the first item the
+collection's partitioning and queryables are set (catalog.database.prepare_collection). Files are loaded one after the other, never in
 parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
 items of that file are counted in pgstac; a difference is an error.
 """
@@ -235,10 +235,10 @@ class Publisher:
         return items
 
     def _delete(self, ids: list[str]) -> None:
-        for item_id in ids:
-            self._conn.execute("DELETE FROM pgstac.items WHERE collection = %s AND id = %s",
-                               (self.collection_id, item_id))
-        self._conn.commit()
+        if ids:
+            self._conn.execute("DELETE FROM pgstac.items WHERE collection = %s AND id = ANY(%s)",
+                               (self.collection_id, list(ids)))
+            self._conn.commit()
 
     def publish_shards(self, manifests: list[dict]) -> None:
         """Load the items of finished shards not yet published (as their manifest says) into

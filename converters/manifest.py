@@ -53,12 +53,15 @@ def content_id(fingerprint: dict, settings: dict) -> str:
 def read_manifest(store, split: str, shard: str) -> dict | None:
     relpath = manifest_path(split, shard)
     try:
-        manifest = json.loads(store.get(relpath))
+        return _current(store.get(relpath))
     except FileNotFoundError:
         return None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        return None  # written by another version: convert again
-    return manifest
+
+
+def _current(data: bytes) -> dict | None:
+    """A manifest's content, or None when another version wrote it (convert again)."""
+    manifest = json.loads(data)
+    return manifest if manifest.get("format") == MANIFEST_FORMAT else None
 
 
 def write_manifest(store, manifest: dict) -> str:
@@ -74,4 +77,4 @@ def all_manifests(store) -> list[dict]:
     if not paths:
         return []
     contents = store.fs.cat([store._path(p) for p in paths])  # concurrent on S3
-    return [m for p in paths if (m := json.loads(contents[store._path(p)])).get("format") == MANIFEST_FORMAT]
+    return [m for p in paths if (m := _current(contents[store._path(p)])) is not None]

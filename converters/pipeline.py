@@ -230,7 +230,8 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     source = open_source(source_url, endpoint_url=options.s3_endpoint_url, revision=options.revision)
     store = options.store()
     fingerprint = source_fingerprint(source, split, shard, options.modalities)
-    cid = content_id(fingerprint, shard_settings(options, limit))
+    settings = shard_settings(options, limit)
+    cid = content_id(fingerprint, settings)
     previous = read_manifest(store, split, shard)
     if previous is not None and previous["content_id"] == cid and not force:
         # a run killed between the manifest and the cleanup left the staging folder behind
@@ -279,7 +280,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     write_manifest(store, {
         "split": split, "shard": shard, "content_id": cid, "revision": revision,
         "source": {"url": source.root, "revision": source.revision, "tars": fingerprint},
-        "settings": shard_settings(options, limit),
+        "settings": settings,
         "items": {"path": items_path(split, shard), "count": len(ids), "ids": ids,
                   "sha256": hashlib.sha256(items_data).hexdigest(), "removed": removed},
         "extent": {"bbox": report.bbox, "start": report.start, "end": report.end},

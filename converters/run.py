@@ -73,10 +73,14 @@ class RunReport:
             {"key": None, "shard": None, "modality": None, "reason": f"publishing: {e}"}
             for e in self.published.get("errors", [])]
 
+    @property
+    def notes(self) -> list[dict]:
+        return [n for s in self.shards for n in s.notes]
+
     def to_dict(self) -> dict:
         return {"collection": self.collection_href, "seconds": self.seconds, "workers": self.workers,
                 "items": self.items, "shards": len(self.shards), "skipped": len(self.shards) - len(self.converted),
-                "errors": self.errors, "notes": [n for s in self.shards for n in s.notes],
+                "errors": self.errors, "notes": self.notes,
                 "published": self.published,
                 "shard_reports": [s.to_dict() for s in self.shards]}
 
@@ -92,7 +96,7 @@ class RunReport:
             p = self.published
             lines.append(f"published {p.get('items', 0)} items of {p.get('shards', 0)} shards into "
                          f"pgstac in {p.get('batches', 0)} batches ({p.get('seconds', 0.0):.1f} s)")
-        notes = [n for s in self.shards for n in s.notes]
+        notes = self.notes
         if notes:
             lines.append(f"{len(notes)} notes (not errors), e.g. {notes[0]['key']}, {notes[0]['modality']}: "
                          f"{notes[0]['reason']}")
@@ -180,6 +184,10 @@ def run_shard(source_url: str, split: str, shard: str, options: ConvertOptions,
     return report
 
 
+def _publish(publisher, store, shards: list[tuple[str, str]]) -> None:
+    publisher.publish_shards([read_manifest(store, s, shard) for s, shard in shards])
+
+
 def _failed_shard(split: str, shard: str, exc: BaseException) -> ShardReport:
     """A shard whose task failed as a whole (e.g. retries exhausted): reported, run goes on."""
     report = ShardReport(split=split, shard=shard)
@@ -244,10 +252,10 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
                     future.release()
                 if publisher is not None and pending and (
                         pending_items >= PUBLISH_ITEMS or time.monotonic() - since >= PUBLISH_SECONDS):
-                    publisher.publish_shards([read_manifest(store, s, shard) for s, shard in pending])
+                    _publish(publisher, store, pending)
                     pending, pending_items, since = [], 0, time.monotonic()
             if publisher is not None and pending:
-                publisher.publish_shards([read_manifest(store, s, shard) for s, shard in pending])
+                _publish(publisher, store, pending)
     finally:
         if progress:
             try:

@@ -5,6 +5,7 @@ S3. Nothing about where the service runs (host, port, prefix) is written here; t
 turns local paths into HTTP links per request.
 """
 
+import copy
 import hashlib
 import os
 import posixpath
@@ -79,8 +80,8 @@ class Store:
 
     def staged(self, staging: str) -> "Store":
         """This store writing its temporary files under `staging`, emptied first."""
-        store = Store(self.url, endpoint_url=self.endpoint_url, public_url=self.public_url,
-                      staging=staging)
+        store = copy.copy(self)  # shares the filesystem object: no new S3 client per shard
+        store.staging = staging
         store.clear_staging()
         return store
 

@@ -366,6 +366,21 @@ def synth_root(tmp_path_factory):
     return root
 
 
+def read_items(dest) -> dict:
+    """{item id: item} of every items/**/*.ndjson under a converted destination; an id seen
+    twice fails the test."""
+    import json
+    from pathlib import Path
+
+    items = {}
+    for path in sorted((Path(dest) / "items").rglob("*.ndjson")):
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            assert item["id"] not in items, f"duplicate item {item['id']}"
+            items[item["id"]] = item
+    return items
+
+
 def serve_directory(path, requests: list | None = None, ranges_only: bool = False, port: int = 0):
     """Serve `path` over HTTP on 127.0.0.1 (threaded, single byte ranges supported);
     returns (base URL without trailing slash, stop function). With `requests`, every

@@ -28,6 +28,7 @@ from converters.pipeline import ConvertOptions
 from converters.run import convert, start_client
 from converters.synth import generate
 from converters.zarrzip import decode_zarr_zip, encode_zarr_zip
+from tests.conftest import read_items
 
 SHARDS, PER_SHARD = 4, 3
 
@@ -76,15 +77,6 @@ def normalised(files: dict[str, bytes], root: Path) -> dict[str, bytes]:
     return out
 
 
-def ndjson(root: Path) -> dict[str, dict]:
-    items = {}
-    for f in sorted((root / "items").rglob("*.ndjson")):
-        for line in f.read_text().splitlines():
-            item = json.loads(line)
-            items[item["id"]] = item
-    return items
-
-
 def test_parallel_run_equals_single_worker_run(source, client, tmp_path):
     one = start_client(workers=1)
     try:
@@ -105,7 +97,7 @@ def test_parallel_run_equals_single_worker_run(source, client, tmp_path):
     assert different == []
     assert len([k for k in a if k.endswith(".tif")]) >= SHARDS * PER_SHARD * 7
     # and the pixels equal the source (one sample, all modalities)
-    key, shard_items = next(iter(ndjson(tmp_path / "two").items()))
+    key, shard_items = next(iter(read_items(tmp_path / "two").items()))
     shard = shard_items["properties"]["terramesh:shard"]
     for modality in ("S2L2A", "S1RTC", "S1GRD", "DEM"):
         tar_path = source / "val" / modality / shard
@@ -184,7 +176,7 @@ def test_kill_and_resume_converges_to_the_uninterrupted_state(source, tmp_path, 
     assert not list(dest.rglob(".tmp-*")) and not (dest / ".staging").exists() or \
         not any((dest / ".staging").rglob("*"))
     # pgstac: every item exactly once
-    assert _count_db(pgstac_db.admin, collection) == {i: 1 for i in ndjson(reference)}
+    assert _count_db(pgstac_db.admin, collection) == {i: 1 for i in read_items(reference)}
 
 
 def test_killed_worker_is_replaced_and_the_result_is_the_same(source, tmp_path):
@@ -250,7 +242,7 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
 
     first = run()
     assert not first.errors
-    items = ndjson(dest)
+    items = read_items(dest)
     shards = sorted({i["properties"]["terramesh:shard"] for i in items.values()})
     changed_shard, other_shard = shards[0], shards[1]
     keys = sorted(k for k, i in items.items() if i["properties"]["terramesh:shard"] == changed_shard)
@@ -285,7 +277,7 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
     assert (dest / manifest_path("val", other_shard)).read_bytes() == other_manifest
 
     new_manifest = json.loads((dest / manifest_path("val", changed_shard)).read_text())
-    new_items = ndjson(dest)
+    new_items = read_items(dest)
     for key in keys:  # the new revision is recorded on every item of the shard
         assert new_items[key]["properties"]["terramesh:revision"] == new_manifest["revision"]
         assert new_manifest["revision"] != old_manifest["revision"]
@@ -348,7 +340,7 @@ def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retire
             return convert(str(src), options, client=client, publisher=publisher)
 
     first = run()
-    items = ndjson(dest)
+    items = read_items(dest)
     shard = sorted({i["properties"]["terramesh:shard"] for i in items.values()})[-1]
     dropped = sorted(k for k, i in items.items() if i["properties"]["terramesh:shard"] == shard)[1]
     old = json.loads((dest / manifest_path("val", shard)).read_text())
@@ -361,8 +353,8 @@ def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retire
     assert second.items == first.items - 1
     new = json.loads((dest / manifest_path("val", shard)).read_text())
     assert new["items"]["removed"] == [dropped]
-    assert dropped not in ndjson(dest)
-    assert _count_db(pgstac_db.admin, "dropped") == {i: 1 for i in ndjson(dest)}
+    assert dropped not in read_items(dest)
+    assert _count_db(pgstac_db.admin, "dropped") == {i: 1 for i in read_items(dest)}
     # its assets are gone from their final names, kept at the old revision's path
     assert not (dest / "assets" / dropped).exists() or not any((dest / "assets" / dropped).iterdir())
     for name in old_assets:

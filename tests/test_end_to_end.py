@@ -20,7 +20,7 @@ from shapely.geometry import box, shape
 from converters.shards import iter_samples
 from converters.source import open_source
 from converters.zarrzip import decode_zarr_zip
-from tests.conftest import _free_port, _wait_http
+from tests.conftest import _free_port, _wait_http, read_items
 from tests.stac_schemas import validate
 
 CLI = [sys.executable, "-m", "terramesh_stac.cli"]
@@ -33,16 +33,6 @@ def run_cli(*args, env=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def read_items(dest: Path) -> dict[str, dict]:
-    items = {}
-    for path in sorted((dest / "items").rglob("*.ndjson")):
-        for line in path.read_text().splitlines():
-            item = json.loads(line)
-            assert item["id"] not in items, f"duplicate item {item['id']}"
-            items[item["id"]] = item
-    return items
 
 
 def source_samples(root) -> dict:

@@ -25,7 +25,7 @@ from zarr.storage import ZipStore
 from converters.pipeline import ConvertOptions, convert_shard
 from converters.run import write_collection
 from converters.synth import generate
-from tests.conftest import serve_directory
+from tests.conftest import read_items, serve_directory
 from tests.stac_schemas import validate
 
 SPLIT = "val"
@@ -42,8 +42,7 @@ def original(src: Path, modality: str, shard: str, key: str, tmp: Path) -> xr.Da
 
 
 def items_of(dest: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((dest / "items").rglob("*.ndjson"))
-            for line in f.read_text().splitlines()]
+    return list(read_items(dest).values())
 
 
 def open_reference(asset: dict, **storage_options) -> xr.Dataset:
