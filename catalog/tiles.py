@@ -2,7 +2,8 @@
 
 Mounted at /raster by catalog/app.py. Routes:
 
-- `/collections/{cid}/items/{iid}/...`  item tiles, TileJSON, preview, info, renders
+- `/collections/{cid}/items/{iid}/...`  item tiles, TileJSON, preview, info, renders (COG
+  and Zarr assets, see catalog/zarr_tiles.py)
 - `/searches/register`, `/searches/{search_id}/...`  registered-search mosaics
 - `/collections/{cid}/tiles/...`  mosaic of a whole collection
 - `/tileMatrixSets`, `/colorMaps`, `/healthz`
@@ -61,6 +62,7 @@ from titiler.pgstac.reader import PgSTACReader
 from titiler.pgstac.settings import PostgresSettings
 
 from catalog.links import render_query, titiler_render
+from catalog.zarr_tiles import ItemReader
 from terramesh_stac.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -368,9 +370,10 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
         collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}"
     )
 
-    # Items.
+    # Items (COG assets through GDAL, Zarr assets through rio-tiler's XarrayReader).
+    item_reader = type("ItemReader", (ItemReader,), {"s3_endpoint_url": settings.s3_endpoint_url})
     items = MultiBaseTilerFactory(
-        reader=PgSTACReader,
+        reader=item_reader,
         path_dependency=ItemIdParams,
         router_prefix="/collections/{collection_id}/items/{item_id}",
         add_viewer=False,

@@ -187,24 +187,17 @@ def _pixels(ds: xr.Dataset, var: str) -> np.ndarray:
     return np.asarray(a.values)
 
 
-def encode_cog(
-    ds: xr.Dataset, modality: str, *, profile: CogProfile = DEFAULT_PROFILE
-) -> EncodedAsset:
-    """Lossless COG of `ds["bands"]` with its STAC asset fields (see module docstring)."""
+def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = None) -> dict:
+    """STAC asset fields of a modality's pixels, whatever the file format: projection,
+    `bands` (names, wavelengths, statistics), nodata, unit, data type (`data_type`, or the
+    source's), classes. Shared by the COG and Zarr encoders."""
     info = MODALITY_INFO[modality]
     data = _pixels(ds, "bands")  # (band, y, x)
     if data.ndim != 3:
         raise ValueError(f"{modality}: bands should be (band, y, x) after time, got {data.shape}")
-    src_dtype = data.dtype
-    if src_dtype == np.float16:
-        data = data.astype(np.float32)  # exact
-    grid = grid_of(ds)
     nodata = nodata_for(ds, modality)
     names = [str(b) for b in np.asarray(ds["band"].values)] if "band" in ds.coords else info.band_names
     by_name = {b.name: b for b in info.bands}
-
-    cog = write_cog(data, grid, nodata=nodata, descriptions=names, profile=profile)
-
     bands = []
     for i, name in enumerate(names):
         meta = by_name.get(name)
@@ -222,8 +215,8 @@ def encode_cog(
 
     fields: dict = {
         "title": info.title,
-        **grid.stac_proj_fields(),
-        "data_type": data.dtype.name,
+        **grid_of(ds).stac_proj_fields(),
+        "data_type": np.dtype(data_type or data.dtype).name,
         "bands": bands,
         "gsd": 10,
     }
@@ -233,15 +226,29 @@ def encode_cog(
         fields["unit"] = info.unit
     if info.scale:
         fields["raster:scale"] = info.scale
-    if src_dtype != data.dtype:
-        fields["terramesh:source_data_type"] = src_dtype.name
     if modality == "LULC":
         fields["classification:classes"] = classes_field(LULC_CLASSES, nodata_value=0)
     t = sample_time(ds)
     if t is not None:
         fields["datetime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return fields
+
+
+def encode_cog(
+    ds: xr.Dataset, modality: str, *, profile: CogProfile = DEFAULT_PROFILE
+) -> EncodedAsset:
+    """Lossless COG of `ds["bands"]` with its STAC asset fields (see module docstring)."""
+    data = _pixels(ds, "bands")  # (band, y, x)
+    src_dtype = data.dtype
+    if src_dtype == np.float16:
+        data = data.astype(np.float32)  # exact
+    fields = raster_fields(ds, modality, data.dtype)
+    if src_dtype != data.dtype:
+        fields["terramesh:source_data_type"] = src_dtype.name
+    cog = write_cog(data, grid_of(ds), nodata=nodata_for(ds, modality),
+                    descriptions=[b["name"] for b in fields["bands"]], profile=profile)
     return EncodedAsset(
-        key=modality, data=cog, media_type=COG_MEDIA_TYPE, roles=list(info.roles),
+        key=modality, data=cog, media_type=COG_MEDIA_TYPE, roles=list(MODALITY_INFO[modality].roles),
         filename=f"{modality}.tif", fields=fields,
     )
 

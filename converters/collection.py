@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 import pystac
 
 from .cog import COG_MEDIA_TYPE, classes_field
-from . import references
+from . import references, zarrstack
 from .items import EXTENSIONS, SAR_FIELDS, STAC_VERSION, stac_extensions_for
 from .modalities import (
     CLOUD_MASK_CLASSES,
@@ -189,10 +189,18 @@ def _item_asset(modality: str) -> dict:
 
 def item_assets(formats: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict]:
     """What items may hold, from the formats per modality (default: COG for all): a COG per
-    modality (kept for all: references fall back to a COG), a reference file per modality
-    converted with "ref", the cloud mask and the thumbnail."""
+    modality (kept for all: references and Zarr fall back to a COG), a Zarr store per modality
+    converted with "zarr", a reference file per modality converted with "ref", the cloud
+    mask and the thumbnail."""
     out = {m: _item_asset(m) for m in MODALITIES}
     for m in MODALITIES:
+        if "zarr" in (formats or {}).get(m, ()):
+            out[zarrstack.asset_key(m)] = {
+                "title": f"{m}: Zarr v3 (the shard's samples stacked along `item`)",
+                "type": zarrstack.MEDIA_TYPE, "roles": list(zarrstack.ROLES),
+                "zarr:zarr_format": 3, "zarr:consolidated": True,
+                "xarray:open_kwargs": dict(zarrstack.OPEN_KWARGS),
+            }
         if "ref" in (formats or {}).get(m, ()):
             out[references.asset_key(m)] = {
                 "title": f"{m}: kerchunk references into the original shard (no copy)",

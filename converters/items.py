@@ -154,7 +154,9 @@ def _asset(wa: WrittenAsset, modality_ds: xr.Dataset | None) -> pystac.Asset:
     fields = dict(wa.fields)
     title = fields.pop("title", None)
     description = fields.pop("description", None)
-    extra = {**fields, "file:size": int(wa.size), "file:checksum": wa.checksum}
+    extra = dict(fields)
+    if wa.size is not None:  # a file; a Zarr store is many objects
+        extra.update({"file:size": int(wa.size), "file:checksum": wa.checksum})
     if wa.key in S1_MODALITIES:
         extra.update(SAR_FIELDS)
         extra.setdefault("sar:polarizations", ["VV", "VH"])

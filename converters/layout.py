@@ -2,7 +2,8 @@
 
     collection.json
     items/<split>/<shard>.ndjson      one STAC item per line
-    assets/<key>/<asset file>         COGs, cloud mask, thumbnail
+    assets/<key>/<asset file>         COGs, cloud mask, thumbnail, reference files
+    assets/zarr/<split>/<shard>/<MODALITY>.zarr   Zarr v3: the shard's samples stacked
     reports/<split>/<shard>.json      counts, timings, problems of one shard
     index/<split>/<shard>.parquet     byte ranges of every member of the original shard tars
     manifests/<split>/<shard>.json    what a finished shard wrote; written last (resume, skip)
@@ -19,6 +20,11 @@ ITEMS_GLOB = "items/**/*.ndjson"
 
 def asset_path(key: str, filename: str) -> str:
     return f"{ASSETS_DIR}/{key}/{filename}"
+
+
+def zarr_path(split: str, shard: str, modality: str) -> str:
+    """The stacked Zarr store of one shard and modality (under assets/: the API serves it)."""
+    return f"{ASSETS_DIR}/zarr/{split}/{shard.removesuffix('.tar')}/{modality}.zarr"
 
 
 def _per_shard(folder: str, split: str, shard: str, suffix: str) -> str:

@@ -17,7 +17,8 @@ from converters.cog import encode_cloud_mask, encode_cog
 from converters.items import create_item
 from converters.modalities import MODALITIES
 from converters.byteindex import ShardIndex
-from converters.layout import asset_path, index_path, items_path, report_path, revision_path, staging_path
+from converters.layout import (asset_path, index_path, items_path, report_path, revision_path, staging_path,
+                               zarr_path)
 from converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
 from converters.references import NotByteAddressable, encode_references
 from converters.retry import is_transient, retrying
@@ -26,6 +27,7 @@ from converters.shards import iter_samples
 from converters.source import open_source
 from converters.storage import Store, multihash_sha256
 from converters.thumbnail import encode_thumbnail
+from converters import zarrstack
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,9 @@ def _union_bbox(a, b):
 
 def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
                   formats=("cog",), notes: list | None = None) -> list[EncodedAsset]:
-    """All assets of one sample: per modality a COG and/or references into the source shard
-    (formats "cog", "ref": one tuple for all modalities, or a function of the modality), the
+    """All file assets of one sample: per modality a COG and/or references into the source shard
+    (formats "cog", "ref": one tuple for all modalities, or a function of the modality; "zarr"
+    goes into the shard's stacked stores, see ShardStacks), the
     cloud mask and a thumbnail. A modality whose references cannot be made (DEFLATED zip
     entries) gets its COG instead, with a note in `notes`."""
     formats_for = formats if callable(formats) else (lambda m: formats)
@@ -190,14 +193,66 @@ def describe_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -
     return described
 
 
+class ShardStacks:
+    """The stacked Zarr stores of one shard, one per modality converted to Zarr."""
+
+    def __init__(self, writer: AssetWriter, split: str, shard: str):
+        self.writer, self.split, self.shard = writer, split, shard
+        self.stacks: dict[str, zarrstack.ShardStackWriter] = {}
+
+    def __getitem__(self, modality: str) -> zarrstack.ShardStackWriter:
+        if modality not in self.stacks:
+            root = zarr_path(self.split, self.shard, modality)
+            self.stacks[modality] = zarrstack.ShardStackWriter(self.writer.put, root)
+        return self.stacks[modality]
+
+    def describe(self, sample: Sample, modality: str) -> WrittenAsset:
+        root = self[modality].root
+        store = self.writer.store
+        return WrittenAsset(
+            key=zarrstack.asset_key(modality), href=store.href(root), media_type=zarrstack.MEDIA_TYPE,
+            roles=list(zarrstack.ROLES), size=None, checksum=None,
+            fields=zarrstack.asset_fields(modality, sample.modalities[modality], sample.key),
+            alternate_href=store.https_href(root))
+
+    def flush_full(self) -> None:
+        for stack in self.stacks.values():
+            if stack.block_full:
+                stack.flush()
+
+    def close(self) -> None:
+        for stack in self.stacks.values():
+            stack.close()
+
+
 def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None,
-                   notes: list | None = None) -> pystac.Item:
-    encoded = encode_sample(sample, options.modalities, options.formats_for, notes)
+                   notes: list | None = None, stacks: ShardStacks | None = None) -> pystac.Item:
+    stacks = stacks if stacks is not None else ShardStacks(writer, sample.split, sample.shard)
+    to_zarr, fallback = [], set()
+    for m in sample.modalities:
+        if (options.modalities is None or m in options.modalities) and "zarr" in options.formats_for(m):
+            try:
+                stacks[m].check(sample.modalities[m])
+                to_zarr.append(m)
+            except zarrstack.StackMismatch as e:
+                fallback.add(m)
+                if notes is not None:
+                    notes.append(SampleError(sample.key, sample.shard, m,
+                                             f"not stacked into the shard's Zarr: {e}; COG written instead").to_dict())
+
+    def formats_for(m: str) -> tuple[str, ...]:
+        return (*options.formats_for(m), "cog") if m in fallback else options.formats_for(m)
+
+    encoded = encode_sample(sample, options.modalities, formats_for, notes)
     described = describe_assets(sample, encoded, writer.store)
+    for m in to_zarr:
+        described[zarrstack.asset_key(m)] = stacks.describe(sample, m)
     item = create_item(sample, described, collection_id=options.collection_id, revision=revision)
     # written only once the item is built: a sample that fails leaves no asset behind
     for asset in encoded:
         writer.put(asset_path(sample.key, asset.filename), asset.data, described[asset.key].checksum)
+    for m in to_zarr:
+        stacks[m].add(sample.key, sample.modalities[m])
     return item
 
 
@@ -244,6 +299,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     writer = AssetWriter(store, previous)
     index = ShardIndex(split, shard)
     report = ShardReport(split=split, shard=shard, content_id=cid, revision=revision)
+    stacks = ShardStacks(writer, split, shard)
     lines, ids = [], {}
     samples = iter_samples(source, split, shard, options.modalities, metadata, index=index)
     for n, result in enumerate(samples):
@@ -258,17 +314,19 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
                 f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
             ).to_dict())
         try:
-            item = convert_sample(result, writer, options, revision, report.notes)
+            item = convert_sample(result, writer, options, revision, report.notes, stacks)
         except Exception as e:  # one bad sample must not stop the shard
             if is_transient(e):
                 raise
             report.errors.append(SampleError(result.key, shard, None, f"{type(e).__name__}: {e}").to_dict())
             continue
+        stacks.flush_full()  # outside the per-sample guard: a failed block fails the shard
         lines.append(json.dumps(item.to_dict(include_self_link=False), separators=(",", ":")))
         ids[item.id] = item.datetime.isoformat() if item.datetime else None
         report.add_item(item)
         if on_sample:
             on_sample()
+    stacks.close()
     writer.retire_unused()
     store.put(index_path(split, shard), index.to_parquet())
     items_data = ("\n".join(lines) + "\n").encode() if lines else b""

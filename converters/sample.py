@@ -69,7 +69,7 @@ class WrittenAsset:
     href: str  # storage URL: absolute local path or s3://bucket/key
     media_type: str
     roles: list[str]
-    size: int  # file:size
-    checksum: str  # file:checksum, multihash hex (sha2-256)
+    size: int | None  # file:size (None: a Zarr store, not one file)
+    checksum: str | None  # file:checksum, multihash hex (sha2-256)
     fields: dict = field(default_factory=dict)
     alternate_href: str | None = None  # https URL of an S3 object when the endpoint has one

@@ -18,7 +18,7 @@ def _cmd_synth(args, settings: Settings) -> int:
     return EXIT_OK
 
 
-FORMATS = ("cog", "ref")
+FORMATS = ("cog", "zarr", "ref")
 
 
 def _formats(value: str) -> tuple[str, ...]:
@@ -145,11 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dest", help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
     c.add_argument("--split", default="val", choices=["train", "val", "all"])
     c.add_argument("--format", default="cog", type=_formats,
-                   help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), ref "
-                        "(kerchunk references into the source shards, no copy); e.g. cog,ref")
+                   help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), zarr "
+                        "(Zarr v3, a shard's samples stacked per modality), ref (kerchunk references "
+                        "into the source shards, no copy); e.g. cog,zarr")
     c.add_argument("--format-for", action="append", type=_modality_formats, metavar="MODALITY=FORMATS",
                    help="formats of one modality instead of --format (repeatable), e.g. "
-                        "--format-for S1GRD=ref --format-for S1RTC=ref")
+                        "--format-for S1GRD=zarr --format-for DEM=ref")
     c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
     c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
     c.add_argument("--max-shards", type=int, help="only the first N shards")

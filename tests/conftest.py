@@ -366,15 +366,34 @@ def synth_root(tmp_path_factory):
     return root
 
 
-def read_items(dest) -> dict:
-    """{item id: item} of every items/**/*.ndjson under a converted destination; an id seen
-    twice fails the test."""
-    import json
+def read_original(src, modality: str, shard: str, key: str, tmp, split: str = "val"):
+    """What xarray reads from a sample's original .zarr.zip (extracted from its tar): the
+    reference that Zarr and reference assets must equal."""
+    import tarfile
     from pathlib import Path
 
+    import xarray as xr
+    from zarr.storage import ZipStore
+
+    with tarfile.open(Path(src) / split / modality / shard) as tar:
+        data = tar.extractfile(f"{key}.zarr.zip").read()
+    path = Path(tmp) / f"{key}-{modality}.zip"
+    path.write_bytes(data)
+    with ZipStore(path, mode="r") as store:
+        return xr.open_zarr(store, zarr_format=2, consolidated=True).load()
+
+
+def read_items(dest, endpoint_url: str | None = None) -> dict:
+    """{item id: item} of every items/**/*.ndjson under a converted destination (a folder, or
+    s3:// with `endpoint_url`); an id seen twice fails the test."""
+    import json
+
+    from converters.storage import Store
+
+    store = Store(str(dest), endpoint_url=endpoint_url)
     items = {}
-    for path in sorted((Path(dest) / "items").rglob("*.ndjson")):
-        for line in path.read_text().splitlines():
+    for path in store.glob("items/**/*.ndjson"):
+        for line in store.get(path).decode().splitlines():
             item = json.loads(line)
             assert item["id"] not in items, f"duplicate item {item['id']}"
             items[item["id"]] = item

@@ -20,25 +20,14 @@ from pathlib import Path
 import pystac
 import pytest
 import xarray as xr
-from zarr.storage import ZipStore
 
 from converters.pipeline import ConvertOptions, convert_shard
 from converters.run import write_collection
 from converters.synth import generate
-from tests.conftest import read_items, serve_directory
+from tests.conftest import read_original, read_items, serve_directory
 from tests.stac_schemas import validate
 
 SPLIT = "val"
-
-
-def original(src: Path, modality: str, shard: str, key: str, tmp: Path) -> xr.Dataset:
-    """What xarray reads from the sample's original .zarr.zip (extracted from its tar)."""
-    with tarfile.open(src / SPLIT / modality / shard) as tar:
-        data = tar.extractfile(f"{key}.zarr.zip").read()
-    path = tmp / f"{key}-{modality}.zip"
-    path.write_bytes(data)
-    with ZipStore(path, mode="r") as store:
-        return xr.open_zarr(store, zarr_format=2, consolidated=True).load()
 
 
 def items_of(dest: Path) -> list[dict]:
@@ -94,7 +83,7 @@ def test_every_modality_opens_from_its_item_over_range_requests_equal_to_the_sou
             new = requests[before:]
             # the server refuses whole-shard GETs (ranges_only): every read was a range read
             assert all(method == "GET" and rng for method, _, rng in new), new
-            xr.testing.assert_identical(got, original(synth_root, modality, shard, item["id"], tmp_path))
+            xr.testing.assert_identical(got, read_original(synth_root, modality, shard, item["id"], tmp_path))
             modalities.add(modality)
             checked += 1
     assert modalities == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
@@ -136,7 +125,7 @@ def test_xpystac_opens_the_reference_asset(over_http, synth_root, tmp_path):
         got = xr.open_dataset(asset).load()
     finally:
         stop()
-    want = original(synth_root, "S2L2A", item.properties["terramesh:shard"], item.id, tmp_path)
+    want = read_original(synth_root, "S2L2A", item.properties["terramesh:shard"], item.id, tmp_path)
     xr.testing.assert_identical(got, want)
 
 
@@ -148,7 +137,7 @@ def test_references_into_a_local_folder(synth_root, tmp_path):
         assert asset["xarray:open_kwargs"]["storage_options"]["remote_protocol"] == "file"
         modality = asset["terramesh:source_member"]["href"].split("/")[-2]
         xr.testing.assert_identical(open_reference(asset),
-                                    original(synth_root, modality, shard, item["id"], tmp_path))
+                                    read_original(synth_root, modality, shard, item["id"], tmp_path))
 
 
 def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
@@ -166,7 +155,7 @@ def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
         asset = item["assets"]["DEM_ref"]
         assert asset["terramesh:source_member"]["href"].startswith("s3://refs/src/val/DEM/")
         got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
-        xr.testing.assert_identical(got, original(synth_root, "DEM", shard, item["id"], tmp_path))
+        xr.testing.assert_identical(got, read_original(synth_root, "DEM", shard, item["id"], tmp_path))
 
 
 def test_deflated_members_fall_back_to_cogs_with_a_note(tmp_path):

@@ -1,0 +1,76 @@
+"""Item tiles from Zarr assets: rio-tiler's XarrayReader on one sample of a stacked store.
+
+titiler-pgstac's item reader handles GDAL-readable assets only; `ItemReader` adds the
+`application/vnd.zarr` assets the converter writes (converters.zarrstack): the sample is
+selected by item id, given back its own x/y and CRS, and served by rio-tiler's
+XarrayReader, so the item endpoints (tiles, preview, info, statistics) and the collection's
+render presets work as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
+on an item converted to Zarr only, that name resolves to its `S2L2A_zarr` asset.
+
+float16 samples are widened to float32 (exact) because GDAL's warper has no float16.
+"""
+
+from __future__ import annotations
+
+import attr
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor XarrayReader uses)
+import xarray as xr
+from rio_tiler.io.stac import DEFAULT_VALID_TYPE
+from rio_tiler.io.xarray import XarrayReader
+from titiler.pgstac.reader import PgSTACReader
+
+from converters import zarrstack
+
+
+def sample_bands(href: str, item_id: str, nodata=None, storage_options: dict | None = None) -> xr.DataArray:
+    """One sample's `bands` as a georeferenced (band, y, x) DataArray."""
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    ds = zarrstack.open_sample(href, item_id, **kwargs)
+    da = ds["bands"].isel(time=0) if "time" in ds["bands"].dims else ds["bands"]
+    if da.dtype == np.float16:
+        da = da.astype(np.float32)
+    if nodata is not None:
+        da = da.rio.write_nodata(float("nan") if nodata == "nan" else nodata)
+    return da
+
+
+@attr.s
+class ZarrSampleReader(XarrayReader):
+    """XarrayReader opened from a stacked store's href (`input`) and the item id to select."""
+
+    item_id: str = attr.ib(kw_only=True)
+    nodata: float | int | str | None = attr.ib(default=None, kw_only=True)
+    storage_options: dict | None = attr.ib(default=None, kw_only=True)
+
+    def __attrs_post_init__(self):
+        self.input = sample_bands(self.input, self.item_id, self.nodata, self.storage_options)
+        super().__attrs_post_init__()
+
+
+@attr.s
+class ItemReader(PgSTACReader):
+    """PgSTACReader that also reads the item's Zarr assets."""
+
+    include_asset_types: set[str] = attr.ib(default=DEFAULT_VALID_TYPE | {zarrstack.MEDIA_TYPE})
+    s3_endpoint_url: str | None = None  # set by the app from its settings
+
+    def _get_asset_info(self, asset):
+        asset = {"name": asset} if isinstance(asset, str) else dict(asset)
+        name = asset.get("name")
+        if name not in self.assets and zarrstack.asset_key(name) in self.assets:
+            asset["name"] = zarrstack.asset_key(name)
+        info = super()._get_asset_info(asset)
+        if info.get("media_type") == zarrstack.MEDIA_TYPE:
+            stac_asset = self.item.assets[info["name"]]
+            options = {"item_id": self.item.id, "nodata": stac_asset.extra_fields.get("nodata")}
+            if stac_asset.href.startswith("s3://") and self.s3_endpoint_url:
+                options["storage_options"] = {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
+            info["reader_options"] = {**info.get("reader_options", {}), **options}
+            info["url"] = stac_asset.href  # the store itself, not an https alternate
+        return info
+
+    def _get_reader(self, asset_info):
+        if asset_info.get("media_type") == zarrstack.MEDIA_TYPE:
+            return ZarrSampleReader
+        return super()._get_reader(asset_info)

@@ -1,0 +1,238 @@
+"""Zarr assets: the samples of one shard and modality stacked along `item` in one Zarr v3 store.
+
+Layout (chosen in benchmarks/zarr_layouts.py, numbers in benchmarks/RESULTS.md): a group per
+sample keeps each sample's georeferencing but costs ~58-168 objects per sample, 6-19x the
+COGs; stacking a shard's samples costs ~12 objects per block of SAMPLES_PER_BLOCK samples.
+So one store per shard and modality, `assets/zarr/<split>/<shard>/<MODALITY>.zarr`:
+
+    bands        (item, time, band, y, x)  the source dtype (float16 stays float16); one
+                 chunk per sample and band, sharded SAMPLES_PER_BLOCK samples per object
+    cloud_mask   (item, time, y, x)        when the modality has one
+    item         (item)                    index: the STAC item ids
+    item_x, item_y, item_time              each sample's own coordinates (item, x) ...
+    spatial_ref_attrs (item)               each sample's CF grid mapping (crs_wkt,
+                                           GeoTransform) as JSON: samples differ in UTM zone
+    center_lat, center_lon, crs, file_id, sample   as in the source, per item
+
+Consolidated metadata in the root `zarr.json`: opening costs one request. One sample with
+its own CRS and transform, exactly as the source `.zarr.zip` reads in xarray:
+
+    ds = xr.open_dataset(href, engine="zarr", consolidated=True, chunks={})
+    sample = unstack(ds.sel(item=item_id))   # or open_sample(href, item_id)
+
+Values, NaNs, dtypes and attributes are the source's; DEM's "no time" is stored as the raw
+value TerraMesh stores (0 ns = 1970-01-01), as xarray reads the original.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.storage import MemoryStore
+
+from converters.cog import raster_fields
+
+MEDIA_TYPE = "application/vnd.zarr"
+ROLES = ["data"]
+SAMPLES_PER_BLOCK = 32  # samples per shard object: bounds a worker's buffer (~150 MB)
+PER_ITEM_COORDS = ("time", "y", "x")  # index coordinates every sample has its own of
+GRID_MAPPING = "spatial_ref"
+GRID_MAPPING_ATTRS = "spatial_ref_attrs"
+LAYOUT = "terramesh stacked samples v1"
+OPEN_KWARGS = {"engine": "zarr", "consolidated": True, "zarr_format": 3, "chunks": {}}
+
+
+class StackMismatch(ValueError):
+    """A sample that cannot join its shard's stack (other shape, dtype or bands)."""
+
+
+def asset_key(modality: str) -> str:
+    return f"{modality}_zarr"
+
+
+def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
+    """The item's Zarr asset fields: raster metadata of the sample plus how to open it.
+
+    `zarr:*` and `xarray:open_kwargs` are what xpystac 0.5 passes to xarray.open_dataset;
+    `terramesh:sample_selection` is the `Dataset.sel` that picks this item's sample.
+    """
+    return {
+        **raster_fields(ds, modality),
+        "title": f"{modality}: Zarr v3 (the shard's samples stacked along `item`)",
+        "description": ("Open with xarray (engine zarr, consolidated) and select this sample with "
+                        f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
+                        "also restores its x/y coordinates and CRS."),
+        "zarr:zarr_format": 3,
+        "zarr:consolidated": True,
+        "xarray:open_kwargs": dict(OPEN_KWARGS),
+        "terramesh:sample_selection": {"item": item_id},
+    }
+
+
+def _signature(ds: xr.Dataset) -> dict:
+    """What must be equal for samples to share a stack."""
+    sig = {name: (v.dims, v.shape, v.dtype.kind if v.dtype.kind in "UO" else str(v.dtype))
+           for name, v in ds.variables.items() if name not in PER_ITEM_COORDS}
+    if "band" in ds.coords:
+        sig["band values"] = tuple(map(str, ds["band"].values))
+    return sig
+
+
+def stack_member(item_id: str, ds: xr.Dataset) -> xr.Dataset:
+    """One sample as a slice of the stack (an `item` dimension of length 1)."""
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.encoding = {}
+    if "time" in ds.coords and np.issubdtype(ds["time"].dtype, np.datetime64):
+        # the reader's NaT ("no time") back to the value stored in the source
+        t = ds["time"].values.astype("datetime64[ns]")
+        ds = ds.assign_coords(time=(ds["time"].dims, np.where(np.isnat(t), np.datetime64(0, "ns"), t),
+                                    ds["time"].attrs))
+    grid_mapping = dict(ds[GRID_MAPPING].attrs) if GRID_MAPPING in ds.variables else None
+    ds = ds.drop_vars(GRID_MAPPING, errors="ignore")
+    per_item = [c for c in PER_ITEM_COORDS if c in ds.indexes]
+    ds = ds.drop_indexes(per_item).rename_vars({c: f"item_{c}" for c in per_item})
+    coords = [c for c in ds.coords if c not in ds.indexes]
+    ds = ds.reset_coords(coords)
+    ds[GRID_MAPPING_ATTRS] = json.dumps(grid_mapping, sort_keys=True)
+    ds = ds.expand_dims(item=[item_id])
+    ds.attrs["terramesh:per_item_coords"] = [*coords, GRID_MAPPING_ATTRS]
+    for name in list(ds.variables):
+        if ds[name].dtype.kind == "U":  # variable-length strings: zarr v3's specified type
+            ds[name] = ds[name].astype(object)
+    return ds
+
+
+def concat(members: list[xr.Dataset]) -> xr.Dataset:
+    stacked = xr.concat(members, dim="item", data_vars="all", coords="different",
+                        compat="equals", join="exact", combine_attrs="override")
+    stacked = stacked.set_coords(stacked.attrs.pop("terramesh:per_item_coords"))
+    stacked.attrs["terramesh:layout"] = LAYOUT
+    return stacked
+
+
+def encoding(stacked: xr.Dataset) -> dict:
+    """One chunk per sample and band for the pixels, sharded per block; a block per chunk
+    for the small per-item arrays (coordinates, metadata)."""
+    enc = {}
+    for name, var in stacked.variables.items():
+        if "item" not in var.dims or name == "item":
+            continue
+        shape = var.shape[1:]
+        if name in ("bands", "cloud_mask"):
+            inner = tuple(1 if d not in ("y", "x") else n for d, n in zip(var.dims[1:], shape))
+            enc[name] = {"chunks": (1, *inner), "shards": (SAMPLES_PER_BLOCK, *shape),
+                         "compressors": [zarr.codecs.ZstdCodec(level=3)]}
+        else:
+            enc[name] = {"chunks": (SAMPLES_PER_BLOCK, *shape)}
+    enc["item"] = {"chunks": (SAMPLES_PER_BLOCK,)}
+    return enc
+
+
+def unstack(selected: xr.Dataset) -> xr.Dataset:
+    """One sample of the stack (`ds.sel(item=id)`) -> the source sample's Dataset."""
+    ds = selected.load().as_numpy()  # as_numpy: no lazy (dask) array left, whichever backend opened it
+    if "item" in ds.dims:
+        if ds.sizes["item"] != 1:
+            raise ValueError("select one item first: ds.sel(item=item_id)")
+        ds = ds.isel(item=0)
+    ds = ds.drop_vars("item", errors="ignore")
+    grid_mapping = json.loads(str(ds[GRID_MAPPING_ATTRS].values))
+    ds = ds.drop_vars(GRID_MAPPING_ATTRS)
+    renamed = {f"item_{c}": c for c in PER_ITEM_COORDS if f"item_{c}" in ds.variables}
+    ds = ds.rename_vars(renamed)
+    for name in renamed.values():
+        ds = ds.set_xindex(name)
+    for name, var in list(ds.variables.items()):  # strings back to fixed width, as in the source
+        if var.dtype.kind in "OT":
+            fixed = var.copy(data=np.array(var.values.astype(object).tolist(), dtype=str))
+            if name in ds.coords:
+                ds.coords[name] = fixed
+            else:
+                ds[name] = fixed
+    if grid_mapping is not None:
+        ds = ds.assign_coords({GRID_MAPPING: xr.Variable((), np.int64(0), grid_mapping)})
+    ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("terramesh:")}
+    return ds
+
+
+def open_stack(href: str, **open_kwargs) -> xr.Dataset:
+    """The whole stacked store, lazily (what xpystac returns for the asset)."""
+    return xr.open_dataset(href, **{**OPEN_KWARGS, **open_kwargs})
+
+
+def open_sample(href: str, item_id: str, **open_kwargs) -> xr.Dataset:
+    """One sample from a Zarr asset: equal to xarray's reading of the source `.zarr.zip`."""
+    return unstack(open_stack(href, **open_kwargs).sel(item=item_id))
+
+
+class ShardStackWriter:
+    """Writes one modality of one shard as a stacked store, SAMPLES_PER_BLOCK at a time.
+
+    The store is built in memory and every finished object goes out through `put(relpath,
+    bytes)` (the shard's AssetWriter: checksums, unchanged objects not rewritten, superseded
+    ones kept), so only the current block is held. Metadata goes out last, consolidated.
+    """
+
+    def __init__(self, put, root: str):
+        self.put = put
+        self.root = root  # relative path of the store, e.g. assets/zarr/val/shard_1/DEM.zarr
+        self.entries: dict = {}
+        self.pending: list[xr.Dataset] = []
+        self.count = 0
+        self.signature: dict | None = None
+        self.stacked_arrays: set[str] = set()
+
+    def check(self, ds: xr.Dataset) -> None:
+        """Raise StackMismatch if `ds` cannot join the stack (before anything is built)."""
+        sig = _signature(ds)
+        if self.signature is not None and sig != self.signature:
+            diff = sorted(k for k in set(sig) | set(self.signature) if sig.get(k) != self.signature.get(k))
+            raise StackMismatch(f"differs from the shard's first sample in {', '.join(diff)}")
+
+    def add(self, item_id: str, ds: xr.Dataset) -> None:
+        self.check(ds)
+        self.signature = self.signature or _signature(ds)
+        self.pending.append(stack_member(item_id, ds))
+        self.count += 1
+
+    @property
+    def block_full(self) -> bool:
+        return len(self.pending) >= SAMPLES_PER_BLOCK
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        block = concat(self.pending)
+        self.pending = []
+        store = MemoryStore(self.entries)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            if not self.stacked_arrays:
+                block.to_zarr(store, mode="w", zarr_format=3, consolidated=False,
+                              encoding=encoding(block), write_empty_chunks=True)
+                self.stacked_arrays = {n for n, v in block.variables.items() if "item" in v.dims}
+            else:
+                block.to_zarr(store, append_dim="item", zarr_format=3, consolidated=False,
+                              write_empty_chunks=True)
+        # chunks of the stacked arrays are final (blocks align with chunks and shards): out
+        for key in sorted(self.entries):
+            if not key.endswith("zarr.json") and key.split("/", 1)[0] in self.stacked_arrays:
+                self.put(f"{self.root}/{key}", self.entries.pop(key).to_bytes())
+
+    def close(self) -> None:
+        """Write the rest: last block, shared arrays, metadata (consolidated, last)."""
+        self.flush()
+        if not self.entries:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(MemoryStore(self.entries))
+        for key in sorted(self.entries, key=lambda k: (k == "zarr.json", k)):
+            self.put(f"{self.root}/{key}", self.entries[key].to_bytes())
+        self.entries = {}
+

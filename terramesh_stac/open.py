@@ -1,0 +1,31 @@
+"""Open one modality of one item with xarray, from its Zarr or reference asset.
+
+    from terramesh_stac.open import open_sample
+    ds = open_sample(item, "S2L2A")   # a pystac.Item or an item dict from the STAC API
+
+The Dataset equals xarray's reading of the source `.zarr.zip` (values, NaNs, dtype,
+coordinates, CRS attributes). Extra keyword arguments go to xarray.open_dataset, e.g.
+`storage_options={"client_kwargs": {"endpoint_url": ...}}` for an S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import xarray as xr
+
+from converters import references, zarrstack
+
+
+def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
+    d = item.to_dict() if hasattr(item, "to_dict") else item
+    assets = d["assets"]
+    if (asset := assets.get(zarrstack.asset_key(modality))) is not None:
+        return zarrstack.open_sample(asset["href"], d["id"], **open_kwargs)
+    if (asset := assets.get(references.asset_key(modality))) is not None:
+        kwargs = copy.deepcopy(asset["xarray:open_kwargs"])  # fsspec mutates storage options
+        for key, value in open_kwargs.items():
+            kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
+        return xr.open_dataset(asset["href"], **kwargs).load()
+    raise KeyError(f"item {d['id']!r} has no Zarr or reference asset for {modality!r} "
+                   f"(assets: {', '.join(sorted(assets))})")

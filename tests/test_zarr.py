@@ -1,0 +1,274 @@
+"""`convert --format zarr` (issue 5, items 1 and 3): a shard's samples stacked per modality in
+Zarr v3 stores; every sample opens from its item with xarray equal to the source, from a
+local folder, over HTTP and from the moto S3 server; Zarr-backed item tiles.
+"""
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import morecantile
+import numpy as np
+import pystac
+import pytest
+import rioxarray  # noqa: F401  (the .rio accessor)
+import xarray as xr
+from PIL import Image
+
+from converters import zarrstack
+from converters.pipeline import AssetWriter, ConvertOptions, ShardStacks, convert_sample, convert_shard
+from converters.run import write_collection
+from converters.shards import iter_samples
+from converters.source import open_source
+from terramesh_stac.open import open_sample
+from tests.conftest import read_original, _free_port, _wait_http, delete_collection, read_items, serve_directory
+from tests.stac_schemas import validate
+
+SPLIT = "val"
+BLOCK = 3  # samples per shard object in these tests: 4-sample shards make one full, one partial block
+ALL = {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
+
+
+def open_as_user(asset: dict, href: str | None = None, **kwargs) -> xr.Dataset:
+    """The item's recipe: open the store with its xarray:open_kwargs, select the sample."""
+    stack = xr.open_dataset(href or asset["href"], **{**asset["xarray:open_kwargs"], **kwargs})
+    return zarrstack.unstack(stack.sel(**asset["terramesh:sample_selection"]))
+
+
+def assert_equal_to_source(got: xr.Dataset, want: xr.Dataset, item: dict, asset: dict) -> None:
+    xr.testing.assert_identical(got, want)  # values (NaNs too), coordinates, attributes
+    for name, var in want.variables.items():
+        if var.dtype.kind not in "US":
+            assert got[name].dtype == var.dtype, (name, got[name].dtype, var.dtype)  # float16 stays
+    assert got.rio.crs.to_string() == item["properties"]["proj:code"]
+    assert list(got.rio.transform())[:6] == asset["proj:transform"]
+
+
+def shards_of(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / SPLIT / "DEM").iterdir())
+
+
+@pytest.fixture(scope="module")
+def zarr_dest(synth_root, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("zarr") / "out"
+    opts = ConvertOptions(dest=str(dest), formats=("cog", "zarr"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zarrstack, "SAMPLES_PER_BLOCK", BLOCK)
+        reports = [convert_shard(str(synth_root), SPLIT, s, opts) for s in shards_of(synth_root)]
+        write_collection(opts, opts.store())
+    return dest, opts, reports
+
+
+def test_every_modality_opens_from_its_item_equal_to_the_source(zarr_dest, synth_root, tmp_path):
+    dest, _, reports = zarr_dest
+    assert all(not r.errors and not r.notes for r in reports)
+    seen = set()
+    for item in read_items(dest).values():
+        shard = item["properties"]["terramesh:shard"]
+        for key, asset in item["assets"].items():
+            if not key.endswith("_zarr"):
+                continue
+            modality = key.removesuffix("_zarr")
+            assert modality in item["assets"]  # cog,zarr: both
+            want = read_original(synth_root, modality, shard, item["id"], tmp_path)
+            assert_equal_to_source(open_as_user(asset), want, item, asset)
+            seen.add(modality)
+    assert seen == ALL
+
+
+def test_stores_hold_a_shard_per_block_and_consolidated_metadata(zarr_dest):
+    dest, _, _ = zarr_dest
+    items = read_items(dest).values()
+    stores = {a["href"] for i in items for k, a in i["assets"].items() if k.endswith("_zarr")}
+    for href in stores:
+        root = json.loads((Path(href) / "zarr.json").read_text())
+        members = root["consolidated_metadata"]["metadata"]
+        n = members["item"]["shape"][0]
+        assert members["bands"]["shape"][0] == n
+        # one object per block of samples for the pixels (sharding), not one per sample or band
+        pixel_objects = [p for p in (Path(href) / "bands").rglob("*") if p.is_file() and p.name != "zarr.json"]
+        assert len(pixel_objects) == math.ceil(n / BLOCK)
+        stacked = xr.open_dataset(href, engine="zarr", consolidated=True, chunks={})
+        ids = [str(v) for v in stacked["item"].values]
+        assert sorted(ids) == sorted(i["id"] for i in items if any(a["href"] == href for a in i["assets"].values()))
+
+
+def test_items_and_collection_validate_and_describe_the_zarr_assets(zarr_dest):
+    dest, _, _ = zarr_dest
+    for item in read_items(dest).values():
+        validate(item)
+        for key, asset in item["assets"].items():
+            if key.endswith("_zarr"):
+                assert asset["type"] == "application/vnd.zarr" and asset["zarr:zarr_format"] == 3
+                assert asset["terramesh:sample_selection"] == {"item": item["id"]}
+                assert "file:size" not in asset  # a store, not a file
+    collection = json.loads((dest / "collection.json").read_text())
+    validate(collection)
+    assert {f"{m}_zarr" for m in ALL} <= set(collection["item_assets"])
+    assert collection["summaries"]["terramesh:formats"] == ["cog", "zarr"]
+
+
+def test_xpystac_and_http_open_the_zarr_asset_metadata_in_one_request(zarr_dest, synth_root, tmp_path):
+    dest, _, _ = zarr_dest
+    requests: list = []
+    url, stop = serve_directory(dest, requests)
+    try:
+        item = pystac.Item.from_dict(sorted(read_items(dest).values(), key=lambda i: i["id"])[-1])
+        asset = item.assets["S1GRD_zarr"] if "S1GRD_zarr" in item.assets else item.assets["S1RTC_zarr"]
+        asset.href = url + "/" + Path(asset.href).relative_to(dest).as_posix()
+        stack = xr.open_dataset(asset)  # xpystac: media type + zarr:* + xarray:open_kwargs
+        # metadata: the root zarr.json only (consolidated); the rest are coordinate values
+        paths = [path for _, path, _ in requests]
+        assert [p for p in paths if p.rsplit("/", 1)[-1] in METADATA] == [urlpath(asset.href) + "/zarr.json"]
+        assert not any("/bands/" in p for p in paths)  # pixels only when read
+        got = zarrstack.unstack(stack.sel(item=item.id))
+    finally:
+        stop()
+    modality = asset.href.rsplit("/", 1)[-1].removesuffix(".zarr")
+    want = read_original(synth_root, modality, item.properties["terramesh:shard"], item.id, tmp_path)
+    assert_equal_to_source(got, want, item.to_dict(), asset.to_dict())
+    assert got["bands"].dtype == np.float16
+
+
+METADATA = {"zarr.json", ".zmetadata", ".zgroup", ".zarray", ".zattrs"}
+
+
+def urlpath(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+def test_a_forced_rerun_rewrites_no_object(zarr_dest, synth_root):
+    dest, opts, _ = zarr_dest
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zarrstack, "SAMPLES_PER_BLOCK", BLOCK)
+        report = convert_shard(str(synth_root), SPLIT, shards_of(synth_root)[0], opts, force=True)
+    assert report.assets["written"] == 0 and report.assets["unchanged"] > 0, report.assets
+
+
+def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="zarr")
+    opts = ConvertOptions(dest="s3://zarr/out", formats=("zarr",), s3_endpoint_url=s3_server)
+    shard = shards_of(synth_root)[-1]
+    report = convert_shard(str(synth_root), SPLIT, shard, opts)
+    assert report.items == 4 and not report.errors
+    write_collection(opts, opts.store())
+    endpoint = {"storage_options": {"client_kwargs": {"endpoint_url": s3_server}}}
+    for item in read_items("s3://zarr/out", endpoint_url=s3_server).values():
+        assert not any(k in item["assets"] for k in ALL)  # zarr alone: no COG copies
+        for modality in ("S2L2A", "S1GRD", "DEM"):
+            asset = item["assets"][f"{modality}_zarr"]
+            assert asset["href"].startswith("s3://zarr/out/assets/zarr/val/")
+            assert asset["alternate"]["https"]["href"].startswith(s3_server)
+            want = read_original(synth_root, modality, shard, item["id"], tmp_path)
+            assert_equal_to_source(open_as_user(asset, **endpoint), want, item, asset)
+            assert_equal_to_source(open_sample(item, modality, **endpoint), want, item, asset)
+
+
+def test_a_sample_that_does_not_fit_the_stack_gets_a_cog_and_a_note(synth_root, tmp_path):
+    source = open_source(str(synth_root))
+    shard = shards_of(synth_root)[0]
+    samples = list(iter_samples(source, SPLIT, shard))[:2]
+    odd = samples[1]
+    odd.modalities["S2L2A"] = odd.modalities["S2L2A"].isel(band=slice(0, 10))  # 10 of 12 bands
+    opts = ConvertOptions(dest=str(tmp_path / "dest"), formats=("zarr",))
+    writer = AssetWriter(opts.store(), None)
+    stacks, notes = ShardStacks(writer, SPLIT, shard), []
+    first, second = (convert_sample(s, writer, opts, None, notes, stacks) for s in samples)
+    stacks.close()
+    assert "S2L2A_zarr" in first.assets and "S2L2A" not in first.assets
+    assert "S2L2A" in second.assets and "S2L2A_zarr" not in second.assets
+    assert "DEM_zarr" in second.assets  # the other modalities still stacked
+    assert [(n["key"], n["modality"]) for n in notes] == [(odd.key, "S2L2A")]
+    assert "band" in notes[0]["reason"] and "COG written instead" in notes[0]["reason"]
+    stacked = xr.open_dataset(first.assets["S2L2A_zarr"].href, engine="zarr", chunks={})
+    assert [str(v) for v in stacked["item"].values] == [first.id]
+
+
+# --- Zarr-backed tiles, through the CLI as a user runs it -----------------------------------
+
+COLLECTION = "terramesh-zarr"
+CLI = [sys.executable, "-m", "terramesh_stac.cli"]
+
+
+def run_cli(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module")
+def zarr_served(synth_root, pgstac_db, tmp_path_factory):
+    """convert (COG + Zarr, DEM as Zarr only), load, serve."""
+    dest = tmp_path_factory.mktemp("zarr-served") / "out"
+    run_cli("convert", synth_root, "--dest", dest, "--collection", COLLECTION, "--workers", "1",
+            "--format", "cog,zarr", "--format-for", "DEM=zarr", "--quiet")
+    run_cli("load", dest, "--dsn", pgstac_db.loader)
+    port = _free_port()
+    settings = pgstac_db.settings
+    env = {**os.environ, "TERRAMESH_STATE_DIR": str(settings.state_dir),
+           "TERRAMESH_DB_PORT": str(settings.db_port), "TERRAMESH_DB_POOL_MAX_SIZE": "3",
+           "TERRAMESH_COLLECTION_ID": COLLECTION}
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--dest", str(dest)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=dest)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/raster/healthz", proc)
+        yield base, dest
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        delete_collection(pgstac_db.admin, COLLECTION)
+
+
+def tile_png(base: str, item: dict, tile, **params) -> np.ndarray:
+    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
+                  f"{tile.z}/{tile.x}/{tile.y}.png", params=params, timeout=60)
+    assert r.status_code == 200, r.text
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+
+
+def centre_tile(item: dict, zoom: int = 14):
+    west, south, east, north = item["bbox"]
+    return morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, zoom)
+
+
+def test_zarr_tiles_equal_the_cog_tiles_at_the_item(zarr_served):
+    base, dest = zarr_served
+    items = read_items(dest)
+    item = next(i for k, i in sorted(items.items()) if k.startswith("majortom") and i["bbox"][0] < i["bbox"][2])
+    tile = centre_tile(item)
+    for cog, zarr_asset, extra in (("S2L2A|bidx=4,3,2", "S2L2A_zarr|bidx=4,3,2", {"rescale": ["0,3000"] * 3}),
+                                   ("S1RTC", "S1RTC_zarr", {"expression": "b1", "rescale": "-25,0"})):
+        from_cog = tile_png(base, item, tile, assets=cog, **extra)
+        from_zarr = tile_png(base, item, tile, assets=zarr_asset, **extra)
+        covered = from_zarr[..., 3] > 0
+        assert covered.mean() > 0.5 and from_zarr[..., :3][covered].std() > 0
+        assert np.array_equal(from_zarr, from_cog), zarr_asset
+
+
+def test_a_render_preset_reads_a_zarr_only_modality(zarr_served):
+    base, dest = zarr_served
+    item = next(i for k, i in sorted(read_items(dest).items()) if i["bbox"][0] < i["bbox"][2])
+    assert "DEM" not in item["assets"] and "DEM_zarr" in item["assets"]
+    tile = centre_tile(item)
+    img = tile_png(base, item, tile, render="dem")
+    assert (img[..., 3] > 0).mean() > 0.5 and img[..., :3][img[..., 3] > 0].std() > 0
+    # a tile next to the patch (2.6 km wide) has no DEM pixels: the pixels are placed, not smeared
+    far = morecantile.Tile(tile.x + 3, tile.y, tile.z)
+    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
+                  f"{far.z}/{far.x}/{far.y}.png", params={"render": "dem"}, timeout=60)
+    assert r.status_code == 404, r.text
+    # the item served by the STAC API opens with xarray over HTTP (the API serves the store)
+    served = httpx.get(f"{base}/stac/collections/{COLLECTION}/items/{item['id']}", timeout=60).json()
+    href = served["assets"]["DEM_zarr"]["href"]
+    assert href.startswith(base + "/assets/zarr/")
+    got = open_sample(served, "DEM")
+    local = open_sample(item, "DEM")
+    xr.testing.assert_identical(got, local)
