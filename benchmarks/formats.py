@@ -1,21 +1,25 @@
 """Asset formats compared (issue 5): what each costs to store, and to read one sample from.
 
-    .venv/bin/python benchmarks/formats.py [--shards 2] [--samples-per-shard 16] [--reads 9]
+    .venv/bin/python benchmarks/formats.py [--shards 2] [--samples-per-shard 40] [--reads 9]
 
 A TerraMesh-format tree is generated (converters.synth, seed 0) and converted with
-`--format cog,ref` twice: local folder -> local folder, and moto S3 server -> the same
+`--format cog,zarr,ref` twice: local folder -> local folder, and moto S3 server -> the same
 server (moto_server in its own process on 127.0.0.1). Then, per format:
 
-(a) objects and bytes per 1,000 samples (the modality assets only: COG files, reference
-    JSON files; the references copy nothing, the shards stay where they are);
+(a) objects and bytes per 1,000 samples (the modality assets only: COG files, the stacked
+    Zarr stores, reference JSON files; the references copy nothing, the shards stay where
+    they are); for Zarr also the estimate for real 1,000-sample shards (objects per store
+    grow with blocks of SAMPLES_PER_BLOCK samples, not with samples);
 (b) time to open one sample's S2L2A and read one band, and to read all its bands (median of
-    --reads random samples): COG with rasterio (GDAL /vsis3/ on S3), references with
-    xarray's kerchunk engine (range reads of the original tar);
+    --reads random samples): COG with rasterio (GDAL /vsis3/ on S3); Zarr with xarray
+    (open the store, `sel(item=id)`; all bands = the whole georeferenced sample through
+    zarrstack.open_sample); references with xarray's kerchunk engine (range reads of the
+    original tar);
 (c) what users do today to get one sample from a shard: stream the tar from its start until
     the member (tarfile), vs one range request from the byte index (converters.byteindex),
-    both decoded with converters.zarrzip; as a ratio.
-
-Zarr (`--format zarr`) is not implemented yet: see benchmarks/zarr_layouts.py.
+    both decoded with converters.zarrzip; as a ratio;
+(d) what each format costs the converter: one shard converted in a fresh process per format
+    (local -> local), wall time and peak RSS (the Zarr writer buffers a block of samples).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import rasterio
 import xarray as xr
 from _common import command_line, conditions, free_port, generate_source, loadavg, temp_dir
 
+from converters import zarrstack
 from converters.byteindex import fetch_member, read_index
 from converters.layout import index_path
 from converters.pipeline import ConvertOptions, convert_shard
@@ -83,11 +88,36 @@ def asset_stats(items: list[dict], store, suffix: str) -> tuple[int, int]:
     n = size = 0
     for item in items:
         for key, asset in item["assets"].items():
-            if key in ("cloud_mask", "thumbnail") or not key.endswith(suffix) or (suffix == "" and key.endswith("_ref")):
+            if key in ("cloud_mask", "thumbnail") or not key.endswith(suffix) or "file:size" not in asset \
+                    or (suffix == "" and key.endswith("_ref")):
                 continue
             n += 1
             size += asset["file:size"]
     return n, size
+
+
+def zarr_stats(store, n_samples: int, samples_per_shard: int) -> tuple[int, int, float]:
+    """(objects, bytes) of the stacked Zarr stores, and the objects per 1,000 samples that
+    1,000-sample shards would make: pixel shard objects grow with blocks of samples, the
+    rest (metadata, small per-item arrays sharded whole) stays per store."""
+    files = [(p.relative_to(store.root).as_posix(), p.stat().st_size)
+             for p in (Path(store.root) / "assets" / "zarr").rglob("*") if p.is_file()]  # local dest
+    stores = {p.split(".zarr/", 1)[0] for p, _ in files}
+    pixels = sum(1 for p, _ in files if p.split(".zarr/", 1)[1].split("/")[0] in zarrstack.PIXEL_ARRAYS
+                 and not p.endswith("zarr.json"))
+    blocks = -(-samples_per_shard // zarrstack.SAMPLES_PER_BLOCK)
+    real_blocks = -(-1000 // zarrstack.SAMPLES_PER_BLOCK)
+    per_store = (len(files) - pixels) / len(stores) + pixels / len(stores) / blocks * real_blocks
+    stores_per_sample = len(stores) / n_samples  # modalities per sample / samples per shard
+    return len(files), sum(size for _, size in files), per_store * stores_per_sample * samples_per_shard
+
+
+def zarr_read(asset: dict, item_id: str, storage: dict, all_bands: bool) -> None:
+    kwargs = {"storage_options": storage} if storage else {}
+    if all_bands:
+        zarrstack.open_sample(asset["href"], item_id, **kwargs)
+    else:
+        zarrstack.open_stack(asset["href"], **kwargs)["bands"].sel(item=item_id)[0, 0].values
 
 
 def cog_read(href: str, all_bands: bool) -> None:
@@ -106,6 +136,18 @@ def ref_read(asset: dict, remote_options: dict, all_bands: bool) -> None:
     (ds["bands"].values if all_bands else ds["bands"][0, 0].values)
 
 
+def convert_in_fresh_process(source: str, shard: str, dest: str, formats: str) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of converting one shard with `formats` in a new process."""
+    code = ("import resource, sys, time; from converters.pipeline import ConvertOptions, convert_shard; "
+            "t = time.perf_counter(); convert_shard(sys.argv[1], 'val', sys.argv[2], "
+            "ConvertOptions(dest=sys.argv[3], formats=tuple(sys.argv[4].split(',')))); "
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, source, shard, dest, formats], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    seconds, rss = out.split()[-2:]
+    return float(seconds), float(rss)
+
+
 def scan_read(fs, tar_url: str, member: str) -> None:
     with fs.open(tar_url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for m in tar:
@@ -122,7 +164,8 @@ def range_read(row: dict, storage_options: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--samples-per-shard", type=int, default=16)
+    ap.add_argument("--samples-per-shard", type=int, default=40,
+                    help="40: two Zarr blocks per shard, one full, one partial")
     ap.add_argument("--reads", type=int, default=9, help="samples read per measurement (median)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -147,14 +190,14 @@ def main() -> None:
             "per all modalities; real shards are ~1,000 samples, ~1.85 GB)",
             f"local: temp dir on the local disk; S3: moto_server (own process) at {endpoint}, same machine",
             f"reads: {MODALITY}, median over a disjoint set of random samples per measurement "
-            f"(at most {args.reads}, at most a quarter of the samples), warm page cache",
+            f"(at most {args.reads}, at most a sixth of the samples), warm page cache",
         ]))
         results = {}
         for where, source_url, dest, options in (
             ("local", str(src), str(work / "dest"), {}),
             ("S3", "s3://bench/source", "s3://bench/dest", {"s3_endpoint_url": endpoint}),
         ):
-            opts = ConvertOptions(dest=dest, formats=("cog", "ref"), **options)
+            opts = ConvertOptions(dest=dest, formats=("cog", "zarr", "ref"), **options)
             for shard in shards:
                 convert_shard(source_url, "val", shard, opts)
             results[where] = (opts.store(), source_url)
@@ -167,31 +210,38 @@ def main() -> None:
         print()
         print("| format | objects | MB | vs source tars |")
         print("|---|---|---|---|")
-        for label, suffix in (("COG (copies)", ""), ("references (no copy)", "_ref")):
-            objects, size = asset_stats(items, store, suffix)
+        for label, suffix in (("COG (copies)", ""), ("Zarr (copies, stacked per shard)", None),
+                              ("references (no copy)", "_ref")):
+            if suffix is None:
+                objects, size, estimate = zarr_stats(store, n, args.samples_per_shard)
+                label += f"; 1,000-sample shards (estimate): {estimate:,.0f} objects"
+            else:
+                objects, size = asset_stats(items, store, suffix)
             print(f"| {label} | {objects * 1000 / n:,.0f} | {size * 1000 / n / 1e6:,.1f} | {size / tar_bytes:.3f}x |")
 
         rng = random.Random(0)
         print()
         print(f"## (b) one sample's {MODALITY}: open + read (ms, median)")
         print()
-        print("| where | COG, one band | COG, all bands | references, one band | references, all bands | references / COG (all bands) |")
-        print("|---|---|---|---|---|---|")
+        print("| where | format | open + one band | open + all bands | vs COG (one band / all bands) |")
+        print("|---|---|---|---|---|")
         gdal_env = dict(AWS_S3_ENDPOINT=endpoint.removeprefix("http://"), AWS_HTTPS="NO",
                         AWS_VIRTUAL_HOSTING="FALSE", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
         for where, (store, source_url) in reversed(results.items()):
             # disjoint samples per measurement: nothing read twice (GDAL and fsspec cache)
-            picks = rng.sample(items_of(store), min(4 * args.reads, n))
-            cog = [(i["assets"][MODALITY]["href"],) for i in picks]
-            refs = [(i["assets"][f"{MODALITY}_ref"],) for i in picks]
-            k = len(picks) // 4
+            picks = rng.sample(items_of(store), min(6 * args.reads, n))
+            k = len(picks) // 6
             remote = {"client_kwargs": {"endpoint_url": endpoint}} if where == "S3" else {}
             with rasterio.Env(**(gdal_env if where == "S3" else {})):
-                cog_one = median_ms(lambda h: cog_read(h, False), cog[:k])
-                cog_all = median_ms(lambda h: cog_read(h, True), cog[k:2 * k])
-            ref_one = median_ms(lambda a: ref_read(a, remote, False), refs[2 * k:3 * k])
-            ref_all = median_ms(lambda a: ref_read(a, remote, True), refs[3 * k:])
-            print(f"| {where} | {cog_one:.1f} | {cog_all:.1f} | {ref_one:.1f} | {ref_all:.1f} | {ref_all / cog_all:.2f}x |")
+                cog = [median_ms(lambda h: cog_read(h, every), [(i["assets"][MODALITY]["href"],) for i in part])
+                       for every, part in ((False, picks[:k]), (True, picks[k:2 * k]))]
+            zarr = [median_ms(lambda i: zarr_read(i["assets"][f"{MODALITY}_zarr"], i["id"], remote, every),
+                              [(i,) for i in part])
+                    for every, part in ((False, picks[2 * k:3 * k]), (True, picks[3 * k:4 * k]))]
+            refs = [median_ms(lambda a: ref_read(a, remote, every), [(i["assets"][f"{MODALITY}_ref"],) for i in part])
+                    for every, part in ((False, picks[4 * k:5 * k]), (True, picks[5 * k:6 * k]))]
+            for label, (one, every) in (("COG", cog), ("Zarr", zarr), ("references", refs)):
+                print(f"| {where} | {label} | {one:.1f} | {every:.1f} | {one / cog[0]:.2f}x / {every / cog[1]:.2f}x |")
 
         print()
         print("## (c) one original sample out of its shard: scan the tar vs one range request (ms, median)")
@@ -218,6 +268,14 @@ def main() -> None:
         print("# the scan reads the shard up to the member (half of it on average); the estimate scales the "
               f"measured scan rate to a shard of 1,000 samples ({1000 / args.samples_per_shard:.0f}x these); "
               "the range read does not depend on the shard size")
+        print()
+        print(f"## (d) converting one {args.samples_per_shard}-sample shard in a fresh process (local -> local)")
+        print()
+        print("| formats | seconds | samples/s | peak RSS MB |")
+        print("|---|---|---|---|")
+        for formats in ("cog", "zarr", "ref", "cog,zarr,ref"):
+            seconds, rss = convert_in_fresh_process(str(src), shards[0], str(work / f"d-{formats}"), formats)
+            print(f"| {formats} | {seconds:.1f} | {args.samples_per_shard / seconds:.1f} | {rss:.0f} |")
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
     finally:
         moto.kill()

@@ -62,7 +62,7 @@ from titiler.pgstac.reader import PgSTACReader
 from titiler.pgstac.settings import PostgresSettings
 
 from catalog.links import render_query, titiler_render
-from catalog.zarr_tiles import ItemReader
+from catalog.zarr_tiles import ItemReader, MosaicItemReader
 from terramesh_stac.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -327,8 +327,14 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
     app.add_exception_handler(IndexError, index_error_response)
     app.state.renders = renders
 
+    # Readers that also read Zarr assets (catalog/zarr_tiles.py), with this app's S3 endpoint.
+    zarr_options = {"s3_endpoint_url": settings.s3_endpoint_url}
+    item_reader = type("ItemReader", (ItemReader,), zarr_options)
+    mosaic_item_reader = type("MosaicItemReader", (MosaicItemReader,), zarr_options)
+
     # Registered-search mosaics.
     searches = MosaicTilerFactory(
+        dataset_reader=mosaic_item_reader,
         path_dependency=SearchIdParams,
         router_prefix="/searches/{search_id}",
         add_statistics=False,
@@ -357,6 +363,7 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
 
     # Collection mosaics (all items of a collection, as in titiler-pgstac's main.py).
     collections = MosaicTilerFactory(
+        dataset_reader=mosaic_item_reader,
         path_dependency=CollectionIdParams,
         router_prefix="/collections/{collection_id}",
         add_statistics=False,
@@ -370,8 +377,7 @@ def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
         collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}"
     )
 
-    # Items (COG assets through GDAL, Zarr assets through rio-tiler's XarrayReader).
-    item_reader = type("ItemReader", (ItemReader,), {"s3_endpoint_url": settings.s3_endpoint_url})
+    # Items.
     items = MultiBaseTilerFactory(
         reader=item_reader,
         path_dependency=ItemIdParams,

@@ -1,10 +1,11 @@
-"""Item tiles from Zarr assets: rio-tiler's XarrayReader on one sample of a stacked store.
+"""Tiles from Zarr assets: rio-tiler's XarrayReader on one sample of a stacked store.
 
-titiler-pgstac's item reader handles GDAL-readable assets only; `ItemReader` adds the
+titiler-pgstac's readers handle GDAL-readable assets only; `ItemReader` (item endpoints)
+and `MosaicItemReader` (search and collection mosaics) add the
 `application/vnd.zarr` assets the converter writes (converters.zarrstack): the sample is
 selected by item id, given back its own x/y and CRS, and served by rio-tiler's
-XarrayReader, so the item endpoints (tiles, preview, info, statistics) and the collection's
-render presets work as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
+XarrayReader, so tiles, previews, info, statistics and the collection's render presets work
+as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
 on an item converted to Zarr only, that name resolves to its `S2L2A_zarr` asset.
 
 float16 samples are widened to float32 (exact) because GDAL's warper has no float16.
@@ -18,7 +19,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor XarrayReader uses)
 import xarray as xr
 from rio_tiler.io.stac import DEFAULT_VALID_TYPE
 from rio_tiler.io.xarray import XarrayReader
-from titiler.pgstac.reader import PgSTACReader
+from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
 
 from converters import zarrstack
 
@@ -48,29 +49,51 @@ class ZarrSampleReader(XarrayReader):
         super().__attrs_post_init__()
 
 
-@attr.s
-class ItemReader(PgSTACReader):
-    """PgSTACReader that also reads the item's Zarr assets."""
+class ZarrAssets:
+    """For rio-tiler multi-asset readers: Zarr assets go to ZarrSampleReader, and a name
+    without an asset of its own (`S2L2A`) resolves to its Zarr asset (`S2L2A_zarr`)."""
 
-    include_asset_types: set[str] = attr.ib(default=DEFAULT_VALID_TYPE | {zarrstack.MEDIA_TYPE})
     s3_endpoint_url: str | None = None  # set by the app from its settings
 
+    def _stac_item(self) -> tuple[str, dict[str, dict]]:
+        """(item id, {asset key: asset dict}) of the item being read."""
+        raise NotImplementedError
+
     def _get_asset_info(self, asset):
+        item_id, assets = self._stac_item()
         asset = {"name": asset} if isinstance(asset, str) else dict(asset)
         name = asset.get("name")
         if name not in self.assets and zarrstack.asset_key(name) in self.assets:
             asset["name"] = zarrstack.asset_key(name)
         info = super()._get_asset_info(asset)
         if info.get("media_type") == zarrstack.MEDIA_TYPE:
-            stac_asset = self.item.assets[info["name"]]
-            options = {"item_id": self.item.id, "nodata": stac_asset.extra_fields.get("nodata")}
-            if stac_asset.href.startswith("s3://") and self.s3_endpoint_url:
+            stac_asset = assets[info["name"]]
+            options = {"item_id": item_id, "nodata": stac_asset.get("nodata")}
+            if stac_asset["href"].startswith("s3://") and self.s3_endpoint_url:
                 options["storage_options"] = {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
             info["reader_options"] = {**info.get("reader_options", {}), **options}
-            info["url"] = stac_asset.href  # the store itself, not an https alternate
+            info["url"] = stac_asset["href"]  # the store itself, not an https alternate
         return info
 
     def _get_reader(self, asset_info):
         if asset_info.get("media_type") == zarrstack.MEDIA_TYPE:
             return ZarrSampleReader
         return super()._get_reader(asset_info)
+
+
+@attr.s
+class ItemReader(ZarrAssets, PgSTACReader):
+    """Item endpoints: titiler-pgstac's reader plus Zarr assets."""
+
+    include_asset_types: set[str] = attr.ib(default=DEFAULT_VALID_TYPE | {zarrstack.MEDIA_TYPE})
+
+    def _stac_item(self):
+        return self.item.id, {k: a.to_dict() for k, a in self.item.assets.items()}
+
+
+@attr.s
+class MosaicItemReader(ZarrAssets, SimpleSTACReader):
+    """Mosaic endpoints (searches, collections): each item of the mosaic, plus Zarr assets."""
+
+    def _stac_item(self):
+        return self.input["id"], self.input["assets"]

@@ -2,11 +2,13 @@
 
 Layout (chosen in benchmarks/zarr_layouts.py, numbers in benchmarks/RESULTS.md): a group per
 sample keeps each sample's georeferencing but costs ~58-168 objects per sample, 6-19x the
-COGs; stacking a shard's samples costs ~12 objects per block of SAMPLES_PER_BLOCK samples.
+COGs; stacking a shard's samples costs one object per block of SAMPLES_PER_BLOCK samples
+for the pixels plus ~25 per store (metadata, and the small per-item arrays sharded whole).
 So one store per shard and modality, `assets/zarr/<split>/<shard>/<MODALITY>.zarr`:
 
     bands        (item, time, band, y, x)  the source dtype (float16 stays float16); one
-                 chunk per sample and band, sharded SAMPLES_PER_BLOCK samples per object
+                 chunk per sample (all bands: one read), sharded SAMPLES_PER_BLOCK samples
+                 per object; Blosc zstd 5 + byte shuffle, the codec of the source samples
     cloud_mask   (item, time, y, x)        when the modality has one
     item         (item)                    index: the STAC item ids
     item_x, item_y, item_time              each sample's own coordinates (item, x) ...
@@ -35,15 +37,20 @@ import zarr
 from zarr.storage import MemoryStore
 
 from converters.cog import raster_fields
+from converters.zarrzip import single_threaded_blosc
 
 MEDIA_TYPE = "application/vnd.zarr"
 ROLES = ["data"]
-SAMPLES_PER_BLOCK = 32  # samples per shard object: bounds a worker's buffer (~150 MB)
+SAMPLES_PER_BLOCK = 32  # samples per pixel shard object: bounds a worker's buffer
+PER_ITEM_SHARD = 1024  # samples per shard object of the small per-item arrays (coordinates ...)
+PIXEL_ARRAYS = ("bands", "cloud_mask")
 PER_ITEM_COORDS = ("time", "y", "x")  # index coordinates every sample has its own of
 GRID_MAPPING = "spatial_ref"
 GRID_MAPPING_ATTRS = "spatial_ref_attrs"
 LAYOUT = "terramesh stacked samples v1"
-OPEN_KWARGS = {"engine": "zarr", "consolidated": True, "zarr_format": 3, "chunks": {}}
+# no `chunks`: xarray's lazy arrays read only what is selected, without dask's overhead on a
+# single sample (add chunks={} for dask)
+OPEN_KWARGS = {"engine": "zarr", "consolidated": True, "zarr_format": 3}
 
 
 class StackMismatch(ValueError):
@@ -116,20 +123,20 @@ def concat(members: list[xr.Dataset]) -> xr.Dataset:
 
 
 def encoding(stacked: xr.Dataset) -> dict:
-    """One chunk per sample and band for the pixels, sharded per block; a block per chunk
-    for the small per-item arrays (coordinates, metadata)."""
+    """Pixels: one chunk per sample, one shard object per block. Small per-item arrays
+    (coordinates, metadata): a block per chunk, PER_ITEM_SHARD samples per shard object, so
+    a 1,000-sample shard has one object per array, not one per block."""
+    per_item_shard = -(-PER_ITEM_SHARD // SAMPLES_PER_BLOCK) * SAMPLES_PER_BLOCK
     enc = {}
     for name, var in stacked.variables.items():
-        if "item" not in var.dims or name == "item":
+        if "item" not in var.dims:
             continue
         shape = var.shape[1:]
-        if name in ("bands", "cloud_mask"):
-            inner = tuple(1 if d not in ("y", "x") else n for d, n in zip(var.dims[1:], shape))
-            enc[name] = {"chunks": (1, *inner), "shards": (SAMPLES_PER_BLOCK, *shape),
-                         "compressors": [zarr.codecs.ZstdCodec(level=3)]}
+        if name in PIXEL_ARRAYS:
+            enc[name] = {"chunks": (1, *shape), "shards": (SAMPLES_PER_BLOCK, *shape),
+                         "compressors": [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]}
         else:
-            enc[name] = {"chunks": (SAMPLES_PER_BLOCK, *shape)}
-    enc["item"] = {"chunks": (SAMPLES_PER_BLOCK,)}
+            enc[name] = {"chunks": (SAMPLES_PER_BLOCK, *shape), "shards": (per_item_shard, *shape)}
     return enc
 
 
@@ -185,7 +192,7 @@ class ShardStackWriter:
         self.pending: list[xr.Dataset] = []
         self.count = 0
         self.signature: dict | None = None
-        self.stacked_arrays: set[str] = set()
+        self.created = False
 
     def check(self, ds: xr.Dataset) -> None:
         """Raise StackMismatch if `ds` cannot join the stack (before anything is built)."""
@@ -210,18 +217,19 @@ class ShardStackWriter:
         block = concat(self.pending)
         self.pending = []
         store = MemoryStore(self.entries)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), single_threaded_blosc():  # same bytes every run
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            if not self.stacked_arrays:
+            if not self.created:
                 block.to_zarr(store, mode="w", zarr_format=3, consolidated=False,
                               encoding=encoding(block), write_empty_chunks=True)
-                self.stacked_arrays = {n for n, v in block.variables.items() if "item" in v.dims}
+                self.created = True
             else:
                 block.to_zarr(store, append_dim="item", zarr_format=3, consolidated=False,
                               write_empty_chunks=True)
-        # chunks of the stacked arrays are final (blocks align with chunks and shards): out
+        # pixel shards are final (blocks align with them): out; the small arrays' shards
+        # grow with every block and are written at the end
         for key in sorted(self.entries):
-            if not key.endswith("zarr.json") and key.split("/", 1)[0] in self.stacked_arrays:
+            if not key.endswith("zarr.json") and key.split("/", 1)[0] in PIXEL_ARRAYS:
                 self.put(f"{self.root}/{key}", self.entries.pop(key).to_bytes())
 
     def close(self) -> None:

@@ -138,7 +138,7 @@ def sample_time(ds: xr.Dataset):
 
 
 @contextlib.contextmanager
-def _single_threaded_blosc():
+def single_threaded_blosc():
     # Multi-threaded Blosc compresses the same array to different bytes run to run.
     old = numcodecs.blosc.use_threads
     numcodecs.blosc.use_threads = False
@@ -173,7 +173,7 @@ def encode_zarr_zip(ds: xr.Dataset, *, deflate: bool = False, clevel: int = 5) -
     if "cloud_mask" in ds:
         encoding["cloud_mask"] = {"chunks": ds["cloud_mask"].shape}
     entries: dict = {}
-    with _single_threaded_blosc():
+    with single_threaded_blosc():
         # a plain dict-backed memory store: zarr 3's ZipStore through xarray writes duplicates
         ds.to_zarr(MemoryStore(entries), zarr_format=2, consolidated=True, mode="w",
                    write_empty_chunks=True, encoding=encoding)

@@ -260,6 +260,11 @@ def test_a_render_preset_reads_a_zarr_only_modality(zarr_served):
     tile = centre_tile(item)
     img = tile_png(base, item, tile, render="dem")
     assert (img[..., 3] > 0).mean() > 0.5 and img[..., :3][img[..., 3] > 0].std() > 0
+    # the collection mosaic reads the Zarr asset too: same pixels where only this item lies
+    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
+                  params={"render": "dem"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA")), img)
     # a tile next to the patch (2.6 km wide) has no DEM pixels: the pixels are placed, not smeared
     far = morecantile.Tile(tile.x + 3, tile.y, tile.z)
     r = httpx.get(f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
