@@ -138,10 +138,13 @@ def ref_read(asset: dict, remote_options: dict, all_bands: bool) -> None:
 
 def convert_in_fresh_process(source: str, shard: str, dest: str, formats: str) -> tuple[float, float]:
     """(seconds, peak RSS MB) of converting one shard with `formats` in a new process."""
-    code = ("import resource, sys, time; from converters.pipeline import ConvertOptions, convert_shard; "
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked
+    # from this (large) process would report this process's size
+    code = ("import re, sys, time; from converters.pipeline import ConvertOptions, convert_shard; "
             "t = time.perf_counter(); convert_shard(sys.argv[1], 'val', sys.argv[2], "
             "ConvertOptions(dest=sys.argv[3], formats=tuple(sys.argv[4].split(',')))); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print(time.perf_counter() - t, int(hwm) / 1024)")
     out = subprocess.run([sys.executable, "-c", code, source, shard, dest, formats], check=True,
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
     seconds, rss = out.split()[-2:]

@@ -19,7 +19,7 @@ So one store per shard and modality, `assets/zarr/<split>/<shard>/<MODALITY>.zar
 Consolidated metadata in the root `zarr.json`: opening costs one request. One sample with
 its own CRS and transform, exactly as the source `.zarr.zip` reads in xarray:
 
-    ds = xr.open_dataset(href, engine="zarr", consolidated=True, chunks={})
+    ds = xr.open_dataset(href, engine="zarr", consolidated=True)   # lazy
     sample = unstack(ds.sel(item=item_id))   # or open_sample(href, item_id)
 
 Values, NaNs, dtypes and attributes are the source's; DEM's "no time" is stored as the raw
@@ -190,7 +190,6 @@ class ShardStackWriter:
         self.root = root  # relative path of the store, e.g. assets/zarr/val/shard_1/DEM.zarr
         self.entries: dict = {}
         self.pending: list[xr.Dataset] = []
-        self.count = 0
         self.signature: dict | None = None
         self.created = False
 
@@ -205,7 +204,6 @@ class ShardStackWriter:
         self.check(ds)
         self.signature = self.signature or _signature(ds)
         self.pending.append(stack_member(item_id, ds))
-        self.count += 1
 
     @property
     def block_full(self) -> bool:

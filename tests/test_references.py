@@ -130,14 +130,19 @@ def test_xpystac_opens_the_reference_asset(over_http, synth_root, tmp_path):
 
 
 def test_references_into_a_local_folder(synth_root, tmp_path):
-    shard = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())[-1]
-    convert_all(str(synth_root), tmp_path / "dest", [shard])
+    shards = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())
+    convert_all(str(synth_root), tmp_path / "dest", [shards[0], shards[-1]])  # S1RTC and S1GRD
+    seen = set()
     for item in items_of(tmp_path / "dest"):
-        asset = item["assets"]["S1GRD_ref"] if "S1GRD_ref" in item["assets"] else item["assets"]["S1RTC_ref"]
-        assert asset["xarray:open_kwargs"]["storage_options"]["remote_protocol"] == "file"
-        modality = asset["terramesh:source_member"]["href"].split("/")[-2]
-        xr.testing.assert_identical(open_reference(asset),
-                                    read_original(synth_root, modality, shard, item["id"], tmp_path))
+        shard = item["properties"]["terramesh:shard"]
+        for key, asset in item["assets"].items():
+            if key.endswith("_ref"):
+                assert asset["xarray:open_kwargs"]["storage_options"]["remote_protocol"] == "file"
+                modality = key.removesuffix("_ref")
+                xr.testing.assert_identical(open_reference(asset),
+                                            read_original(synth_root, modality, shard, item["id"], tmp_path))
+                seen.add(modality)
+    assert seen == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
 
 
 def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
@@ -145,17 +150,26 @@ def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="refs")
-    shard = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())[0]
-    for path in (synth_root / SPLIT).glob(f"*/{shard}"):
-        s3.upload_file(str(path), "refs", f"src/{path.relative_to(synth_root).as_posix()}")
+    shards = sorted(p.name for p in (synth_root / SPLIT / "DEM").iterdir())
+    shards = [shards[0], shards[-1]]  # a Major TOM shard (S1RTC) and an SSL4EO-S12 one (S1GRD)
+    for shard in shards:
+        for path in (synth_root / SPLIT).glob(f"*/{shard}"):
+            s3.upload_file(str(path), "refs", f"src/{path.relative_to(synth_root).as_posix()}")
     s3.upload_file(str(synth_root / f"{SPLIT}_metadata.parquet"), "refs", f"src/{SPLIT}_metadata.parquet")
-    reports = convert_all("s3://refs/src", tmp_path / "dest", [shard], s3_endpoint_url=s3_server)
-    assert reports[0].items == 4 and not reports[0].errors
+    reports = convert_all("s3://refs/src", tmp_path / "dest", shards, s3_endpoint_url=s3_server)
+    assert [r.items for r in reports] == [4, 4] and not any(r.errors for r in reports)
+    seen = set()
     for item in items_of(tmp_path / "dest"):
-        asset = item["assets"]["DEM_ref"]
-        assert asset["terramesh:source_member"]["href"].startswith("s3://refs/src/val/DEM/")
-        got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
-        xr.testing.assert_identical(got, read_original(synth_root, "DEM", shard, item["id"], tmp_path))
+        shard = item["properties"]["terramesh:shard"]
+        for key, asset in item["assets"].items():
+            if not key.endswith("_ref"):
+                continue
+            modality = key.removesuffix("_ref")
+            assert asset["terramesh:source_member"]["href"].startswith(f"s3://refs/src/val/{modality}/")
+            got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
+            xr.testing.assert_identical(got, read_original(synth_root, modality, shard, item["id"], tmp_path))
+            seen.add(modality)
+    assert seen == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
 
 
 def test_deflated_members_fall_back_to_cogs_with_a_note(tmp_path):

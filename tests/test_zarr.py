@@ -155,20 +155,30 @@ def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="zarr")
     opts = ConvertOptions(dest="s3://zarr/out", formats=("zarr",), s3_endpoint_url=s3_server)
-    shard = shards_of(synth_root)[-1]
-    report = convert_shard(str(synth_root), SPLIT, shard, opts)
-    assert report.items == 4 and not report.errors
+    shards = shards_of(synth_root)
+    shards = [shards[0], shards[-1]]  # a Major TOM shard (S1RTC) and an SSL4EO-S12 one (S1GRD)
+    for shard in shards:
+        report = convert_shard(str(synth_root), SPLIT, shard, opts)
+        assert report.items == 4 and not report.errors
     write_collection(opts, opts.store())
     endpoint = {"storage_options": {"client_kwargs": {"endpoint_url": s3_server}}}
+    seen = set()
     for item in read_items("s3://zarr/out", endpoint_url=s3_server).values():
         assert not any(k in item["assets"] for k in ALL)  # zarr alone: no COG copies
-        for modality in ("S2L2A", "S1GRD", "DEM"):
-            asset = item["assets"][f"{modality}_zarr"]
+        shard = item["properties"]["terramesh:shard"]
+        for key, asset in item["assets"].items():
+            if not key.endswith("_zarr"):
+                continue
+            modality = key.removesuffix("_zarr")
             assert asset["href"].startswith("s3://zarr/out/assets/zarr/val/")
             assert asset["alternate"]["https"]["href"].startswith(s3_server)
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
             assert_equal_to_source(open_as_user(asset, **endpoint), want, item, asset)
-            assert_equal_to_source(open_sample(item, modality, **endpoint), want, item, asset)
+            seen.add(modality)
+        assert_equal_to_source(open_sample(item, "DEM", **endpoint),
+                               read_original(synth_root, "DEM", shard, item["id"], tmp_path),
+                               item, item["assets"]["DEM_zarr"])
+    assert seen == ALL
 
 
 def test_a_sample_that_does_not_fit_the_stack_gets_a_cog_and_a_note(synth_root, tmp_path):
