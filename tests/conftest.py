@@ -383,6 +383,15 @@ def read_original(src, modality: str, shard: str, key: str, tmp, split: str = "v
         return xr.open_zarr(store, zarr_format=2, consolidated=True).load()
 
 
+def assert_bitwise_equal(got, want) -> None:
+    """Every numeric array of `got` has the dtype and the exact bytes of `want`'s (NaN payloads
+    included; assert_identical compares values, where any NaN equals any NaN)."""
+    for name, var in want.variables.items():
+        if var.dtype.kind not in "USO":
+            assert got[name].dtype == var.dtype, (name, got[name].dtype, var.dtype)
+            assert got[name].values.tobytes() == var.values.tobytes(), name
+
+
 def read_items(dest, endpoint_url: str | None = None) -> dict:
     """{item id: item} of every items/**/*.ndjson under a converted destination (a folder, or
     s3:// with `endpoint_url`); an id seen twice fails the test."""

@@ -24,7 +24,7 @@ import xarray as xr
 from converters.pipeline import ConvertOptions, convert_shard
 from converters.run import write_collection
 from converters.synth import generate
-from tests.conftest import read_original, read_items, serve_directory
+from tests.conftest import assert_bitwise_equal, read_original, read_items, serve_directory
 from tests.stac_schemas import validate
 
 SPLIT = "val"
@@ -83,7 +83,9 @@ def test_every_modality_opens_from_its_item_over_range_requests_equal_to_the_sou
             new = requests[before:]
             # the server refuses whole-shard GETs (ranges_only): every read was a range read
             assert all(method == "GET" and rng for method, _, rng in new), new
-            xr.testing.assert_identical(got, read_original(synth_root, modality, shard, item["id"], tmp_path))
+            want = read_original(synth_root, modality, shard, item["id"], tmp_path)
+            xr.testing.assert_identical(got, want)
+            assert_bitwise_equal(got, want)
             modalities.add(modality)
             checked += 1
     assert modalities == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
@@ -139,8 +141,9 @@ def test_references_into_a_local_folder(synth_root, tmp_path):
             if key.endswith("_ref"):
                 assert asset["xarray:open_kwargs"]["storage_options"]["remote_protocol"] == "file"
                 modality = key.removesuffix("_ref")
-                xr.testing.assert_identical(open_reference(asset),
-                                            read_original(synth_root, modality, shard, item["id"], tmp_path))
+                got, want = open_reference(asset), read_original(synth_root, modality, shard, item["id"], tmp_path)
+                xr.testing.assert_identical(got, want)
+                assert_bitwise_equal(got, want)
                 seen.add(modality)
     assert seen == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
 
@@ -167,7 +170,9 @@ def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
             modality = key.removesuffix("_ref")
             assert asset["terramesh:source_member"]["href"].startswith(f"s3://refs/src/val/{modality}/")
             got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
-            xr.testing.assert_identical(got, read_original(synth_root, modality, shard, item["id"], tmp_path))
+            want = read_original(synth_root, modality, shard, item["id"], tmp_path)
+            xr.testing.assert_identical(got, want)
+            assert_bitwise_equal(got, want)
             seen.add(modality)
     assert seen == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
 
