@@ -73,6 +73,11 @@ def test_every_modality_opens_from_its_item_equal_to_the_source(zarr_dest, synth
                 continue
             modality = key.removesuffix("_zarr")
             assert modality in item["assets"]  # cog,zarr: both
+            cog = item["assets"][modality]
+            for field in ("nodata", "proj:transform", "proj:shape", "proj:code"):  # same sample, same facts
+                assert asset.get(field) == cog.get(field), (key, field)
+            assert [b["name"] for b in asset["bands"]] == [b["name"] for b in cog["bands"]]
+            assert asset["data_type"] == cog.get("terramesh:source_data_type", cog["data_type"])
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
             assert_equal_to_source(open_as_user(asset), want, item, asset)
             seen.add(modality)
