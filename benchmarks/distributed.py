@@ -19,7 +19,7 @@ single-threaded worker processes, the production configuration):
     samples/s; the read/decode ceiling of (c);
 (c) full conversion: converters.run.convert(..., client=) into a fresh dest, the call behind
     `terramesh-stac convert` -> samples/s, its ratio to (b), and the scaling N vs 1 worker;
-(d) peak memory per worker: resource.getrusage(RUSAGE_SELF).ru_maxrss of every worker
+(d) peak memory per worker: VmHWM of every worker
     process after (b) and after (c) (a high-water mark: after (c) it is max(b, c)).
 
 Then, unless --no-publish: (e) a conversion with a catalog.loader.Publisher into a
@@ -70,12 +70,14 @@ MB = 1e6
 
 
 def _memory() -> tuple[float, float]:
-    """(current RSS MB, peak RSS MB) of this worker process."""
-    import resource
+    """(current RSS MB, peak RSS MB) of this worker process.
 
-    with open("/proc/self/statm") as f:
-        rss_pages = int(f.read().split()[1])
-    return rss_pages * os.sysconf("SC_PAGE_SIZE") / MB, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    Peak from VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a
+    process started from a larger one would report its parent's size."""
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    kb = {k: int(status[k].split()[0]) for k in ("VmRSS", "VmHWM")}
+    return kb["VmRSS"] * 1024 / MB, kb["VmHWM"] * 1024 / MB
 
 
 def _warm(source_url: str, split: str, shard: str) -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -293,10 +292,9 @@ def _expected_samples(source, splits, work, limit) -> int | None:
     wanted = set(work)
     total = 0
     for s in splits:
-        table = source._read_metadata_table(s, columns=["tar"])
-        if table is None:
+        counts = source.samples_per_shard(s)
+        if counts is None:
             return None
-        counts = Counter(table.column("tar").to_pylist())
         total += sum(min(n, limit) if limit else n for shard, n in counts.items() if (s, shard) in wanted)
     return total
 

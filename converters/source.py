@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass, field
 
 import fsspec
@@ -177,6 +178,11 @@ class Source:
                 return pq.read_table(f, columns=columns, filters=filters)
         except FileNotFoundError:
             return None
+
+    def samples_per_shard(self, split: str) -> dict[str, int] | None:
+        """{shard: rows of the metadata parquet}, None when the file does not exist."""
+        table = self._read_metadata_table(split, columns=["tar"])
+        return None if table is None else dict(Counter(table.column("tar").to_pylist()))
 
     def read_metadata(self, split: str, shard: str | None = None) -> dict[str, dict] | None:
         """`{split}_metadata.parquet` normalised to {key: row} (see metadata.py); only the
