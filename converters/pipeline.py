@@ -153,12 +153,23 @@ class AssetWriter:
         self.counts = {"written": 0, "unchanged": 0, "superseded": 0}
 
     def _supersede(self, relpath: str) -> None:
-        old = self.previous_assets[relpath]
-        kept = revision_path(self.previous_id, relpath)
-        if not self.store.exists(kept):
-            self.store.copy(relpath, kept)
-        self.superseded[kept] = {**old, "of": relpath, "content_id": self.previous_id}
-        self.counts["superseded"] += 1
+        for path in self._kept_together(relpath):
+            kept = revision_path(self.previous_id, path)
+            if kept in self.superseded and self.superseded[kept]["content_id"] == self.previous_id:
+                continue  # copied already (a store's other object changed first)
+            if not self.store.exists(kept):
+                self.store.copy(path, kept)
+            self.superseded[kept] = {**self.previous_assets[path], "of": path, "content_id": self.previous_id}
+            self.counts["superseded"] += 1
+
+    def _kept_together(self, relpath: str) -> list[str]:
+        """An object of a Zarr store takes the whole previous store along (a store is only
+        readable whole); any other asset goes alone. Called before the first replacement in
+        the store, so every object copied is still the previous revision's."""
+        if ".zarr/" not in relpath:
+            return [relpath]
+        prefix = relpath.split(".zarr/", 1)[0] + ".zarr/"
+        return sorted(p for p in self.previous_assets if p.startswith(prefix))
 
     def put(self, relpath: str, data: bytes, checksum: str | None = None) -> None:
         checksum = checksum or multihash_sha256(data)

@@ -392,6 +392,30 @@ def assert_bitwise_equal(got, want) -> None:
             assert got[name].values.tobytes() == var.values.tobytes(), name
 
 
+def rewrite_member(tar_path, key: str, change) -> None:
+    """Rewrite one sample of a tar with `change(dataset)` applied (same keys, new content);
+    `change=None` drops the sample."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    from converters.zarrzip import decode_zarr_zip, encode_zarr_zip
+
+    tar_path = Path(tar_path)
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        for m, data in members:
+            if m.name.startswith(key):
+                if change is None:
+                    continue
+                data = encode_zarr_zip(change(decode_zarr_zip(data)))
+                m.size = len(data)
+            out.addfile(m, io.BytesIO(data))
+    tar_path.write_bytes(buf.getvalue())
+
+
 def read_items(dest, endpoint_url: str | None = None) -> dict:
     """{item id: item} of every items/**/*.ndjson under a converted destination (a folder, or
     s3:// with `endpoint_url`); an id seen twice fails the test."""

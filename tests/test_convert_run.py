@@ -27,8 +27,8 @@ from converters.layout import manifest_path, revision_path
 from converters.pipeline import ConvertOptions
 from converters.run import convert, start_client
 from converters.synth import generate
-from converters.zarrzip import decode_zarr_zip, encode_zarr_zip
-from tests.conftest import read_items
+from converters.zarrzip import decode_zarr_zip
+from tests.conftest import read_items, rewrite_member
 
 SHARDS, PER_SHARD = 4, 3
 
@@ -210,23 +210,6 @@ def test_killed_worker_is_replaced_and_the_result_is_the_same(source, tmp_path):
     assert sorted(got) == sorted(want) and [k for k in want if got[k] != want[k]] == []
 
 
-def _rewrite_member(tar_path: Path, key: str, change) -> None:
-    """Rewrite one sample of a tar with `change(dataset)` applied (same keys, new content);
-    `change=None` drops the sample."""
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as out:
-        for m, data in members:
-            if m.name.startswith(key):
-                if change is None:
-                    continue
-                data = encode_zarr_zip(change(decode_zarr_zip(data)))
-                m.size = len(data)
-            out.addfile(m, io.BytesIO(data))
-    tar_path.write_bytes(buf.getvalue())
-
-
 def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(source, client, tmp_path, pgstac_db):
     from catalog.loader import Publisher
 
@@ -265,10 +248,10 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
         return ds.assign_coords(time=ds["time"] + pd.Timedelta(days=40))
 
     for key in keys:
-        _rewrite_member(src / "val" / "DEM" / changed_shard, key, plus_one)
+        rewrite_member(src / "val" / "DEM" / changed_shard, key, plus_one)
     for tar_path in sorted((src / "val").glob(f"*/{changed_shard}")):
         if tar_path.parent.name != "DEM":  # DEM has no acquisition time
-            _rewrite_member(tar_path, moved_key, later)
+            rewrite_member(tar_path, moved_key, later)
 
     second = run()
     assert not second.errors
@@ -346,7 +329,7 @@ def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retire
     old = json.loads((dest / manifest_path("val", shard)).read_text())
     old_assets = sorted(p.name for p in (dest / "assets" / dropped).iterdir())
     for tar_path in sorted((src / "val").glob(f"*/{shard}")):
-        _rewrite_member(tar_path, dropped, None)
+        rewrite_member(tar_path, dropped, None)
 
     second = run()
     assert not first.errors and not second.errors

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from converters.run import write_collection
 from converters.shards import iter_samples
 from converters.source import open_source
 from terramesh_stac.open import open_sample
-from tests.conftest import assert_bitwise_equal, read_original, _free_port, _wait_http, delete_collection, read_items, serve_directory
+from tests.conftest import assert_bitwise_equal, read_original, rewrite_member, _free_port, _wait_http, delete_collection, read_items, serve_directory
 from tests.stac_schemas import validate
 
 SPLIT = "val"
@@ -151,6 +152,37 @@ def test_a_forced_rerun_rewrites_no_object(zarr_dest, synth_root):
         mp.setattr(zarrstack, "SAMPLES_PER_BLOCK", BLOCK)
         report = convert_shard(str(synth_root), SPLIT, shards_of(synth_root)[0], opts, force=True)
     assert report.assets["written"] == 0 and report.assets["unchanged"] > 0, report.assets
+
+
+def test_a_new_revision_keeps_the_previous_store_whole(synth_root, tmp_path):
+    """One DEM of a shard changes: its store is rewritten, and the previous store is kept
+    whole under revisions/ (every object, not only the changed one), still readable."""
+    src = tmp_path / "src"
+    shutil.copytree(synth_root, src)
+    shard = shards_of(src)[0]
+    opts = ConvertOptions(dest=str(tmp_path / "dest"), formats=("zarr",))
+    first = convert_shard(str(src), SPLIT, shard, opts)
+    items = read_items(tmp_path / "dest")
+    key = sorted(items)[0]
+    before = open_sample(items[key], "DEM")
+
+    def plus_one(ds):
+        ds["bands"] = ds["bands"] + 1
+        return ds
+
+    rewrite_member(src / SPLIT / "DEM" / shard, key, plus_one)
+    second = convert_shard(str(src), SPLIT, shard, opts)
+    assert second.content_id != first.content_id and not second.errors
+    after = open_sample(read_items(tmp_path / "dest")[key], "DEM")
+    np.testing.assert_array_equal(after["bands"].values, before["bands"].values + 1)
+    store = Path(items[key]["assets"]["DEM_zarr"]["href"])
+    kept = tmp_path / "dest" / "revisions" / first.content_id / store.relative_to(tmp_path / "dest")
+    assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
+    xr.testing.assert_identical(zarrstack.open_sample(str(kept), key), before)
+    assert second.assets["superseded"] == sum(1 for p in kept.rglob("*") if p.is_file())
+    # the other modalities' stores did not change: nothing of theirs kept
+    assert [p.name for p in kept.parent.iterdir()] == ["DEM.zarr"]
 
 
 def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
