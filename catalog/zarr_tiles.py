@@ -27,7 +27,8 @@ from converters import zarrstack
 def sample_bands(href: str, item_id: str, nodata=None, storage_options: dict | None = None) -> xr.DataArray:
     """One sample's `bands` as a georeferenced (band, y, x) DataArray."""
     kwargs = {"storage_options": storage_options} if storage_options else {}
-    ds = zarrstack.open_sample(href, item_id, **kwargs)
+    # the pixels and their coordinates only: not the cloud mask and metadata arrays
+    ds = zarrstack.unstack(zarrstack.open_stack(href, **kwargs)[["bands"]].sel(item=item_id))
     da = ds["bands"].isel(time=0) if "time" in ds["bands"].dims else ds["bands"]
     if da.dtype == np.float16:
         da = da.astype(np.float32)

@@ -236,9 +236,10 @@ class ShardStacks:
             stack.close()
 
 
-def convert_sample(sample: Sample, writer: AssetWriter, options: ConvertOptions, revision: str | None,
-                   notes: list | None = None, stacks: ShardStacks | None = None) -> pystac.Item:
-    stacks = stacks if stacks is not None else ShardStacks(writer, sample.split, sample.shard)
+def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, options: ConvertOptions,
+                   revision: str | None, notes: list | None = None) -> pystac.Item:
+    """One sample's assets written (Zarr: added to the shard's stacks, written by the caller's
+    `stacks.flush_full()` / `close()`) and its item returned."""
     to_zarr, fallback = [], set()
     for m in sample.modalities:
         if (options.modalities is None or m in options.modalities) and "zarr" in options.formats_for(m):
@@ -325,7 +326,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
                 f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
             ).to_dict())
         try:
-            item = convert_sample(result, writer, options, revision, report.notes, stacks)
+            item = convert_sample(result, writer, stacks, options, revision, report.notes)
         except Exception as e:  # one bad sample must not stop the shard
             if is_transient(e):
                 raise

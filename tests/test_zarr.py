@@ -225,7 +225,7 @@ def test_a_sample_that_does_not_fit_the_stack_gets_a_cog_and_a_note(synth_root, 
     opts = ConvertOptions(dest=str(tmp_path / "dest"), formats=("zarr",))
     writer = AssetWriter(opts.store(), None)
     stacks, notes = ShardStacks(writer, SPLIT, shard), []
-    first, second = (convert_sample(s, writer, opts, None, notes, stacks) for s in samples)
+    first, second = (convert_sample(s, writer, stacks, opts, None, notes) for s in samples)
     stacks.close()
     assert "S2L2A_zarr" in first.assets and "S2L2A" not in first.assets
     assert "S2L2A" in second.assets and "S2L2A_zarr" not in second.assets
