@@ -11,6 +11,11 @@ collection `terramesh-demo`), then starts `terramesh-stac serve` as a subprocess
 flight): --warmup requests per kind first (not counted), then --requests per kind.
 At the end the server and the database are stopped and the temp dir removed.
 
+The same source is also converted with `--format zarr` into a second collection
+(`terramesh-demo-zarr`, loaded into the same database, not timed), and each preset's item tile
+is measured on it too: the same sample and tile read from the shard's stacked Zarr store
+(catalog/zarr_tiles.py) instead of its COG.
+
 No plain titiler-core COG endpoint (/cog/tiles/...) is mounted by catalog/app.py, so the
 baseline for tiles is the plain `/assets/<key>/<MODALITY>.tif` GET (Starlette FileResponse),
 not a titiler COG tile.
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, conditions, free_port, loadavg, summary_ms, temp_dir  # noqa: E402
 
 CID = "terramesh-demo"  # terramesh_stac.demo.DEMO_COLLECTION
+ZARR_CID = "terramesh-demo-zarr"
 VENV_BIN = Path(sys.executable).parent
 # render preset -> the asset it needs (converters/collection.py RENDERS)
 PRESET_ASSET = {
@@ -114,6 +120,12 @@ def main() -> None:
             raise RuntimeError(f"demo failed ({demo.returncode}):\n{demo.stdout}\n{demo.stderr}")
         demo_seconds = time.perf_counter() - t
         dest = Path(state) / "demo" / "output"
+        zarr_convert = subprocess.run(
+            [cli(), "convert", str(Path(state) / "demo" / "source"), "--dest", str(Path(state) / "zarr-output"),
+             "--format", "zarr", "--collection", ZARR_CID, "--load", "--quiet"],
+            env=env, cwd=state, capture_output=True, text=True)
+        if zarr_convert.returncode != 0:
+            raise RuntimeError(f"zarr convert failed:\n{zarr_convert.stdout}\n{zarr_convert.stderr}")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         senv = dict(env, TERRAMESH_DEST=str(dest), TERRAMESH_COLLECTION_ID=CID,
@@ -173,6 +185,10 @@ def main() -> None:
                 kinds.append(("item tile", f"{preset} ({asset}) z{tile.z}", "GET",
                               f"{base}/raster/collections/{CID}/items/{it['id']}/tiles/WebMercatorQuad/"
                               f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}", None))
+                if asset != "cloud_mask":  # the cloud mask is a COG in both collections
+                    kinds.append(("item tile, Zarr", f"{preset} ({asset}_zarr) z{tile.z}", "GET",
+                                  f"{base}/raster/collections/{ZARR_CID}/items/{it['id']}/tiles/WebMercatorQuad/"
+                                  f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}", None))
             # mosaic: a registered search over the collection, the true-colour item's tile
             reg = client.post(f"{base}/raster/searches/register",
                               json={"collections": [CID], "filter-lang": "cql2-json"}).json()
@@ -201,7 +217,8 @@ def main() -> None:
 
             print(conditions(command_line(), [
                 f"data: GENERATED demo catalog (`terramesh-stac demo --no-serve`, {demo_seconds:.0f} s, not "
-                f"timed): {n_items} items in {CID}, 264 px COG assets",
+                f"timed): {n_items} items in {CID}, 264 px COG assets; the same samples as Zarr "
+                f"(`convert --format zarr`) in {ZARR_CID}",
                 "server: `terramesh-stac serve` (one uvicorn worker, default pool sizes), client: one httpx "
                 "Client (keep-alive), sequential, on the same 2 cores as the server and PostgreSQL",
                 f"per kind: {args.warmup} warm-up requests (not counted), then {args.requests} timed; "
