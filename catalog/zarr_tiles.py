@@ -13,6 +13,10 @@ float16 samples are widened to float32 (exact) because GDAL's warper has no floa
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import attr
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor XarrayReader uses)
@@ -24,11 +28,39 @@ from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
 from converters import zarrstack
 
 
+class OpenStacks:
+    """Opened (lazy) stacked stores, kept `ttl` seconds: a tile request then skips the open
+    (root zarr.json and the `item` index); a store rewritten by a new conversion is seen
+    after at most `ttl` seconds."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 256):
+        self.ttl, self.size = ttl, size
+        self._stacks: dict[str, tuple[float, xr.Dataset]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, href: str, storage_options: dict | None = None) -> xr.Dataset:
+        key = json.dumps([href, storage_options], sort_keys=True)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._stacks.get(key)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        kwargs = {"storage_options": storage_options} if storage_options else {}
+        stack = zarrstack.open_stack(href, **kwargs)
+        with self._lock:
+            if len(self._stacks) >= self.size:  # drop the oldest
+                self._stacks.pop(min(self._stacks, key=lambda k: self._stacks[k][0]))
+            self._stacks[key] = (now, stack)
+        return stack
+
+
+OPEN_STACKS = OpenStacks()
+
+
 def sample_bands(href: str, item_id: str, nodata=None, storage_options: dict | None = None) -> xr.DataArray:
     """One sample's `bands` as a georeferenced (band, y, x) DataArray."""
-    kwargs = {"storage_options": storage_options} if storage_options else {}
     # the pixels and their coordinates only: not the cloud mask and metadata arrays
-    ds = zarrstack.unstack(zarrstack.open_stack(href, **kwargs)[["bands"]].sel(item=item_id))
+    ds = zarrstack.unstack(OPEN_STACKS.get(href, storage_options)[["bands"]].sel(item=item_id))
     da = ds["bands"].isel(time=0) if "time" in ds["bands"].dims else ds["bands"]
     if da.dtype == np.float16:
         da = da.astype(np.float32)
