@@ -88,19 +88,18 @@ class ZarrAssets:
 
     s3_endpoint_url: str | None = None  # set by the app from its settings
 
-    def _stac_item(self) -> tuple[str, dict[str, dict]]:
-        """(item id, {asset key: asset dict}) of the item being read."""
+    def _stac_asset(self, name: str) -> tuple[str, dict]:
+        """(item id, the asset as a dict) of the item being read."""
         raise NotImplementedError
 
     def _get_asset_info(self, asset):
-        item_id, assets = self._stac_item()
         asset = {"name": asset} if isinstance(asset, str) else dict(asset)
         name = asset.get("name")
         if name not in self.assets and zarrstack.asset_key(name) in self.assets:
             asset["name"] = zarrstack.asset_key(name)
         info = super()._get_asset_info(asset)
         if info.get("media_type") == zarrstack.MEDIA_TYPE:
-            stac_asset = assets[info["name"]]
+            item_id, stac_asset = self._stac_asset(info["name"])
             options = {"item_id": item_id, "nodata": stac_asset.get("nodata")}
             if stac_asset["href"].startswith("s3://") and self.s3_endpoint_url:
                 options["storage_options"] = {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
@@ -120,13 +119,13 @@ class ItemReader(ZarrAssets, PgSTACReader):
 
     include_asset_types: set[str] = attr.ib(default=DEFAULT_VALID_TYPE | {zarrstack.MEDIA_TYPE})
 
-    def _stac_item(self):
-        return self.item.id, {k: a.to_dict() for k, a in self.item.assets.items()}
+    def _stac_asset(self, name):
+        return self.item.id, self.item.assets[name].to_dict()
 
 
 @attr.s
 class MosaicItemReader(ZarrAssets, SimpleSTACReader):
     """Mosaic endpoints (searches, collections): each item of the mosaic, plus Zarr assets."""
 
-    def _stac_item(self):
-        return self.input["id"], self.input["assets"]
+    def _stac_asset(self, name):
+        return self.input["id"], self.input["assets"][name]

@@ -195,12 +195,7 @@ def item_assets(formats: dict[str, tuple[str, ...]] | None = None) -> dict[str, 
     out = {m: _item_asset(m) for m in MODALITIES}
     for m in MODALITIES:
         if "zarr" in (formats or {}).get(m, ()):
-            out[zarrstack.asset_key(m)] = {
-                "title": f"{m}: Zarr v3 (the shard's samples stacked along `item`)",
-                "type": zarrstack.MEDIA_TYPE, "roles": list(zarrstack.ROLES),
-                "zarr:zarr_format": 3, "zarr:consolidated": True,
-                "xarray:open_kwargs": dict(zarrstack.OPEN_KWARGS),
-            }
+            out[zarrstack.asset_key(m)] = zarrstack.how_to_open(m)
         if "ref" in (formats or {}).get(m, ()):
             out[references.asset_key(m)] = {
                 "title": f"{m}: kerchunk references into the original shard (no copy)",

@@ -62,21 +62,30 @@ def asset_key(modality: str) -> str:
     return f"{modality}_zarr"
 
 
-def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
-    """The item's Zarr asset fields: raster metadata of the sample plus how to open it.
-
-    `zarr:*` and `xarray:open_kwargs` are what xpystac 0.5 passes to xarray.open_dataset;
-    `terramesh:sample_selection` is the `Dataset.sel` that picks this item's sample.
-    """
+def how_to_open(modality: str) -> dict:
+    """What every Zarr asset of a modality says (item asset and collection item_assets):
+    `zarr:*` and `xarray:open_kwargs` are what xpystac 0.5 passes to xarray.open_dataset."""
     return {
-        **raster_fields(ds, modality),
         "title": f"{modality}: Zarr v3 (the shard's samples stacked along `item`)",
-        "description": ("Open with xarray (engine zarr, consolidated) and select this sample with "
-                        f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
-                        "also restores its x/y coordinates and CRS."),
+        "type": MEDIA_TYPE,
+        "roles": list(ROLES),
         "zarr:zarr_format": 3,
         "zarr:consolidated": True,
         "xarray:open_kwargs": dict(OPEN_KWARGS),
+    }
+
+
+def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
+    """The item's Zarr asset fields: raster metadata of the sample plus how to open it;
+    `terramesh:sample_selection` is the `Dataset.sel` that picks this item's sample."""
+    opening = how_to_open(modality)
+    del opening["type"], opening["roles"]  # WrittenAsset fields, not extra fields
+    return {
+        **raster_fields(ds, modality),
+        **opening,
+        "description": ("Open with xarray (engine zarr, consolidated) and select this sample with "
+                        f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
+                        "also restores its x/y coordinates and CRS."),
         "terramesh:sample_selection": {"item": item_id},
     }
 
@@ -198,16 +207,18 @@ class ShardStackWriter:
         self.signature: dict | None = None
         self.created = False
 
-    def check(self, ds: xr.Dataset) -> None:
-        """Raise StackMismatch if `ds` cannot join the stack (before anything is built)."""
+    def check(self, ds: xr.Dataset) -> dict:
+        """Raise StackMismatch if `ds` cannot join the stack (before anything is built);
+        return its signature."""
         sig = _signature(ds)
         if self.signature is not None and sig != self.signature:
             diff = sorted(k for k in set(sig) | set(self.signature) if sig.get(k) != self.signature.get(k))
             raise StackMismatch(f"differs from the shard's first sample in {', '.join(diff)}")
+        return sig
 
     def add(self, item_id: str, ds: xr.Dataset) -> None:
-        self.check(ds)
-        self.signature = self.signature or _signature(ds)
+        sig = self.check(ds)
+        self.signature = self.signature or sig
         self.pending.append(stack_member(item_id, ds))
 
     @property
