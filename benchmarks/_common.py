@@ -94,7 +94,7 @@ def temp_dir(prefix: str) -> str:
 def pgstac_cluster(prefix: str = "terramesh-bench-"):
     """A throwaway embedded PostgreSQL + PostGIS + pgstac cluster (as tests/conftest.py's
     pgstac_db fixture): yields its Settings; stopped and removed at the end."""
-    from catalog import database
+    from terramesh_stac.catalog import database
     from terramesh_stac.settings import Settings
 
     state = temp_dir(prefix)
@@ -110,7 +110,7 @@ def pgstac_cluster(prefix: str = "terramesh-bench-"):
 
 
 def generate_source(out_dir: str, shards: int, samples_per_shard: int, seed: int = 0) -> list[str]:
-    from converters.synth import generate
+    from terramesh_stac.converters.synth import generate
 
     return generate(out_dir, split="val", shards=shards, samples_per_shard=samples_per_shard, seed=seed)
 

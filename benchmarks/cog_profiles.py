@@ -10,7 +10,7 @@ pixel noise, per modality:
   S1RTC  2 x float16 dB (smooth backscatter + speckle in dB), some NaN
   DEM    1 x int16 metres (smooth relief)
 Every profile is lossless (LERC with max_z_error 0). Encoding goes through
-converters.cog.write_cog (rio-cogeo cog_translate from a MemoryFile), exactly what the
+terramesh_stac.converters.cog.write_cog (rio-cogeo cog_translate from a MemoryFile), exactly what the
 converter runs; time is wall-clock per sample (best of --repeat), single thread.
 """
 
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from affine import Affine  # noqa: E402
 
-from converters.cog import CogProfile, write_cog  # noqa: E402
-from converters.footprint import Grid  # noqa: E402
-from converters.modalities import MODALITY_INFO  # noqa: E402
+from terramesh_stac.converters.cog import CogProfile, write_cog  # noqa: E402
+from terramesh_stac.converters.footprint import Grid  # noqa: E402
+from terramesh_stac.converters.modalities import MODALITY_INFO  # noqa: E402
 
 N = 264
 

@@ -3,15 +3,15 @@
     .venv/bin/python benchmarks/conversion.py [--shards 4] [--samples-per-shard 16]
     .venv/bin/python benchmarks/conversion.py --source /data/TerraMesh --split val
 
-Without --source a TerraMesh-format tree is generated (converters.synth, both sources:
+Without --source a TerraMesh-format tree is generated (terramesh_stac.converters.synth, both sources:
 Major TOM and SSL4EO-S12 shards) into a temp dir that is removed at the end. Everything runs
 in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
 
-(a) decode only: converters.shards.iter_samples over every shard (tar read + zarr.zip
+(a) decode only: terramesh_stac.converters.shards.iter_samples over every shard (tar read + zarr.zip
     decode of every modality into memory) -> samples/s. This is the ceiling of (c).
 (b) encode per modality: encode_cog per modality, encode_cloud_mask and encode_thumbnail on
     the decoded samples of a second pass (decode not timed) -> ms/sample, samples/s.
-(c) full conversion: converters.run.convert to a temp dest (no progress bar), the same
+(c) full conversion: terramesh_stac.converters.run.convert to a temp dest (no progress bar), the same
     call as `terramesh-stac convert` -> samples/s, and its ratio to (a).
 (d) size: sum of COG bytes per modality vs sum of the .zarr.zip tar member sizes of that
     modality (tarfile member headers), and vs the raw in-memory pixel bytes (source dtype:
@@ -41,16 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, conditions, generate_source, loadavg, temp_dir  # noqa: E402
 
-from converters.cog import encode_cloud_mask, encode_cog  # noqa: E402
-from converters.modalities import MODALITIES  # noqa: E402
-from converters.pipeline import ConvertOptions  # noqa: E402
-from converters.run import convert  # noqa: E402
-from converters.sample import Sample  # noqa: E402
-from converters.shards import MEMBER_SUFFIX, iter_samples  # noqa: E402
-from converters.source import open_source  # noqa: E402
-from converters.thumbnail import encode_thumbnail  # noqa: E402
+from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog  # noqa: E402
+from terramesh_stac.converters.modalities import MODALITIES  # noqa: E402
+from terramesh_stac.converters.pipeline import ConvertOptions  # noqa: E402
+from terramesh_stac.converters.run import convert  # noqa: E402
+from terramesh_stac.converters.sample import Sample  # noqa: E402
+from terramesh_stac.converters.shards import MEMBER_SUFFIX, iter_samples  # noqa: E402
+from terramesh_stac.converters.source import open_source  # noqa: E402
+from terramesh_stac.converters.thumbnail import encode_thumbnail  # noqa: E402
 
-MASK_SOURCES = ("S2L2A", "S2L1C", "S2RGB", "LULC")  # as converters.pipeline.encode_sample
+MASK_SOURCES = ("S2L2A", "S2L1C", "S2RGB", "LULC")  # as terramesh_stac.converters.pipeline.encode_sample
 
 
 def decode_pass(source, split: str, shards: list[str]) -> tuple[int, float]:
@@ -118,7 +118,7 @@ def decode_breakdown(source, split: str, shard: str) -> dict[str, tuple[int, flo
 
     import numcodecs
 
-    from converters.zarrzip import _zip_entries, decode_zarr_zip
+    from terramesh_stac.converters.zarrzip import _zip_entries, decode_zarr_zip
 
     out = {}
     for m in MODALITIES:
@@ -173,7 +173,7 @@ def main() -> None:
             source_url = os.path.join(work, "source")
             t = time.perf_counter()
             keys = generate_source(source_url, args.shards, args.samples_per_shard)
-            data_note = (f"data: GENERATED (converters.synth, seed 0): {args.shards} shards x "
+            data_note = (f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {args.shards} shards x "
                          f"{args.samples_per_shard} samples = {len(keys)} samples, split val, "
                          f"Major TOM + SSL4EO-S12 shards (generated in {time.perf_counter() - t:.0f} s, not timed)")
         source = open_source(source_url)

@@ -5,24 +5,24 @@ load during conversion, and an extrapolation to the full 9.2 M samples.
         [--workers 1,2] [--extrapolate 2,32,256] [--no-publish]
         [--real-samples-per-shard 1000] [--real-months-per-shard N]
 
-A TerraMesh-format tree is generated (converters.synth, seed 0, Major TOM + SSL4EO-S12
+A TerraMesh-format tree is generated (terramesh_stac.converters.synth, seed 0, Major TOM + SSL4EO-S12
 shards) into a temp dir removed at the end. First (c0): every shard converted by
-converters.pipeline.convert_shard in this process, one after another, without Dask (the
+terramesh_stac.converters.pipeline.convert_shard in this process, one after another, without Dask (the
 per-core rate Dask is compared with), counting the calls to the destination Store. Then for
-every worker count N (a fresh LocalCluster from converters.run.start_client each: N
+every worker count N (a fresh LocalCluster from terramesh_stac.converters.run.start_client each: N
 single-threaded worker processes, the production configuration):
 
 (a) idle memory: RSS of each worker process just after the cluster starts and again after
     a warm-up (imports + decode and encode of one sample on every worker, not timed);
-(b) decode only: one task per shard (converters.shards.iter_samples: tar read + zarr.zip
+(b) decode only: one task per shard (terramesh_stac.converters.shards.iter_samples: tar read + zarr.zip
     decode of every modality, nothing encoded or written), submitted to the same cluster ->
     samples/s; the read/decode ceiling of (c);
-(c) full conversion: converters.run.convert(..., client=) into a fresh dest, the call behind
+(c) full conversion: terramesh_stac.converters.run.convert(..., client=) into a fresh dest, the call behind
     `terramesh-stac convert` -> samples/s, its ratio to (b), and the scaling N vs 1 worker;
 (d) peak memory per worker: VmHWM of every worker
     process after (b) and after (c) (a high-water mark: after (c) it is max(b, c)).
 
-Then, unless --no-publish: (e) a conversion with a catalog.loader.Publisher into a
+Then, unless --no-publish: (e) a conversion with a terramesh_stac.catalog.loader.Publisher into a
 throwaway embedded pgstac (benchmarks/_common.pgstac_cluster), on the largest N: the
 publishing's own items/s, its batches, and per shard the time from the shard's manifest
 (its last write on the worker) to the end of the publisher's count check in pgstac (the
@@ -53,12 +53,12 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] 
 
 from _common import command_line, conditions, generate_source, loadavg, pgstac_cluster, temp_dir  # noqa: E402
 
-from converters.pipeline import ConvertOptions  # noqa: E402
-from converters.run import convert, start_client  # noqa: E402
-from converters.source import open_source  # noqa: E402
+from terramesh_stac.converters.pipeline import ConvertOptions  # noqa: E402
+from terramesh_stac.converters.run import convert, start_client  # noqa: E402
+from terramesh_stac.converters.source import open_source  # noqa: E402
 
 FULL_SAMPLES = 9_200_000
-# start_client gives LocalCluster workers converters.run.WORKER_ENV (MALLOC_MMAP_THRESHOLD_=16 MiB)
+# start_client gives LocalCluster workers terramesh_stac.converters.run.WORKER_ENV (MALLOC_MMAP_THRESHOLD_=16 MiB)
 # because Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's dynamic
 # mmap threshold. The extra run measures Dask's environment as it comes, without ours.
 DASK_DEFAULT_ENV: dict[str, str] = {}
@@ -82,10 +82,10 @@ def _memory() -> tuple[float, float]:
 
 def _warm(source_url: str, split: str, shard: str) -> None:
     """Imports, GDAL/zarr initialisation: decode and encode one sample, write nothing."""
-    from converters.pipeline import encode_sample
-    from converters.sample import Sample
-    from converters.shards import iter_samples
-    from converters.source import open_source
+    from terramesh_stac.converters.pipeline import encode_sample
+    from terramesh_stac.converters.sample import Sample
+    from terramesh_stac.converters.shards import iter_samples
+    from terramesh_stac.converters.source import open_source
 
     for s in iter_samples(open_source(source_url), split, shard):
         if isinstance(s, Sample):
@@ -95,9 +95,9 @@ def _warm(source_url: str, split: str, shard: str) -> None:
 
 def _decode_shard(source_url: str, split: str, shard: str) -> int:
     """The decode-only task: every sample of the shard decoded, nothing encoded or written."""
-    from converters.sample import Sample
-    from converters.shards import iter_samples
-    from converters.source import open_source
+    from terramesh_stac.converters.sample import Sample
+    from terramesh_stac.converters.shards import iter_samples
+    from terramesh_stac.converters.source import open_source
 
     return sum(isinstance(s, Sample) for s in iter_samples(open_source(source_url), split, shard))
 
@@ -119,7 +119,7 @@ def decode_pass(client, source_url: str, split: str, shards: list[str]) -> tuple
 def run_workers(n: int, source_url: str, split: str, shards: list[str], work: str,
                 env: dict[str, str] | None = None) -> dict:
     """(a)-(d) on a fresh LocalCluster of n workers (env: their environment on top of Dask's;
-    None: start_client's default, converters.run.WORKER_ENV)."""
+    None: start_client's default, terramesh_stac.converters.run.WORKER_ENV)."""
     client = start_client(workers=n, worker_env=env)
     try:
         fresh = worker_memory(client)
@@ -144,8 +144,8 @@ def run_workers(n: int, source_url: str, split: str, shards: list[str], work: st
 
 def publish_run(n: int, source_url: str, split: str, work: str) -> dict:
     """(e): a conversion with a Publisher into a throwaway pgstac, timing every batch."""
-    from catalog import database
-    from catalog.loader import Publisher
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.loader import Publisher
 
     class TimedPublisher(Publisher):
         def publish_shards(self, manifests):
@@ -211,9 +211,9 @@ def republish_idle(store, admin_dsn: str, loader_dsn: str) -> dict:
 
     import psycopg
 
-    from catalog.loader import Publisher
-    from converters.layout import COLLECTION_FILE
-    from converters.manifest import all_manifests
+    from terramesh_stac.catalog.loader import Publisher
+    from terramesh_stac.converters.layout import COLLECTION_FILE
+    from terramesh_stac.converters.manifest import all_manifests
 
     collection = json.loads(store.get(COLLECTION_FILE))
     manifests = all_manifests(store)
@@ -269,7 +269,7 @@ def real_load_rate(idle: dict, items: int, months_: int) -> tuple[float, str]:
     """items/s for files of `items` items over `months_` existing partitions, and how it was
     obtained: the fit where both its terms are positive, else (noise) the measured rate of
     all items in one call with the partitions there (convert publishes finished shards
-    together, up to converters.run.PUBLISH_ITEMS per call; a larger call amortises its
+    together, up to terramesh_stac.converters.run.PUBLISH_ITEMS per call; a larger call amortises its
     per-partition cost further, so this is a lower bound)."""
     c, b, _ = load_rate_model(idle)
     if c > 0 and b > 0:
@@ -293,8 +293,8 @@ def count_objects(dest: str) -> Counter:
 def in_process(source_url: str, split: str, shards: list[str], work: str) -> tuple[int, float, Counter]:
     """(c0) every shard converted by convert_shard in this process, one after another, no
     Dask, counting the Store calls: (samples, seconds, calls)."""
-    from converters.pipeline import convert_shard
-    from converters.storage import Store
+    from terramesh_stac.converters.pipeline import convert_shard
+    from terramesh_stac.converters.storage import Store
 
     options = ConvertOptions(dest=os.path.join(work, "dest-in-process"), collection_id="terramesh-bench")
     _warm(source_url, split, shards[0])
@@ -359,7 +359,7 @@ def main() -> None:
     ap.add_argument("--no-publish", action="store_true", help="skip the pgstac publishing run (e)")
     ap.add_argument("--no-env-run", action="store_true",
                     help="skip the extra run of the first worker count in Dask's default worker "
-                         "environment (without converters.run.WORKER_ENV)")
+                         "environment (without terramesh_stac.converters.run.WORKER_ENV)")
     ap.add_argument("--real-samples-per-shard", type=int, default=1000,
                     help="samples per real shard, for the extrapolation (a 2026 copy of val: ~1,000; "
                          "the original card: up to 10,240)")
@@ -389,11 +389,11 @@ def main() -> None:
         print(conditions(command_line(), [
             f"dask {metadata.version('dask')}, distributed {metadata.version('distributed')}; memory "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
-            f"data: GENERATED (converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
+            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
             f"samples = {len(keys)} samples, split {split}, Major TOM + SSL4EO-S12 shards "
             f"(generated in {gen_s:.0f} s, not timed); {tar_bytes / MB:.1f} MB of tars "
             f"({per_sample_src / MB:.2f} MB per sample; .zarr.zip members {member_bytes / MB:.1f} MB)",
-            "clusters: converters.run.start_client(workers=N): a fresh LocalCluster per N, N worker "
+            "clusters: terramesh_stac.converters.run.start_client(workers=N): a fresh LocalCluster per N, N worker "
             "processes x 1 thread; scheduler, client (and in (e) PostgreSQL) on the same cores",
             f"source and dest on the local disk ({work}); every convert into a fresh dest",
         ]))

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/formats.py [--shards 2] [--samples-per-shard 40] [--reads 9]
 
-A TerraMesh-format tree is generated (converters.synth, seed 0) and converted with
+A TerraMesh-format tree is generated (terramesh_stac.converters.synth, seed 0) and converted with
 `--format cog,zarr,ref` twice: local folder -> local folder, and moto S3 server -> the same
 server (moto_server in its own process on 127.0.0.1). Then, per format:
 
@@ -16,8 +16,8 @@ server (moto_server in its own process on 127.0.0.1). Then, per format:
     zarrstack.open_sample); references with xarray's kerchunk engine (range reads of the
     original tar);
 (c) what users do today to get one sample from a shard: stream the tar from its start until
-    the member (tarfile), vs one range request from the byte index (converters.byteindex),
-    both decoded with converters.zarrzip; as a ratio;
+    the member (tarfile), vs one range request from the byte index (terramesh_stac.converters.byteindex),
+    both decoded with terramesh_stac.converters.zarrzip; as a ratio;
 (d) what each format costs the converter: one shard converted in a fresh process per format
     (local -> local), wall time and peak RSS (the Zarr writer buffers a block of samples).
 """
@@ -42,12 +42,12 @@ import rasterio
 import xarray as xr
 from _common import command_line, conditions, free_port, generate_source, loadavg, temp_dir
 
-from converters import zarrstack
-from converters.byteindex import fetch_member, read_index
-from converters.layout import index_path
-from converters.pipeline import ConvertOptions, convert_shard
-from converters.source import open_source
-from converters.zarrzip import decode_zarr_zip
+from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters.byteindex import fetch_member, read_index
+from terramesh_stac.converters.layout import index_path
+from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard
+from terramesh_stac.converters.source import open_source
+from terramesh_stac.converters.zarrzip import decode_zarr_zip
 
 MODALITY = "S2L2A"
 
@@ -117,7 +117,7 @@ def zarr_read(asset: dict, item_id: str, storage: dict, all_bands: bool) -> None
     if all_bands:
         zarrstack.open_sample(asset["href"], item_id, **kwargs)
     else:
-        zarrstack.open_stack(asset["href"], **kwargs)["bands"].sel(item=item_id)[0, 0].values
+        _ = zarrstack.open_stack(asset["href"], **kwargs)["bands"].sel(item=item_id)[0, 0].values
 
 
 def cog_read(href: str, all_bands: bool) -> None:
@@ -140,7 +140,7 @@ def convert_in_fresh_process(source: str, shard: str, dest: str, formats: str) -
     """(seconds, peak RSS MB) of converting one shard with `formats` in a new process."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked
     # from this (large) process would report this process's size
-    code = ("import re, sys, time; from converters.pipeline import ConvertOptions, convert_shard; "
+    code = ("import re, sys, time; from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard; "
             "t = time.perf_counter(); convert_shard(sys.argv[1], 'val', sys.argv[2], "
             "ConvertOptions(dest=sys.argv[3], formats=tuple(sys.argv[4].split(',')))); "
             "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -188,7 +188,7 @@ def main() -> None:
         shards = open_source(str(src)).list_shards("val")
         tar_bytes = sum(p.stat().st_size for p in src.rglob("*.tar"))
         print(conditions(command_line(), [
-            f"data: GENERATED (converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
+            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
             f"samples, {tar_bytes / 1e6:.1f} MB of tars ({tar_bytes / 1e6 / len(shards):.1f} MB per shard "
             "per all modalities; real shards are ~1,000 samples, ~1.85 GB)",
             f"local: temp dir on the local disk; S3: moto_server (own process) at {endpoint}, same machine",
@@ -230,7 +230,7 @@ def main() -> None:
         print("|---|---|---|---|---|")
         gdal_env = dict(AWS_S3_ENDPOINT=endpoint.removeprefix("http://"), AWS_HTTPS="NO",
                         AWS_VIRTUAL_HOSTING="FALSE", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
-        for where, (store, source_url) in reversed(results.items()):
+        for where, (store, _source_url) in reversed(results.items()):
             # disjoint samples per measurement: nothing read twice (GDAL and fsspec cache)
             picks = rng.sample(items_of(store), min(6 * args.reads, n))
             k = len(picks) // 6
@@ -252,7 +252,7 @@ def main() -> None:
         print("| where | scan from the start (today) | byte-range read (index) | scan / range | scan rate | "
               f"scan of a 1,000-sample {MODALITY} shard, half way (estimate; vs range) |")
         print("|---|---|---|---|---|---|")
-        for where, (store, source_url) in results.items():
+        for where, (store, _source_url) in results.items():
             storage = {"client_kwargs": {"endpoint_url": endpoint}} if where == "S3" else {}
             rows = [r for shard in shards for r in read_index(store.href(index_path("val", shard)), **storage)
                     if r["modality"] == MODALITY and not r["problem"]]

@@ -1,10 +1,10 @@
-"""Load throughput into pgstac: catalog.loader.load vs a raw pypgstac load of the same NDJSON.
+"""Load throughput into pgstac: terramesh_stac.catalog.loader.load vs a raw pypgstac load of the same NDJSON.
 
     .venv/bin/python benchmarks/load.py [--items 3000] [--months 12] [--items-per-file 500]
     .venv/bin/python benchmarks/load.py --dest ./terramesh-output     # items of an existing conversion
 
 Starts its own throwaway PostgreSQL + PostGIS + pgstac cluster (removed at the end). Without
---dest, a small TerraMesh-format tree is generated (converters.synth) and converted in a temp
+--dest, a small TerraMesh-format tree is generated (terramesh_stac.converters.synth) and converted in a temp
 dir. The converted items are then MULTIPLIED to --items items: copy j of an item gets the id
 `<id>-x<j>` and its datetime / start_datetime / end_datetime shifted by (j mod --months)
 x 30 days, so the items spread over --months monthly partitions. Loading never reads the assets,
@@ -18,8 +18,8 @@ no load benefits from rows of another:
 
   raw insert     pypgstac Loader.load_items(<file>, Methods.insert), file by file
   raw upsert     pypgstac Loader.load_items(<file>, Methods.upsert), file by file
-  ours           catalog.loader.load (upsert + per-file count check), first load
-  ours again     catalog.loader.load of the same items a second time (every row exists)
+  ours           terramesh_stac.catalog.loader.load (upsert + per-file count check), first load
+  ours again     terramesh_stac.catalog.loader.load of the same items a second time (every row exists)
   raw upsert, no queryable indexes    (month partitions only: what the indexes cost)
 
 Before each load (except "ours again") the previous collection is deleted and the database
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, conditions, generate_source, loadavg, pgstac_cluster, temp_dir  # noqa: E402
 
-from catalog import database  # noqa: E402
-from catalog.loader import item_files, load, open_store, read_items  # noqa: E402
+from terramesh_stac.catalog import database  # noqa: E402
+from terramesh_stac.catalog.loader import item_files, load, open_store, read_items  # noqa: E402
 
 TIME_KEYS = ("datetime", "start_datetime", "end_datetime")
 
@@ -159,14 +159,14 @@ def main() -> None:
         if args.dest:
             dest, note = args.dest, f"base items: {args.dest}"
         else:
-            from converters.pipeline import ConvertOptions
-            from converters.run import convert
+            from terramesh_stac.converters.pipeline import ConvertOptions
+            from terramesh_stac.converters.run import convert
 
             src, dest = str(work / "source"), str(work / "dest")
             keys = generate_source(src, args.shards, args.samples_per_shard)
             convert(src, ConvertOptions(dest=dest, collection_id="terramesh-bench"), split="val")
-            note = (f"base items: GENERATED (converters.synth, seed 0) {len(keys)} samples, "
-                    f"converted with converters.run.convert")
+            note = (f"base items: GENERATED (terramesh_stac.converters.synth, seed 0) {len(keys)} samples, "
+                    f"converted with terramesh_stac.converters.run.convert")
         store = open_store(dest)
         base = [i for f in item_files(store) for i in read_items(store, f)]
         collection = orjson.loads(store.get("collection.json"))
@@ -176,7 +176,7 @@ def main() -> None:
         base_runs = [  # (label, collection id, kind)
             ("raw pypgstac insert", "bench-raw-insert", "raw-insert"),
             ("raw pypgstac upsert", "bench-raw-upsert", "raw-upsert"),
-            ("ours: catalog.loader.load (upsert + count check)", "bench-ours", "ours"),
+            ("ours: terramesh_stac.catalog.loader.load (upsert + count check)", "bench-ours", "ours"),
             ("ours again: same items, every row exists", "bench-ours", "ours-again"),
             ("raw pypgstac upsert, no queryable indexes", "bench-raw-noidx", "raw-noidx"),
         ]

@@ -243,7 +243,7 @@ def main() -> None:
                 print(f"| {group} | {label} | {p50:.1f} | {p95:.1f} | {mean:.1f} | {p50 / ref:.1f}x | {st} | {size} |")
             print()
             print("URLs (one per kind):")
-            for group, label, method, url, body in kinds:
+            for _group, _label, method, url, body in kinds:
                 print(f"  {method} {url.replace(base, '')}" + (f"  {json.dumps(body)}" if body else ""))
     finally:
         if server is not None and server.poll() is None:

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/tile_zoom.py [--zooms 13,12,11,10,9] [--repeat 3]
 
-Generates one TerraMesh-format Major TOM sample (converters.synth) plus one SSL4EO-S12 sample,
-converts them (converters.run.convert) in a temp dir, and times
+Generates one TerraMesh-format Major TOM sample (terramesh_stac.converters.synth) plus one SSL4EO-S12 sample,
+converts them (terramesh_stac.converters.run.convert) in a temp dir, and times
 rio_tiler.io.Reader.tile() of each asset for the WebMercatorQuad tile that contains the
 sample's centre at each zoom (best of --repeat, one thread). Shows how a tile's cost depends
 on the zoom for assets with and without a nodata value (the COGs have no overviews).
@@ -44,16 +44,16 @@ def main() -> None:
     import rasterio
     from rio_tiler.io import Reader
 
-    from converters.pipeline import ConvertOptions
-    from converters.run import convert
+    from terramesh_stac.converters.pipeline import ConvertOptions
+    from terramesh_stac.converters.run import convert
 
     work = temp_dir("terramesh-bench-tiles-")
     try:
         generate_source(f"{work}/src", 2, 1)  # shard 1 Major TOM, shard 2 SSL4EO-S12
         convert(f"{work}/src", ConvertOptions(dest=f"{work}/out"), split="val")
         print(conditions(command_line(), [
-            "data: GENERATED (converters.synth, seed 0), 2 samples (Major TOM + SSL4EO-S12), "
-            "converted with converters.run.convert: 264 px COGs, no overviews",
+            "data: GENERATED (terramesh_stac.converters.synth, seed 0), 2 samples (Major TOM + SSL4EO-S12), "
+            "converted with terramesh_stac.converters.run.convert: 264 px COGs, no overviews",
             f"rio_tiler Reader.tile, WebMercatorQuad, 256 px, best of {args.repeat}, one thread",
         ]))
         tms = morecantile.tms.get("WebMercatorQuad")

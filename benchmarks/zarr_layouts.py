@@ -3,8 +3,8 @@ the time to open one sample and read its bands, for the layouts the design weigh
 
     .venv/bin/python benchmarks/zarr_layouts.py [--shards 2] [--samples-per-shard 16]
 
-A TerraMesh-format tree is generated (converters.synth, seed 0) in a temp dir; every sample
-is decoded (converters.shards.iter_samples) and written, all modalities, as:
+A TerraMesh-format tree is generated (terramesh_stac.converters.synth, seed 0) in a temp dir; every sample
+is decoded (terramesh_stac.converters.shards.iter_samples) and written, all modalities, as:
 
 (A) one Zarr v3 group per sample and modality (xarray to_zarr, consolidated metadata, one
     chunk per array): opens on its own with its own CRS and coordinates;
@@ -23,7 +23,6 @@ of 5 opens of random samples, local disk, warm page cache.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics
@@ -37,9 +36,9 @@ import xarray as xr
 import zarr
 from _common import command_line, conditions, generate_source, loadavg, temp_dir
 
-from converters.sample import Sample
-from converters.shards import iter_samples
-from converters.source import open_source
+from terramesh_stac.converters.sample import Sample
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import open_source
 
 ZSTD = zarr.codecs.ZstdCodec(level=5)
 
@@ -124,7 +123,7 @@ def main() -> None:
         tar_bytes = sum(p.stat().st_size for p in Path(src, "val").rglob("*.tar"))
         print(conditions(command_line(), [
             f"zarr {zarr.__version__}, xarray {xr.__version__}",
-            f"data: GENERATED (converters.synth, seed 0): {len(by_shard)} shards x {args.samples_per_shard} "
+            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(by_shard)} shards x {args.samples_per_shard} "
             f"samples = {n} samples, {tar_bytes / 1e6:.1f} MB of tars",
             f"written to the local disk ({work}); Zstd level 5 on bands and coordinates",
         ]))
@@ -179,7 +178,7 @@ def main() -> None:
             objects, size = count(path)
             print(f"| {label} | {objects * 1000 / n:,.0f} | {size * 1000 / n / 1e6:,.0f} | "
                   f"{size / tar_bytes:.2f}x | {secs / n:.3f} | {ms:.1f} |")
-        print(f"| (for comparison) COG assets: 9 files per sample | 9,000 | see conversion.py | ~1.09x | - | - |")
+        print("| (for comparison) COG assets: 9 files per sample | 9,000 | see conversion.py | ~1.09x | - | - |")
         print()
         print(f"# per shard in (C): {args.samples_per_shard} samples; objects in (C) do not grow with samples "
               "per shard (one shard object per array), so real 1,000-sample shards have ~60x fewer per sample")

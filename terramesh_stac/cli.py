@@ -10,7 +10,7 @@ EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 3, 1
 
 
 def _cmd_synth(args, settings: Settings) -> int:
-    from converters.synth import generate
+    from terramesh_stac.converters.synth import generate
 
     keys = generate(args.out_dir, split=args.split, shards=args.shards,
                     samples_per_shard=args.samples_per_shard, seed=args.seed)
@@ -30,7 +30,7 @@ def _formats(value: str) -> tuple[str, ...]:
 
 
 def _modality_formats(value: str) -> tuple[str, tuple[str, ...]]:
-    from converters.modalities import MODALITIES
+    from terramesh_stac.converters.modalities import MODALITIES
 
     modality, sep, formats = value.partition("=")
     if not sep or modality not in MODALITIES:
@@ -42,8 +42,8 @@ def _modality_formats(value: str) -> tuple[str, tuple[str, ...]]:
 def _cmd_convert(args, settings: Settings) -> int:
     import contextlib
 
-    from converters.pipeline import ConvertOptions
-    from converters.run import convert
+    from terramesh_stac.converters.pipeline import ConvertOptions
+    from terramesh_stac.converters.run import convert
 
     options = ConvertOptions(
         dest=args.dest or settings.dest,
@@ -58,8 +58,8 @@ def _cmd_convert(args, settings: Settings) -> int:
     with contextlib.ExitStack() as stack:
         publisher = None
         if args.load:
-            from catalog import database
-            from catalog.loader import Publisher
+            from terramesh_stac.catalog import database
+            from terramesh_stac.catalog.loader import Publisher
 
             dsn = args.dsn or database.dsn(settings, role="loader")
             publisher = stack.enter_context(Publisher(dsn, options.store()))
@@ -75,8 +75,8 @@ def _cmd_convert(args, settings: Settings) -> int:
 
 
 def _cmd_prune(args, settings: Settings) -> int:
-    from converters.prune import prune
-    from converters.storage import Store
+    from terramesh_stac.converters.prune import prune
+    from terramesh_stac.converters.storage import Store
 
     store = Store(args.dest or settings.dest, endpoint_url=settings.s3_endpoint_url)
     result = prune(store, dry_run=args.dry_run)
@@ -87,8 +87,8 @@ def _cmd_prune(args, settings: Settings) -> int:
 
 
 def _cmd_load(args, settings: Settings) -> int:
-    from catalog import database
-    from catalog.loader import load
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.loader import load
 
     dsn = args.dsn or database.dsn(settings, role="loader")
     result = load(args.dest or settings.dest, dsn)
@@ -97,7 +97,7 @@ def _cmd_load(args, settings: Settings) -> int:
 
 
 def _cmd_db(args, settings: Settings) -> int:
-    from catalog import database
+    from terramesh_stac.catalog import database
 
     if args.action == "start":
         database.start(settings)
@@ -113,7 +113,7 @@ def _cmd_db(args, settings: Settings) -> int:
 
 
 def _cmd_serve(args, settings: Settings) -> int:
-    from catalog.app import run
+    from terramesh_stac.catalog.app import run
 
     settings = settings.model_copy(update={
         k: v for k, v in {"host": args.host, "port": args.port, "dest": args.dest}.items() if v

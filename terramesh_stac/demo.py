@@ -18,11 +18,11 @@ DEMO_DESCRIPTION = (
 
 
 def run_demo(settings: Settings, *, source: str | None = None, serve: bool = True) -> int:
-    from catalog import database
-    from catalog.loader import Publisher
-    from converters.pipeline import ConvertOptions
-    from converters.run import convert
-    from converters.synth import generate
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.loader import Publisher
+    from terramesh_stac.converters.pipeline import ConvertOptions
+    from terramesh_stac.converters.run import convert
+    from terramesh_stac.converters.synth import generate
 
     demo_dir = Path(settings.state_dir) / "demo"
     print("1/4 starting the embedded PostgreSQL/PostGIS + pgstac database")
@@ -62,7 +62,7 @@ Search from Python:
 """)
     if not serve:
         return 3 if report.errors else 0
-    from catalog.app import run
+    from terramesh_stac.catalog.app import run
 
     run(settings.model_copy(update={"dest": dest}))
     return 0

@@ -14,7 +14,7 @@ import copy
 
 import xarray as xr
 
-from converters import references, zarrstack
+from terramesh_stac.converters import references, zarrstack
 
 
 def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     enable_transactions: bool = False
     cors_origins: str = "*"  # comma-separated origins, or "*"
     # DSN the API and tile service connect with (pgstac_read role). Default: the database
-    # module's API role DSN (catalog.api.api_dsn), else libpq's PG* environment variables;
+    # module's API role DSN (terramesh_stac.catalog.api.api_dsn), else libpq's PG* environment variables;
     # never `dsn` itself (the admin).
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)

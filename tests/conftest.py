@@ -36,7 +36,7 @@ def pgstac_db():
     temp dir is mode 700, which the `postgres` user (who runs the cluster when we are root)
     cannot enter.
     """
-    from catalog import database
+    from terramesh_stac.catalog import database
     from terramesh_stac.settings import Settings
 
     state = _tempfile.mkdtemp(prefix="terramesh-pgstac-", dir="/tmp")
@@ -82,7 +82,6 @@ def s3_server():
 # --- STAC API, tiles, assets, map page (catalog/app.py) ----------------------------------
 
 import datetime as _dt
-import json as _json
 import subprocess as _subprocess
 import sys as _sys
 import time as _time
@@ -102,7 +101,7 @@ API_SAMPLES = [
 ]
 
 # Render presets as the collection carries them (render extension). `true_color` uses the
-# titiler `asset_bidx` convention, which catalog.links folds into `S2L2A|bidx=4,3,2`.
+# titiler `asset_bidx` convention, which terramesh_stac.catalog.links folds into `S2L2A|bidx=4,3,2`.
 API_RENDERS = {
     "true_color": {"title": "True colour (S2 L2A)", "assets": ["S2L2A"], "asset_bidx": "S2L2A|4,3,2",
                    "rescale": [[0, 3000], [0, 3000], [0, 3000]], "minmax_zoom": [8, 16]},
@@ -207,8 +206,8 @@ def build_api_sample_catalog(dest):
         title="TerraMesh (API test)", license="CC-BY-SA-4.0",
         extent=pystac.Extent(
             pystac.SpatialExtent([[6.9, 44.9, 11.1, 50.1]]),
-            pystac.TemporalExtent([[_dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc),
-                                    _dt.datetime(2023, 12, 31, tzinfo=_dt.timezone.utc)]]),
+            pystac.TemporalExtent([[_dt.datetime(2020, 1, 1, tzinfo=_dt.UTC),
+                                    _dt.datetime(2023, 12, 31, tzinfo=_dt.UTC)]]),
         ),
         stac_extensions=["https://stac-extensions.github.io/render/v2.0.0/schema.json"],
     )
@@ -226,7 +225,7 @@ def api_catalog(pgstac_db):
     (as the loader role). Yields (dest, collection dict, item dicts)."""
     from pypgstac.load import Loader, Methods
 
-    from catalog import database
+    from terramesh_stac.catalog import database
 
     dest = _tempfile.mkdtemp(prefix="terramesh-api-", dir="/tmp")
     _os.chmod(dest, 0o755)
@@ -234,7 +233,7 @@ def api_catalog(pgstac_db):
     with database.pgstac_db(pgstac_db.loader) as db:
         loader = Loader(db=db)
         loader.load_collections(iter([collection]), insert_mode=Methods.upsert)
-        # partitioning + queryables before the first item load, as catalog.loader does
+        # partitioning + queryables before the first item load, as terramesh_stac.catalog.loader does
         database.prepare_collection(db.connect(), API_COLLECTION_ID)
         loader.collection_json.cache_clear()
         loader.load_items(iter(items), insert_mode=Methods.upsert)
@@ -262,7 +261,7 @@ def _wait_http(url, proc, timeout=60.0):
 
 @_pytest.fixture(scope="session")
 def live_server(pgstac_db, api_catalog):
-    """`terramesh-stac serve` (catalog.app) in a uvicorn subprocess on a free port.
+    """`terramesh-stac serve` (terramesh_stac.catalog.app) in a uvicorn subprocess on a free port.
 
     A subprocess, not a thread: tests open COGs over HTTP with GDAL, which must not share a
     GIL with the server answering them. Yields the base URL, e.g. http://127.0.0.1:PORT
@@ -284,7 +283,7 @@ def live_server(pgstac_db, api_catalog):
     }
     log = open(dest / "server.log", "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "catalog.app:app_from_env",
+        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.catalog.app:app_from_env",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=env, cwd=str(dest), stdout=log, stderr=_subprocess.STDOUT,
     )
@@ -306,7 +305,7 @@ import contextlib as _contextlib
 
 @_contextlib.contextmanager
 def start_service(env: dict, cwd, name: str = "server"):
-    """Another `terramesh-stac serve` (uvicorn subprocess, catalog.app:app_from_env) with
+    """Another `terramesh-stac serve` (uvicorn subprocess, terramesh_stac.catalog.app:app_from_env) with
     TERRAMESH_* settings from `env` on top of this process's environment (no .env: `cwd`
     should be a fresh folder). Yields the base URL; the log is `cwd/<name>.log`."""
     cwd = _Path(cwd)
@@ -321,7 +320,7 @@ def start_service(env: dict, cwd, name: str = "server"):
     log_path = cwd / f"{name}.log"
     log = open(log_path, "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "catalog.app:app_from_env",
+        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.catalog.app:app_from_env",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=full_env, cwd=str(cwd), stdout=log, stderr=_subprocess.STDOUT,
     )
@@ -359,7 +358,7 @@ def synth_root(tmp_path_factory):
     """A generated TerraMesh tree (read-only, shared): split `val`, 3 shards x 4 samples
     (majortom_shard_000001/2, ssl4eos12_shard_000003), seed 0, plus val_metadata.parquet.
     Copy it before modifying anything."""
-    from converters.synth import generate
+    from terramesh_stac.converters.synth import generate
 
     root = tmp_path_factory.mktemp("terramesh")
     generate(root, split="val", shards=3, samples_per_shard=4, seed=0)
@@ -399,7 +398,7 @@ def rewrite_member(tar_path, key: str, change) -> None:
     import tarfile
     from pathlib import Path
 
-    from converters.zarrzip import decode_zarr_zip, encode_zarr_zip
+    from terramesh_stac.converters.zarrzip import decode_zarr_zip, encode_zarr_zip
 
     tar_path = Path(tar_path)
     with tarfile.open(tar_path) as tar:
@@ -421,7 +420,7 @@ def read_items(dest, endpoint_url: str | None = None) -> dict:
     s3:// with `endpoint_url`); an id seen twice fails the test."""
     import json
 
-    from converters.storage import Store
+    from terramesh_stac.converters.storage import Store
 
     store = Store(str(dest), endpoint_url=endpoint_url)
     items = {}

@@ -89,7 +89,7 @@ def test_post_search_cql2_text_is_converted_and_pages_keep_it(live_server):
 
 @pytest.mark.parametrize("method", ["GET", "POST", "GET items"])
 def test_filter_on_an_unknown_property_is_400_naming_it(live_server, method):
-    """catalog.api.check_queryables: unknown terms are errors, not empty results."""
+    """terramesh_stac.catalog.api.check_queryables: unknown terms are errors, not empty results."""
     text = "eo:cloud_cover < 10 AND nosuch:prop = 'x'"
     if method == "GET":
         r = _get(f"{live_server}/stac/search", params={"filter": text, "filter-lang": "cql2-text"})
@@ -481,9 +481,9 @@ def _settings(**kw):
 
 
 def test_api_dsn_without_any_database_is_a_clear_error(tmp_path, no_libpq_env):
-    from catalog.api import api_dsn
-    from catalog.app import create_app
-    from catalog.database import DatabaseError
+    from terramesh_stac.catalog.api import api_dsn
+    from terramesh_stac.catalog.app import create_app
+    from terramesh_stac.catalog.database import DatabaseError
 
     settings = _settings(state_dir=tmp_path / "state", dest=str(tmp_path))
     with pytest.raises(DatabaseError, match=r"no database to serve from: no credentials at .*db start"):
@@ -493,8 +493,8 @@ def test_api_dsn_without_any_database_is_a_clear_error(tmp_path, no_libpq_env):
 
 
 def test_api_dsn_with_corrupt_credentials_names_the_file(tmp_path, no_libpq_env):
-    from catalog import database
-    from catalog.api import api_dsn
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.api import api_dsn
 
     settings = _settings(state_dir=tmp_path / "state")
     creds = database.credentials_file(settings)
@@ -508,8 +508,8 @@ def test_api_dsn_with_corrupt_credentials_names_the_file(tmp_path, no_libpq_env)
 
 
 def test_api_dsn_never_falls_back_to_the_admin_dsn(tmp_path, no_libpq_env, pgstac_db):
-    from catalog.api import api_dsn
-    from catalog.database import DatabaseError
+    from terramesh_stac.catalog.api import api_dsn
+    from terramesh_stac.catalog.database import DatabaseError
 
     # An external database whose generated role passwords are not in this state dir.
     settings = _settings(state_dir=tmp_path / "state", dsn=pgstac_db.admin)
@@ -557,7 +557,7 @@ def tx_server(pgstac_db):
 def test_transactions_write_with_the_loader_role(tx_server, pgstac_db):
     import psycopg
 
-    from catalog.api import WRITE_APPLICATION_NAME
+    from terramesh_stac.catalog.api import WRITE_APPLICATION_NAME
 
     collection = {
         "type": "Collection", "stac_version": "1.1.0", "id": TX_COLLECTION_ID,
@@ -587,8 +587,8 @@ def test_transactions_write_with_the_loader_role(tx_server, pgstac_db):
 @pytest.mark.parametrize("role, message", [("api", "is not a member of pgstac_ingest"),
                                            ("admin", "is a superuser")])
 def test_transactions_refuse_to_start_with_a_wrong_write_role(pgstac_db, tmp_path, role, message):
-    from catalog.api import create_stac_api
-    from catalog.database import DatabaseError
+    from terramesh_stac.catalog.api import create_stac_api
+    from terramesh_stac.catalog.database import DatabaseError
 
     settings = _settings(api_dsn=pgstac_db.api, write_dsn=getattr(pgstac_db, role),
                          enable_transactions=True, dest=str(tmp_path), db_pool_max_size=1)

@@ -20,10 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from converters.metadata import key_of_member
-from converters.modalities import MODALITIES, S1_MODALITY, modalities_for_source
-from converters.synth import _tar_member as write_member
-from converters.synth import generate
+from terramesh_stac.converters.metadata import key_of_member
+from terramesh_stac.converters.modalities import MODALITIES, S1_MODALITY, modalities_for_source
+from terramesh_stac.converters.synth import _tar_member as write_member
+from terramesh_stac.converters.synth import generate
 
 SPLIT = "val"
 SHARDS, PER_SHARD = 8, 3  # synth: 6 majortom shards, then 2 ssl4eos12 shards

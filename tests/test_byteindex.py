@@ -1,7 +1,7 @@
 """The byte-range index (issue 4, item 2): every member of every shard tar, where it sits,
 and where its zip entries sit, so one range request fetches a sample's original bytes.
 
-A generated source is converted shard by shard (converters.pipeline.convert_shard, what a
+A generated source is converted shard by shard (terramesh_stac.converters.pipeline.convert_shard, what a
 Dask worker runs) from a local HTTP server that supports ranges; the index written at the
 destination is checked against tarfile's own random access, zipfile's entries, and a
 fetch of each sample's bytes over HTTP that must decode to the same arrays.
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.byteindex import RangeRequestError, fetch_entry, fetch_member, read_index
-from converters.layout import index_path
-from converters.pipeline import ConvertOptions, convert_shard
-from converters.run import write_collection
-from converters.synth import _tar_member as write_member
-from converters.synth import generate
-from converters.zarrzip import decode_zarr_zip
+from terramesh_stac.converters.byteindex import RangeRequestError, fetch_entry, fetch_member, read_index
+from terramesh_stac.converters.layout import index_path
+from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard
+from terramesh_stac.converters.run import write_collection
+from terramesh_stac.converters.synth import _tar_member as write_member
+from terramesh_stac.converters.synth import generate
+from terramesh_stac.converters.zarrzip import decode_zarr_zip
 from tests.conftest import serve_directory, serve_flaky_directory
 from tests.stac_schemas import validate
 

@@ -10,15 +10,14 @@ import math
 
 import numpy as np
 import pytest
-import rasterio
 import xarray as xr
 from affine import Affine
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_validate
 
-from converters.cog import COG_MEDIA_TYPE, encode_cloud_mask, encode_cog, s2_nodata
-from converters.footprint import grid_of
-from converters.modalities import MODALITIES, MODALITY_INFO
+from terramesh_stac.converters.cog import COG_MEDIA_TYPE, encode_cloud_mask, encode_cog, s2_nodata
+from terramesh_stac.converters.footprint import grid_of
+from terramesh_stac.converters.modalities import MODALITIES, MODALITY_INFO
 
 N = 264
 

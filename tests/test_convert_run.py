@@ -5,7 +5,6 @@ pgstac; the CLI runs as a user runs it when a test is about what a user sees.
 """
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -23,11 +22,11 @@ import psycopg
 import pytest
 import rasterio
 
-from converters.layout import manifest_path, revision_path
-from converters.pipeline import ConvertOptions
-from converters.run import convert, start_client
-from converters.synth import generate
-from converters.zarrzip import decode_zarr_zip
+from terramesh_stac.converters.layout import manifest_path, revision_path
+from terramesh_stac.converters.pipeline import ConvertOptions
+from terramesh_stac.converters.run import convert, start_client
+from terramesh_stac.converters.synth import generate
+from terramesh_stac.converters.zarrzip import decode_zarr_zip
 from tests.conftest import read_items, rewrite_member
 
 SHARDS, PER_SHARD = 4, 3
@@ -211,7 +210,7 @@ def test_killed_worker_is_replaced_and_the_result_is_the_same(source, tmp_path):
 
 
 def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(source, client, tmp_path, pgstac_db):
-    from catalog.loader import Publisher
+    from terramesh_stac.catalog.loader import Publisher
 
     src = tmp_path / "src"
     shutil.copytree(source, src)
@@ -311,7 +310,7 @@ def test_transient_http_errors_are_retried(source, client, tmp_path):
 
 
 def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retired(source, client, tmp_path, pgstac_db):
-    from catalog.loader import Publisher
+    from terramesh_stac.catalog.loader import Publisher
 
     src = tmp_path / "src"
     shutil.copytree(source, src)

@@ -1,4 +1,4 @@
-"""catalog.database on a real embedded PostgreSQL + PostGIS + pgstac cluster (fixture pgstac_db)."""
+"""terramesh_stac.catalog.database on a real embedded PostgreSQL + PostGIS + pgstac cluster (fixture pgstac_db)."""
 
 import os
 import stat
@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from catalog import database
-from catalog.queryables import QUERYABLES
+from terramesh_stac.catalog import database
+from terramesh_stac.catalog.queryables import QUERYABLES
 
 COLLECTION = {
     "type": "Collection",

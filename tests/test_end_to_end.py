@@ -17,9 +17,8 @@ import rasterio
 import shapely
 from shapely.geometry import box, shape
 
-from converters.shards import iter_samples
-from converters.source import open_source
-from converters.zarrzip import decode_zarr_zip
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import open_source
 from tests.conftest import _free_port, _wait_http, read_items
 from tests.stac_schemas import validate
 
@@ -289,9 +288,10 @@ def test_searches_return_exactly_the_expected_ids(served, converted, samples):
 
 
 def test_every_preset_renders_at_the_sample(served, converted):
+    import io
+
     import morecantile
     from PIL import Image
-    import io
 
     dest, _ = converted
     collection = json.loads((dest / "collection.json").read_text())

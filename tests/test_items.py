@@ -11,16 +11,16 @@ import pytest
 import rasterio
 from pyproj import Transformer
 from shapely.geometry import Point, Polygon, shape
-
-from converters.cog import encode_cloud_mask, encode_cog
-from converters.collection import create_collection, render_query
-from converters.footprint import footprint, grid_of, outline
-from converters.items import cdse_item_url, cloud_cover_from_mask, create_item
-from converters.modalities import CLOUD_MASK_CLASSES, LULC_CLASSES, modalities_for_source
-from converters.sample import Sample, WrittenAsset
-from converters.thumbnail import encode_thumbnail
 from stac_schemas import validate
 from test_cog import make_ds
+
+from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog
+from terramesh_stac.converters.collection import create_collection, render_query
+from terramesh_stac.converters.footprint import grid_of, outline
+from terramesh_stac.converters.items import cdse_item_url, cloud_cover_from_mask, create_item
+from terramesh_stac.converters.modalities import CLOUD_MASK_CLASSES, LULC_CLASSES, modalities_for_source
+from terramesh_stac.converters.sample import Sample, WrittenAsset
+from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 S2_ID = "S2A_MSIL2A_20210601T095031_N0300_R079_T33SWC_20210601T121410.SAFE"
 S1_ID = "S1A_IW_GRDH_1SDV_20210603T050031_20210603T050056_038182_048183_3B1C"
@@ -110,7 +110,7 @@ def test_item_content(item_and_sample, tmp_path):
     assert a["S2L2A"]["proj:code"] == "EPSG:32633" and a["S2L2A"]["proj:shape"] == [64, 64]
     assert a["S2L2A"]["file:size"] > 0 and a["S2L2A"]["file:checksum"].startswith("1220")
     assert a["thumbnail"]["roles"] == ["thumbnail"] and a["thumbnail"]["type"] == "image/jpeg"
-    for k, v in a.items():  # hrefs are exactly the written paths, no host baked in
+    for v in a.values():  # hrefs are exactly the written paths, no host baked in
         assert v["href"].startswith(str(tmp_path.parent.parent)) or v["href"].startswith("/")
 
 
@@ -255,7 +255,7 @@ def test_rio_tiler_reads_every_render_preset(item_and_sample):
     from rio_tiler.io import STACReader
     from titiler.core.dependencies import _parse_asset
 
-    from converters.collection import RENDERS
+    from terramesh_stac.converters.collection import RENDERS
 
     item, _ = item_and_sample
     with STACReader(None, item=item.to_dict()) as r:

@@ -1,4 +1,4 @@
-"""catalog.loader on the real embedded pgstac cluster (fixture pgstac_db).
+"""terramesh_stac.catalog.loader on the real embedded pgstac cluster (fixture pgstac_db).
 
 Each test loads its own collection id: the session database is shared with other tests.
 """
@@ -13,7 +13,7 @@ import pystac
 import pytest
 from psycopg.types.json import Jsonb
 
-from catalog import loader
+from terramesh_stac.catalog import loader
 
 _ids = itertools.count()
 
@@ -40,12 +40,12 @@ def _item(cid: str, n: int, when: dt.datetime, split: str = "val") -> dict:
     return item.to_dict(include_self_link=False)
 
 
-def write_output(root: Path, cid: str, shards: dict[str, list[dict]], extra_lines: dict[str, list[dict]] = {}):
+def write_output(root: Path, cid: str, shards: dict[str, list[dict]]):
     """What a conversion writes: collection.json and items/<split>/<shard>.ndjson."""
     collection = pystac.Collection(
         id=cid, description="TerraMesh test collection",
         extent=pystac.Extent(pystac.SpatialExtent([[-180, -90, 180, 90]]),
-                             pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), None]])),
+                             pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.UTC), None]])),
         license="CC-BY-4.0",
     )
     root.mkdir(parents=True, exist_ok=True)
@@ -58,8 +58,8 @@ def write_output(root: Path, cid: str, shards: dict[str, list[dict]], extra_line
 
 
 def _sample_output(root: Path, cid: str) -> Path:
-    jan = dt.datetime(2021, 1, 15, tzinfo=dt.timezone.utc)
-    feb = dt.datetime(2021, 2, 15, tzinfo=dt.timezone.utc)
+    jan = dt.datetime(2021, 1, 15, tzinfo=dt.UTC)
+    feb = dt.datetime(2021, 2, 15, tzinfo=dt.UTC)
     return write_output(root, cid, {
         "val/val-000.ndjson": [_item(cid, n, jan) for n in range(3)],
         "train/train-000.ndjson": [_item(cid, n, feb, "train") for n in range(2)],
@@ -115,7 +115,7 @@ def test_count_mismatch_detected(pgstac_db, tmp_path):
 
 def test_duplicate_ids_detected(pgstac_db, tmp_path):
     cid = _collection_id("dupes")
-    when = dt.datetime(2021, 3, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
     dest = write_output(tmp_path, cid, {"val/val-000.ndjson": [_item(cid, 1, when), _item(cid, 1, when)]})
     result = loader.load(str(dest), pgstac_db.loader, raise_on_error=False)
     assert not result.ok and "duplicate" in result.errors[0]

@@ -1,6 +1,6 @@
 """The TerraMesh reader: zarr.zip decoding, shard streaming, metadata, sources (dir, https, s3).
 
-Every test reads real files written by converters.synth; damaged variants are made by
+Every test reads real files written by terramesh_stac.converters.synth; damaged variants are made by
 rewriting copies of its tars.
 """
 
@@ -15,13 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 
-from converters import synth
-from converters.metadata import read_metadata, write_metadata
-from converters.sample import Sample, SampleError
-from converters.shards import iter_samples
-from converters.source import (HubLocation, hub_tree_url, next_page_url, open_source, parse_hub_tree,
-                               parse_hub_url)
-from converters.zarrzip import CorruptSampleError, decode_zarr_zip, encode_zarr_zip, sample_scalar
+from terramesh_stac.converters import synth
+from terramesh_stac.converters.metadata import read_metadata, write_metadata
+from terramesh_stac.converters.sample import Sample, SampleError
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import (
+    HubLocation,
+    hub_tree_url,
+    next_page_url,
+    open_source,
+    parse_hub_tree,
+    parse_hub_url,
+)
+from terramesh_stac.converters.zarrzip import CorruptSampleError, decode_zarr_zip, encode_zarr_zip, sample_scalar
 
 SHARD = "majortom_shard_000001.tar"
 

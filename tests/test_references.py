@@ -21,10 +21,10 @@ import pystac
 import pytest
 import xarray as xr
 
-from converters.pipeline import ConvertOptions, convert_shard
-from converters.run import write_collection
-from converters.synth import generate
-from tests.conftest import assert_bitwise_equal, read_original, read_items, serve_directory
+from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard
+from terramesh_stac.converters.run import write_collection
+from terramesh_stac.converters.synth import generate
+from tests.conftest import assert_bitwise_equal, read_items, read_original, serve_directory
 from tests.stac_schemas import validate
 
 SPLIT = "val"

@@ -57,8 +57,8 @@ def s3_catalog(s3_server, pgstac_db):
     import boto3
     from pypgstac.load import Loader, Methods
 
-    from catalog import database
-    from converters.storage import Store
+    from terramesh_stac.catalog import database
+    from terramesh_stac.converters.storage import Store
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=BUCKET)
     store = Store(f"s3://{BUCKET}/{PREFIX}", endpoint_url=s3_server)
@@ -150,14 +150,14 @@ def test_api_keeps_s3_hrefs_and_the_https_alternate(s3_live_server, s3_catalog, 
                                  "AWS_VIRTUAL_HOSTING": "FALSE", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}),
 ])
 def test_gdal_s3_config_from_the_endpoint_url(url, expected):
-    from catalog.tiles import gdal_s3_config
+    from terramesh_stac.catalog.tiles import gdal_s3_config
 
     assert gdal_s3_config(url) == expected
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:9000", "ftp://host", "http://host:9000/bucket"])
 def test_gdal_s3_config_rejects_what_gdal_cannot_use(url):
-    from catalog.tiles import gdal_s3_config
+    from terramesh_stac.catalog.tiles import gdal_s3_config
 
     with pytest.raises(ValueError, match="TERRAMESH_S3_ENDPOINT_URL"):
         gdal_s3_config(url)

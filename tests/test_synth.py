@@ -12,13 +12,12 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from converters import synth
-from converters.metadata import COLUMNS
-from converters.modalities import (CLOUD_MASK_MODALITIES, MODALITIES, MODALITY_INFO,
-                                   modalities_for_source)
-from converters.shards import iter_samples
-from converters.source import open_source
-from converters.zarrzip import sample_scalar, sample_time
+from terramesh_stac.converters import synth
+from terramesh_stac.converters.metadata import COLUMNS
+from terramesh_stac.converters.modalities import CLOUD_MASK_MODALITIES, MODALITIES, MODALITY_INFO, modalities_for_source
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import open_source
+from terramesh_stac.converters.zarrzip import sample_scalar, sample_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from official_loader import array_digest, run_official  # noqa: E402

@@ -152,7 +152,7 @@ def other_collection(pgstac_db, api_catalog):
 
     from pypgstac.load import Loader, Methods
 
-    from catalog import database
+    from terramesh_stac.catalog import database
     from tests.conftest import delete_collection
 
     _, collection, items = api_catalog
@@ -235,7 +235,7 @@ def test_bad_tile_requests_are_4xx_with_a_message(live_server, path, expected):
 def test_band_index_out_of_range_is_400_and_other_index_errors_500(live_server):
     r = httpx.get(f"{live_server}{BASE}/preview.png", params={"assets": "S2L2A|bidx=20"}, timeout=60)
     assert r.status_code == 400 and r.json()["detail"].startswith("band index 20 out of range"), r.text
-    from catalog.tiles import index_error_response
+    from terramesh_stac.catalog.tiles import index_error_response
 
     assert index_error_response(None, IndexError("band index 0 out of range (not in (1, 2))")).status_code == 400
     assert index_error_response(None, IndexError("list index out of range")).status_code == 500

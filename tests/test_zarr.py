@@ -21,13 +21,22 @@ import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 from PIL import Image
 
-from converters import zarrstack
-from converters.pipeline import AssetWriter, ConvertOptions, ShardStacks, convert_sample, convert_shard
-from converters.run import write_collection
-from converters.shards import iter_samples
-from converters.source import open_source
+from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters.pipeline import AssetWriter, ConvertOptions, ShardStacks, convert_sample, convert_shard
+from terramesh_stac.converters.run import write_collection
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import open_source
 from terramesh_stac.open import open_sample
-from tests.conftest import assert_bitwise_equal, read_original, rewrite_member, _free_port, _wait_http, delete_collection, read_items, serve_directory
+from tests.conftest import (
+    _free_port,
+    _wait_http,
+    assert_bitwise_equal,
+    delete_collection,
+    read_items,
+    read_original,
+    rewrite_member,
+    serve_directory,
+)
 from tests.stac_schemas import validate
 
 SPLIT = "val"

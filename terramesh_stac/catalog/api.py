@@ -40,9 +40,9 @@ from cql2 import Expr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
+from stac_fastapi.api.app import StacApi
 from stac_fastapi.extensions import ItemCollectionFilterExtension, SearchFilterExtension
 from stac_fastapi.extensions.filter.request import FilterExtensionPostRequest
-from stac_fastapi.api.app import StacApi
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import PostgresSettings, ServerSettings
 from stac_fastapi.pgstac.config import Settings as StacSettings
@@ -52,7 +52,7 @@ from stac_fastapi.pgstac.extensions.filter import FiltersClient
 from stac_fastapi.pgstac.models.extensions import Extensions
 from stac_fastapi.types.errors import InvalidQueryParameter, NotFoundError
 
-from catalog.links import (
+from terramesh_stac.catalog.links import (
     ASSETS_PATH,
     RASTER_PATH,
     default_render_id,
@@ -74,8 +74,8 @@ _LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPO
 
 
 def _role_dsn(settings: Settings, role: str, setting: str) -> str:
-    """`catalog.database.dsn(settings, role)`, with a message that says what to set."""
-    from catalog import database
+    """`terramesh_stac.catalog.database.dsn(settings, role)`, with a message that says what to set."""
+    from terramesh_stac.catalog import database
 
     try:
         return database.dsn(settings, role=role)  # type: ignore[arg-type]
@@ -93,14 +93,14 @@ def api_dsn(settings: Settings) -> str:
 
     Order: `settings.api_dsn`; else, when there is a database to derive it from (the
     embedded cluster's credentials file, or an external `settings.dsn`),
-    `catalog.database.dsn(settings, role="api")`, whose errors are raised (a corrupt or
+    `terramesh_stac.catalog.database.dsn(settings, role="api")`, whose errors are raised (a corrupt or
     missing credentials file is a misconfiguration, reported at startup); else libpq's
     PG* environment variables when any is set. Never `settings.dsn` itself: that is the
     admin DSN, and the API must not run as a superuser.
 
-    Raises catalog.database.DatabaseError when there is nothing to connect with.
+    Raises terramesh_stac.catalog.database.DatabaseError when there is nothing to connect with.
     """
-    from catalog import database
+    from terramesh_stac.catalog import database
 
     if settings.api_dsn:
         return settings.api_dsn
@@ -118,7 +118,7 @@ def api_dsn(settings: Settings) -> str:
 def write_dsn(settings: Settings) -> str:
     """The DSN of the transaction endpoints' write pool: the `loader` role (pgstac_ingest).
 
-    `settings.write_dsn`, else `catalog.database.dsn(settings, role="loader")`. Never the
+    `settings.write_dsn`, else `terramesh_stac.catalog.database.dsn(settings, role="loader")`. Never the
     read (`api`) DSN, which cannot write items, nor the admin DSN.
     """
     if settings.write_dsn:
@@ -131,7 +131,7 @@ WRITE_APPLICATION_NAME = "terramesh-stac-write"
 
 async def check_write_role(pool) -> None:
     """Refuse to start when the write pool's user is not a pgstac_ingest member, or is a superuser."""
-    from catalog.database import DatabaseError
+    from terramesh_stac.catalog.database import DatabaseError
 
     async with pool.acquire() as conn:
         row = await conn.fetchrow(

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from converters.layout import manifest_path
-from converters.shards import shard_modalities
+from terramesh_stac.converters.layout import manifest_path
+from terramesh_stac.converters.shards import shard_modalities
 
 MANIFEST_FORMAT = 1
 

@@ -8,7 +8,7 @@ those copies and empties the lists. Current assets are never touched.
 
 from __future__ import annotations
 
-from converters.manifest import all_manifests, write_manifest
+from terramesh_stac.converters.manifest import all_manifests, write_manifest
 
 
 def prune(store, *, dry_run: bool = False) -> dict:

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 
-from converters.layout import ASSETS_DIR
+from terramesh_stac.converters.layout import ASSETS_DIR
 
 # ASGI scope key set by catalog/app.py for its mounted sub-apps: the root path of the
 # whole service (usually "", or uvicorn's --root-path behind a proxy).
@@ -50,7 +50,7 @@ def local_asset_root(dest: str | os.PathLike | None) -> Path | None:
         return None
     if dest.startswith("file://"):
         dest = dest[len("file://") :]
-    # The converter writes assets under DEST/assets/ (converters.layout);
+    # The converter writes assets under DEST/assets/ (terramesh_stac.converters.layout);
     # items and reports beside it are not served.
     return (Path(dest).expanduser() / ASSETS_DIR).resolve()
 

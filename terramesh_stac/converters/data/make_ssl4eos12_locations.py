@@ -1,6 +1,6 @@
 """Rebuild ssl4eos12_locations.parquet from the SSL4EO-S12 v1.1 val metadata (run once, by hand).
 
-    python converters/data/make_ssl4eos12_locations.py ../shared/data/ssl4eos12_val_metadata.parquet
+    python terramesh_stac/converters/data/make_ssl4eos12_locations.py ../shared/data/ssl4eos12_val_metadata.parquet
 
 Keeps 50 locations x 4 seasons = 200 rows spread over UTM zones and both hemispheres, with
 the locations whose pixel grid lies in another UTM zone than a season's S2 tile. Adds the

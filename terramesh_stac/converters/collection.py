@@ -19,12 +19,12 @@ titiler-pgstac 3.2 / titiler-core 2.3 accept, checked in their installed source:
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pystac
 
-from .cog import COG_MEDIA_TYPE, classes_field
 from . import references, zarrstack
+from .cog import COG_MEDIA_TYPE, classes_field
 from .items import EXTENSIONS, SAR_FIELDS, STAC_VERSION, stac_extensions_for
 from .modalities import (
     CLOUD_MASK_CLASSES,
@@ -220,7 +220,7 @@ def _extent(items) -> pystac.Extent:
     if not items:
         return pystac.Extent(
             pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
-            pystac.TemporalExtent([[datetime(2017, 1, 1, tzinfo=timezone.utc), None]]),
+            pystac.TemporalExtent([[datetime(2017, 1, 1, tzinfo=UTC), None]]),
         )
     west = south = float("inf")
     east = north = float("-inf")
@@ -319,7 +319,7 @@ def create_collection(
                          "e.g. pyarrow.dataset or DuckDB `read_parquet('.../*/*.parquet')`): per "
                          "tar member its key, modality, tar URL, byte offset and size, and the "
                          "offsets of the zip entries inside it, so one HTTP range request fetches "
-                         "a sample's original .zarr.zip (converters.byteindex.fetch_member)."),
+                         "a sample's original .zarr.zip (terramesh_stac.converters.byteindex.fetch_member)."),
             media_type="application/vnd.apache.parquet", roles=["metadata", "index"]))
     d = coll.to_dict(include_self_link=False, transform_hrefs=False)
     coll.stac_extensions = stac_extensions_for(d)

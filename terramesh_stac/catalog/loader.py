@@ -8,7 +8,7 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
 `load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
 mode, so loading the same output twice leaves the same rows, and an item whose datetime
 changed moves to its new partition instead of being duplicated. Before the first item the
-collection's partitioning and queryables are set (catalog.database.prepare_collection). Files are loaded one after the other, never in
+collection's partitioning and queryables are set (terramesh_stac.catalog.database.prepare_collection). Files are loaded one after the other, never in
 parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
 items of that file are counted in pgstac; a difference is an error.
 """
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from catalog import database
-from converters.layout import published_path
-from converters.storage import Store
+from terramesh_stac.catalog import database
+from terramesh_stac.converters.layout import published_path
+from terramesh_stac.converters.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ ITEM_SUFFIXES = (".ndjson", ".ndjson.gz")
 class LoadError(RuntimeError):
     """The load failed or pgstac holds a different number of items than were written."""
 
-    def __init__(self, message: str, result: "LoadResult"):
+    def __init__(self, message: str, result: LoadResult):
         super().__init__(message)
         self.result = result
 
@@ -153,7 +153,7 @@ class Publisher:
         self.batches = self.shards = 0
         self.database = database_identity(dsn)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         from pypgstac.load import Loader
 
         self._db_context = database.pgstac_db(self.dsn)

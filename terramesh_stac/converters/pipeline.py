@@ -3,7 +3,7 @@
 The unit of work is a shard (`convert_shard`), a plain function of its arguments that a
 scheduler can run anywhere: it streams the shard from the source, writes the assets, the
 byte index, the shard's items (NDJSON), its report and last its manifest straight to the
-destination, and returns a small report. `converters.run` schedules shards on Dask.
+destination, and returns a small report. `terramesh_stac.converters.run` schedules shards on Dask.
 """
 
 import hashlib
@@ -13,21 +13,28 @@ from dataclasses import dataclass, field
 
 import pystac
 
-from converters.cog import encode_cloud_mask, encode_cog
-from converters.items import create_item
-from converters.modalities import MODALITIES
-from converters.byteindex import ShardIndex
-from converters.layout import (asset_path, index_path, items_path, report_path, revision_path, staging_path,
-                               zarr_path)
-from converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
-from converters.references import NotByteAddressable, encode_references
-from converters.retry import is_transient, retrying
-from converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
-from converters.shards import iter_samples
-from converters.source import open_source
-from converters.storage import Store, multihash_sha256
-from converters.thumbnail import encode_thumbnail
-from converters import zarrstack
+from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters.byteindex import ShardIndex
+from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog
+from terramesh_stac.converters.items import create_item
+from terramesh_stac.converters.layout import (
+    asset_path,
+    index_path,
+    items_path,
+    report_path,
+    revision_path,
+    staging_path,
+    zarr_path,
+)
+from terramesh_stac.converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
+from terramesh_stac.converters.modalities import MODALITIES
+from terramesh_stac.converters.references import NotByteAddressable, encode_references
+from terramesh_stac.converters.retry import is_transient, retrying
+from terramesh_stac.converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
+from terramesh_stac.converters.shards import iter_samples
+from terramesh_stac.converters.source import open_source
+from terramesh_stac.converters.storage import Store, multihash_sha256
+from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import json
 
 import fsspec
 
-from converters.byteindex import zip_entries
-from converters.sample import EncodedAsset, SourceMember
+from terramesh_stac.converters.byteindex import zip_entries
+from terramesh_stac.converters.sample import EncodedAsset, SourceMember
 
 MEDIA_TYPE = "application/json"  # what xpystac and STAC practice use for kerchunk files
 ROLES = ["data", "references"]

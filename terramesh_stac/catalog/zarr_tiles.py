@@ -2,7 +2,7 @@
 
 titiler-pgstac's readers handle GDAL-readable assets only; `ItemReader` (item endpoints)
 and `MosaicItemReader` (search and collection mosaics) add the
-`application/vnd.zarr` assets the converter writes (converters.zarrstack): the sample is
+`application/vnd.zarr` assets the converter writes (terramesh_stac.converters.zarrstack): the sample is
 selected by item id, given back its own x/y and CRS, and served by rio-tiler's
 XarrayReader, so tiles, previews, info, statistics and the collection's render presets work
 as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
@@ -25,7 +25,7 @@ from rio_tiler.io.stac import DEFAULT_VALID_TYPE
 from rio_tiler.io.xarray import XarrayReader
 from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
 
-from converters import zarrstack
+from terramesh_stac.converters import zarrstack
 
 
 class OpenStacks:

@@ -6,7 +6,7 @@
     /assets     the converted files (when `settings.dest` is a local folder), with
                 HTTP range requests (Starlette FileResponse), so GDAL reads COGs remotely
 
-Run it with `run(settings)` or `uvicorn --factory catalog.app:app_from_env`.
+Run it with `run(settings)` or `uvicorn --factory terramesh_stac.catalog.app:app_from_env`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from catalog.api import api_dsn, create_stac_api
-from catalog.links import ASSETS_PATH, RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, local_asset_root
-from catalog.tiles import create_raster_app
+from terramesh_stac.catalog.api import api_dsn, create_stac_api
+from terramesh_stac.catalog.links import ASSETS_PATH, RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, local_asset_root
+from terramesh_stac.catalog.tiles import create_raster_app
 from terramesh_stac.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class _MountedAsRoot:
     the mount path (`http://host/collections` instead of `http://host/stac/collections`).
     Setting `app_root_path` to the mount's `root_path` (and letting the sub-app's router
     answer `url_for`) fixes every link they build, with no `router_prefix`; the service root is kept under SERVICE_ROOT_PATH_KEY for links to
-    sibling sub-apps (catalog.links.service_root).
+    sibling sub-apps (terramesh_stac.catalog.links.service_root).
     """
 
     def __init__(self, app: ASGIApp):
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def app_from_env() -> Starlette:
-    """Factory for `uvicorn --factory catalog.app:app_from_env` (settings from TERRAMESH_*)."""
+    """Factory for `uvicorn --factory terramesh_stac.catalog.app:app_from_env` (settings from TERRAMESH_*)."""
     return create_app(get_settings())
 
 

@@ -37,8 +37,8 @@ import xarray as xr
 import zarr
 from zarr.storage import MemoryStore
 
-from converters.cog import raster_fields
-from converters.zarrzip import single_threaded_blosc
+from terramesh_stac.converters.cog import raster_fields
+from terramesh_stac.converters.zarrzip import single_threaded_blosc
 
 MEDIA_TYPE = "application/vnd.zarr"
 ROLES = ["data"]

@@ -22,8 +22,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .metadata import key_of_member
-from .retry import is_transient
 from .modalities import MODALITIES, S1_MODALITY, SOURCES, modalities_for_source
+from .retry import is_transient
 from .sample import Sample, SampleError, SourceMember
 from .zarrzip import CorruptSampleError, decode_zarr_zip
 
@@ -127,7 +127,7 @@ class _Stream:
 def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict | None = None,
                  index=None) -> Iterator[Sample | SampleError]:
     """Samples of `shard` (see the module doc for what is yielded and when). With `index`
-    (a converters.byteindex.ShardIndex), every tar member read is recorded in it."""
+    (a terramesh_stac.converters.byteindex.ShardIndex), every tar member read is recorded in it."""
     to_open, quiet = shard_modalities(shard, modalities)
     with contextlib.ExitStack() as stack:
         streams: list[_Stream] = []

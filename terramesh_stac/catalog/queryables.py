@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.types.json import Jsonb
 
-from converters.modalities import SOURCES, SPLITS
+from terramesh_stac.converters.modalities import SOURCES, SPLITS
 
 # name -> (JSON Schema definition, pgstac property_index_type)
 QUERYABLES: dict[str, tuple[dict, str | None]] = {

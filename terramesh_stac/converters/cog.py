@@ -35,12 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import rasterio
 import xarray as xr
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_translate
 
-from .footprint import Grid, grid_of, scalar
+from .footprint import Grid, grid_of
 from .modalities import (
     CLOUD_MASK_CLASSES,
     CLOUD_MASK_NODATA,

@@ -330,7 +330,7 @@ def _create_database(settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def pgstac_db(dsn_: str) -> Iterator["PgstacDB"]:  # noqa: F821
+def pgstac_db(dsn_: str) -> Iterator[PgstacDB]:  # noqa: F821
     """A pypgstac PgstacDB on a one-connection pool that is closed on exit."""
     from psycopg_pool import ConnectionPool
     from pypgstac.db import PgstacDB
@@ -421,7 +421,7 @@ def prepare_collection(conn: psycopg.Connection, collection_id: str, partition: 
     `partition` is pgstac's collections.partition_trunc: "month", "year" or None (one partition).
     Changing it later makes pgstac repartition every item of the collection.
     """
-    from catalog.queryables import apply_queryables
+    from terramesh_stac.catalog.queryables import apply_queryables
 
     if partition not in ("month", "year", None):
         raise ValueError(f"partition must be 'month', 'year' or None, not {partition!r}")

@@ -61,8 +61,8 @@ from titiler.pgstac.factory import (
 from titiler.pgstac.reader import PgSTACReader
 from titiler.pgstac.settings import PostgresSettings
 
-from catalog.links import render_query, titiler_render
-from catalog.zarr_tiles import ItemReader, MosaicItemReader
+from terramesh_stac.catalog.links import render_query, titiler_render
+from terramesh_stac.catalog.zarr_tiles import ItemReader, MosaicItemReader
 from terramesh_stac.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -33,8 +33,7 @@ import xarray as xr
 from pyproj import CRS, Transformer
 
 from . import metadata as _metadata
-from .modalities import (CLOUD_MASK_MODALITIES, MODALITIES, MODALITY_INFO, S2_BASELINE_CHANGE,
-                         modalities_for_source)
+from .modalities import CLOUD_MASK_MODALITIES, MODALITIES, MODALITY_INFO, S2_BASELINE_CHANGE, modalities_for_source
 from .zarrzip import encode_zarr_zip
 
 SIZE = 264  # pixels per side
@@ -437,7 +436,7 @@ def plan(split: str = "val", shards: int = 2, samples_per_shard: int = 4, seed: 
         source = "majortom" if s < n_mt else "ssl4eos12"
         number = s + 1 if shard_numbering == "global" else (s + 1 if source == "majortom" else s - n_mt + 1)
         shard = f"{source}_shard_{number:06d}.tar"
-        for j in range(samples_per_shard):
+        for _ in range(samples_per_shard):
             n += 1
             i = n - 1 if source == "majortom" else n - 1 - n_mt * samples_per_shard
             key = f"{source}_{split}_{n:07d}"

@@ -10,7 +10,7 @@ worker bounds memory). With `scheduler="tcp://host:8786"` an existing cluster do
 
 Re-running is safe at any point: finished shards (manifest present, same content id) are
 skipped, unfinished ones are converted again from the start. When a `publisher` is given
-(catalog.loader.Publisher), the items of each batch of finished shards are loaded into
+(terramesh_stac.catalog.loader.Publisher), the items of each batch of finished shards are loaded into
 pgstac by this process alone (one writer: concurrent loaders deadlock, pgstac#285), after
 their assets exist.
 """
@@ -23,16 +23,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pystac
 
-from converters.collection import create_collection
-from converters.layout import COLLECTION_FILE, INDEX_DIR
-from converters.manifest import all_manifests, read_manifest
-from converters.pipeline import ConvertOptions, ShardReport, _union_bbox, convert_shard
-from converters.sample import SampleError
-from converters.source import open_source
+from terramesh_stac.converters.collection import create_collection
+from terramesh_stac.converters.layout import COLLECTION_FILE, INDEX_DIR
+from terramesh_stac.converters.manifest import all_manifests, read_manifest
+from terramesh_stac.converters.pipeline import ConvertOptions, ShardReport, _union_bbox, convert_shard
+from terramesh_stac.converters.sample import SampleError
+from terramesh_stac.converters.source import open_source
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
 
     limit: at most this many samples per shard (a trial run; the shards are converted again
     by a later run without it). max_shards: only the first N shards (sorted by name).
-    publisher: loads finished shards into pgstac as they come (see catalog.loader.Publisher).
+    publisher: loads finished shards into pgstac as they come (see terramesh_stac.catalog.loader.Publisher).
     client: an existing dask Client to use (else one is started and closed here).
     """
     from distributed import as_completed
@@ -274,7 +274,7 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
     run = RunReport(shards=reports, collection_href=href, seconds=time.perf_counter() - t0,
                     workers=n_workers, dashboard=dashboard,
                     published=publisher.summary() if publisher is not None else {})
-    run_dict = {"finished": datetime.now(timezone.utc).isoformat(), **run.to_dict()}
+    run_dict = {"finished": datetime.now(UTC).isoformat(), **run.to_dict()}
     store.put(RUN_REPORT, json.dumps(run_dict, indent=1).encode())
     return run
 
@@ -309,8 +309,15 @@ class _Display:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
