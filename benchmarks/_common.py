@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import shutil
 import socket
 import statistics
 import sys
@@ -92,21 +91,13 @@ def temp_dir(prefix: str) -> str:
 
 @contextlib.contextmanager
 def pgstac_cluster(prefix: str = "terramesh-bench-"):
-    """A throwaway embedded PostgreSQL + PostGIS + pgstac cluster (as tests/conftest.py's
-    pgstac_db fixture): yields its Settings; stopped and removed at the end."""
+    """A throwaway embedded PostgreSQL + PostGIS + pgstac cluster (the one tests/conftest.py's
+    pgstac_db fixture starts, catalog.database.temporary_cluster): yields its Settings."""
     from terramesh_stac.catalog import database
     from terramesh_stac.settings import Settings
 
-    state = temp_dir(prefix)
-    settings = Settings(state_dir=state, db_port=free_port(), dsn=None, _env_file=None)
-    try:
-        database.start(settings)
+    with database.temporary_cluster(lambda **fields: Settings(**fields, _env_file=None), prefix) as settings:
         yield settings
-    finally:
-        try:
-            database.stop(settings)
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 def generate_source(out_dir: str, shards: int, samples_per_shard: int, seed: int = 0) -> list[str]:

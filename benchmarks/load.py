@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, conditions, generate_source, loadavg, pgstac_cluster, temp_dir  # noqa: E402
 
 from terramesh_stac.catalog import database  # noqa: E402
-from terramesh_stac.catalog.loader import item_files, load, open_store, read_items  # noqa: E402
+from terramesh_stac.catalog.loader import item_files, load, read_items  # noqa: E402
+from terramesh_stac.converters.storage import Store  # noqa: E402
 
 TIME_KEYS = ("datetime", "start_datetime", "end_datetime")
 
@@ -167,7 +168,7 @@ def main() -> None:
             convert(src, ConvertOptions(dest=dest, collection_id="terramesh-bench"), split="val")
             note = (f"base items: GENERATED (terramesh_stac.converters.synth, seed 0) {len(keys)} samples, "
                     f"converted with terramesh_stac.converters.run.convert")
-        store = open_store(dest)
+        store = Store(dest)
         base = [i for f in item_files(store) for i in read_items(store, f)]
         collection = orjson.loads(store.get("collection.json"))
         items = multiply(base, args.items, args.months)

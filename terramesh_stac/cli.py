@@ -4,9 +4,8 @@ import argparse
 import json
 import sys
 
+from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from terramesh_stac.settings import Settings, get_settings
-
-EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 3, 1
 
 
 def _cmd_synth(args, settings: Settings) -> int:
@@ -91,7 +90,7 @@ def _cmd_load(args, settings: Settings) -> int:
     from terramesh_stac.catalog.loader import load
 
     dsn = args.dsn or database.dsn(settings, role="loader")
-    result = load(args.dest or settings.dest, dsn)
+    result = load(args.dest or settings.dest, dsn, endpoint_url=settings.s3_endpoint_url)
     print(result.summary())
     return EXIT_OK
 

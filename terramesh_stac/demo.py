@@ -6,6 +6,7 @@ given, converts it to COGs + STAC items in a local folder, loads them and serves
 
 from pathlib import Path
 
+from terramesh_stac.exits import EXIT_OK, EXIT_PARTIAL
 from terramesh_stac.settings import Settings
 
 DEMO_COLLECTION = "terramesh-demo"
@@ -61,8 +62,8 @@ Search from Python:
   Client.open("{base}/stac").search(collections=["{collection_id}"], filter="eo:cloud_cover < 10").item_collection()
 """)
     if not serve:
-        return 3 if report.errors else 0
+        return EXIT_PARTIAL if report.errors else EXIT_OK
     from terramesh_stac.catalog.app import run
 
     run(settings.model_copy(update={"dest": dest}))
-    return 0
+    return EXIT_OK

@@ -1,55 +1,41 @@
-"""All configuration in one place: environment variables prefixed TERRAMESH_ (or a .env file)."""
+"""The command line's settings: environment variables prefixed TERRAMESH_ (or a .env file).
+
+Read once, by the command line (`get_settings`), and passed down: the catalog's settings
+(database, service: `terramesh_stac.catalog.settings`) plus what a conversion needs.
+No module below the command line reads the environment itself.
+"""
 
 import os
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _default_state_dir() -> Path:
-    # As root the cluster runs as the `postgres` user, which cannot enter /root: keep the
-    # state somewhere it can reach.
-    if os.geteuid() == 0:
-        return Path("/var/lib/terramesh-stac")
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "terramesh-stac"
+from terramesh_stac.catalog.settings import ServiceSettings, default_state_dir
 
 
-class Settings(BaseSettings):
+def _state_dir() -> Path:
+    if os.geteuid() != 0 and os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "terramesh-stac"
+    return default_state_dir()
+
+
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE")
+
+
+class Settings(ServiceSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TERRAMESH_", env_file=".env", extra="ignore")
 
-    # Embedded PostgreSQL/PostGIS cluster (`terramesh-stac db start`).
-    state_dir: Path = _default_state_dir()
-    db_host: str = "127.0.0.1"
-    db_port: int = 5439
-    db_name: str = "terramesh"
-    # Use an external database instead of the embedded one (superuser/admin DSN).
-    dsn: str | None = None
-
-    # Conversion.
-    collection_id: str = "terramesh"
-    dest: str = "./terramesh-output"  # local folder or s3://bucket/prefix
-    s3_endpoint_url: str | None = None  # S3-compatible endpoint, e.g. http://127.0.0.1:9000
+    state_dir: Path = Field(default_factory=_state_dir)
+    # S3-compatible endpoint (MinIO, moto ...); AWS's own AWS_ENDPOINT_URL is honoured too
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("TERRAMESH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "s3_endpoint_url"))
+    # Conversion (`terramesh-stac convert`).
     s3_public_url: str | None = None  # https base that serves the bucket, for asset alternates
     scheduler: str | None = None  # Dask scheduler address for `convert`; None: a LocalCluster
-
-    # Service (`terramesh-stac serve`).
-    host: str = "127.0.0.1"
-    port: int = 8000
-    enable_transactions: bool = False
-    cors_origins: str = "*"  # comma-separated origins, or "*"
-    # DSN the API and tile service connect with (pgstac_read role). Default: the database
-    # module's API role DSN (terramesh_stac.catalog.api.api_dsn), else libpq's PG* environment variables;
-    # never `dsn` itself (the admin).
-    api_dsn: str | None = None
-    db_pool_max_size: int = 5  # per service (STAC API, tiles)
-    # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with
-    # enable_transactions. Default: the database module's loader role DSN.
-    write_dsn: str | None = None
-    # Render preset used for the tile/preview links of items (else the collection's first).
-    default_render: str | None = "true-color"  # preset of items' tile and preview links
-    render_cache_ttl: float = 60.0  # seconds the collection's render presets are cached
+    libpq_env: dict[str, str] = Field(default_factory=lambda: {
+        k: v for k in LIBPQ_ENV if (v := os.environ.get(k))})
 
 
 @lru_cache

@@ -30,31 +30,18 @@ def _free_port() -> int:
 
 @_pytest.fixture(scope="session")
 def pgstac_db():
-    """Session-wide embedded PostgreSQL + PostGIS + pgstac on a free port, removed at the end.
-
-    The state dir is a fresh 0755 folder under /tmp, not tmp_path_factory: pytest's base
-    temp dir is mode 700, which the `postgres` user (who runs the cluster when we are root)
-    cannot enter.
-    """
+    """Session-wide embedded PostgreSQL + PostGIS + pgstac on a free port, removed at the end
+    (catalog.database.temporary_cluster, which the benchmarks use too)."""
     from terramesh_stac.catalog import database
     from terramesh_stac.settings import Settings
 
-    state = _tempfile.mkdtemp(prefix="terramesh-pgstac-", dir="/tmp")
-    _os.chmod(state, 0o755)
-    settings = Settings(state_dir=state, db_port=_free_port(), dsn=None, _env_file=None)
-    try:
-        database.start(settings)
+    with database.temporary_cluster(lambda **fields: Settings(**fields, _env_file=None)) as settings:
         yield PgstacTestDB(
             settings=settings,
             admin=database.dsn(settings, "admin"),
             loader=database.dsn(settings, "loader"),
             api=database.dsn(settings, "api"),
         )
-    finally:
-        try:
-            database.stop(settings)
-        finally:
-            _shutil.rmtree(state, ignore_errors=True)
 
 
 # --- S3-compatible server (moto standalone, real HTTP on 127.0.0.1) -------------------------
@@ -283,7 +270,7 @@ def live_server(pgstac_db, api_catalog):
     }
     log = open(dest / "server.log", "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.catalog.app:app_from_env",
+        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.asgi:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=env, cwd=str(dest), stdout=log, stderr=_subprocess.STDOUT,
     )
@@ -305,7 +292,7 @@ import contextlib as _contextlib
 
 @_contextlib.contextmanager
 def start_service(env: dict, cwd, name: str = "server"):
-    """Another `terramesh-stac serve` (uvicorn subprocess, terramesh_stac.catalog.app:app_from_env) with
+    """Another `terramesh-stac serve` (uvicorn subprocess, terramesh_stac.asgi:create_app) with
     TERRAMESH_* settings from `env` on top of this process's environment (no .env: `cwd`
     should be a fresh folder). Yields the base URL; the log is `cwd/<name>.log`."""
     cwd = _Path(cwd)
@@ -320,7 +307,7 @@ def start_service(env: dict, cwd, name: str = "server"):
     log_path = cwd / f"{name}.log"
     log = open(log_path, "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.catalog.app:app_from_env",
+        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.asgi:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=full_env, cwd=str(cwd), stdout=log, stderr=_subprocess.STDOUT,
     )
@@ -418,15 +405,14 @@ def rewrite_member(tar_path, key: str, change) -> None:
 def read_items(dest, endpoint_url: str | None = None) -> dict:
     """{item id: item} of every items/**/*.ndjson under a converted destination (a folder, or
     s3:// with `endpoint_url`); an id seen twice fails the test."""
-    import json
-
+    from terramesh_stac.catalog.loader import item_files
+    from terramesh_stac.catalog.loader import read_items as read_item_file
     from terramesh_stac.converters.storage import Store
 
     store = Store(str(dest), endpoint_url=endpoint_url)
     items = {}
-    for path in store.glob("items/**/*.ndjson"):
-        for line in store.get(path).decode().splitlines():
-            item = json.loads(line)
+    for path in item_files(store):
+        for item in read_item_file(store, path):
             assert item["id"] not in items, f"duplicate item {item['id']}"
             items[item["id"]] = item
     return items

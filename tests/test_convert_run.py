@@ -119,11 +119,11 @@ def test_run_to_s3_and_second_run_skips_everything(source, client, s3_server):
     store = options.store()
     manifests = store.glob("manifests/val/*.json")
     assert len(manifests) == SHARDS
-    before = {p: store.fs.info(store._path(p))["LastModified"] for p in store.glob("assets/*/*")}
+    before = {p: store.fs.info(store.path(p))["LastModified"] for p in store.glob("assets/*/*")}
 
     second = convert(str(source), options, client=client)
     assert all(s.skipped for s in second.shards) and second.items == first.items
-    after = {p: store.fs.info(store._path(p))["LastModified"] for p in store.glob("assets/*/*")}
+    after = {p: store.fs.info(store.path(p))["LastModified"] for p in store.glob("assets/*/*")}
     assert after == before  # nothing rewritten
 
 

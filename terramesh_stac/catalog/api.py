@@ -27,8 +27,6 @@ so that its base URL is `.../stac/` (see `_MountedAsRoot`), so no `router_prefix
 from __future__ import annotations
 
 import functools
-import os
-import time
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -36,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import attr
 import orjson
+from cachetools import TTLCache
 from cql2 import Expr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -61,7 +60,7 @@ from terramesh_stac.catalog.links import (
     rewrite_asset_hrefs,
     service_root,
 )
-from terramesh_stac.settings import Settings
+from terramesh_stac.catalog.settings import ServiceSettings
 
 API_TITLE = "TerraMesh STAC API"
 API_DESCRIPTION = (
@@ -70,10 +69,7 @@ API_DESCRIPTION = (
 )
 
 
-_LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPORT")
-
-
-def _role_dsn(settings: Settings, role: str, setting: str) -> str:
+def _role_dsn(settings: ServiceSettings, role: str, setting: str) -> str:
     """`terramesh_stac.catalog.database.dsn(settings, role)`, with a message that says what to set."""
     from terramesh_stac.catalog import database
 
@@ -88,7 +84,7 @@ def _role_dsn(settings: Settings, role: str, setting: str) -> str:
         ) from e
 
 
-def api_dsn(settings: Settings) -> str:
+def api_dsn(settings: ServiceSettings) -> str:
     """The DSN the services connect with: the database module's `api` role (pgstac_read).
 
     Order: `settings.api_dsn`; else, when there is a database to derive it from (the
@@ -106,7 +102,7 @@ def api_dsn(settings: Settings) -> str:
         return settings.api_dsn
     if settings.dsn or database.credentials_file(settings).exists():
         return _role_dsn(settings, "api", "TERRAMESH_API_DSN")
-    if any(os.environ.get(name) for name in _LIBPQ_ENV):
+    if settings.libpq_env:
         return "postgresql://"  # libpq's PG* environment variables
     raise database.DatabaseError(
         f"no database to serve from: no credentials at {database.credentials_file(settings)} "
@@ -115,7 +111,7 @@ def api_dsn(settings: Settings) -> str:
     )
 
 
-def write_dsn(settings: Settings) -> str:
+def write_dsn(settings: ServiceSettings) -> str:
     """The DSN of the transaction endpoints' write pool: the `loader` role (pgstac_ingest).
 
     `settings.write_dsn`, else `terramesh_stac.catalog.database.dsn(settings, role="loader")`. Never the
@@ -147,10 +143,11 @@ async def check_write_role(pool) -> None:
         )
 
 
-def stac_postgres_settings(dsn: str, pool_max: int, application_name: str = "pgstac") -> PostgresSettings:
-    """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from PG* env)."""
+def stac_postgres_settings(dsn: str, pool_max: int, application_name: str = "pgstac",
+                           env: dict[str, str] | None = None) -> PostgresSettings:
+    """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from libpq's PG* `env`)."""
     u = urlsplit(dsn)
-    env = os.environ
+    env = env or {}
     return PostgresSettings(
         pguser=unquote(u.username or env.get("PGUSER", "postgres")),
         pgpassword=unquote(u.password or env.get("PGPASSWORD", "")),
@@ -270,18 +267,13 @@ class TerraMeshFiltersClient(FiltersClient):
 class TerraMeshClient(CoreCrudClient):
     """CoreCrudClient that serves URLs instead of local paths and adds tile links."""
 
-    # collection id -> (time, renders) ; shared by all requests of one app
-    _renders_cache: dict = attr.ib(factory=dict)
-
     async def _collection_renders(self, collection_id: str, request: Request) -> dict:
-        conf = request.app.state.terramesh
-        hit = self._renders_cache.get(collection_id)
-        if hit and time.monotonic() - hit[0] < conf["render_cache_ttl"]:
-            return hit[1]
+        cache = request.app.state.terramesh["renders_cache"]  # one event loop: no lock needed
+        if (renders := cache.get(collection_id)) is not None:
+            return renders
         async with request.app.state.get_connection(request, "r") as conn:
             collection = await conn.fetchval("SELECT get_collection($1::text)", collection_id)
-        renders = (collection or {}).get("renders") or {}
-        self._renders_cache[collection_id] = (time.monotonic(), renders)
+        cache[collection_id] = renders = (collection or {}).get("renders") or {}
         return renders
 
     async def _decorate_item(self, item: dict[str, Any], request: Request, root: str) -> None:
@@ -356,14 +348,14 @@ def _bad_request(request: Request, exc: Exception) -> JSONResponse:
 BAD_REQUEST_ERRORS = (orjson.JSONDecodeError, asyncpg.exceptions.RaiseError)
 
 
-def stac_settings(settings: Settings) -> StacSettings:
+def stac_settings(settings: ServiceSettings) -> StacSettings:
     return StacSettings(
         stac_fastapi_title=API_TITLE,
         stac_fastapi_description=API_DESCRIPTION,
         stac_fastapi_landing_id="terramesh",
         enable_transactions_extensions=settings.enable_transactions,
         enabled_extensions=None,  # all of stac-fastapi-pgstac's read extensions
-        cors_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+        cors_origins=settings.cors_origin_list,
         prefix_path="",
         root_path="",
         stac_fastapi_version=_version(),
@@ -372,11 +364,11 @@ def stac_settings(settings: Settings) -> StacSettings:
     )
 
 
-def create_stac_api(settings: Settings, dsn: str) -> StacApi:
+def create_stac_api(settings: ServiceSettings, dsn: str) -> StacApi:
     """The STAC API (its `.app` is the FastAPI application to mount at /stac)."""
-    pg = stac_postgres_settings(dsn, settings.db_pool_max_size)
+    pg = stac_postgres_settings(dsn, settings.db_pool_max_size, env=settings.libpq_env)
     # Transactions write with the loader role (pgstac_ingest), never with the read role.
-    write_pg = (stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME)
+    write_pg = (stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME, settings.libpq_env)
                 if settings.enable_transactions else None)
 
     @asynccontextmanager
@@ -416,7 +408,8 @@ def create_stac_api(settings: Settings, dsn: str) -> StacApi:
     api.app.state.terramesh = {
         "asset_root": local_asset_root(settings.dest),
         "default_render": settings.default_render,
-        "render_cache_ttl": settings.render_cache_ttl,
+        # collection id -> its render presets, shared by all requests of this app
+        "renders_cache": TTLCache(maxsize=1024, ttl=settings.render_cache_ttl),
     }
     return api
 

@@ -6,7 +6,8 @@
     /assets     the converted files (when `settings.dest` is a local folder), with
                 HTTP range requests (Starlette FileResponse), so GDAL reads COGs remotely
 
-Run it with `run(settings)` or `uvicorn --factory terramesh_stac.catalog.app:app_from_env`.
+Run it with `run(settings)` or `uvicorn --factory terramesh_stac.asgi:create_app` (settings
+from the environment).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from terramesh_stac.catalog.api import api_dsn, create_stac_api
 from terramesh_stac.catalog.links import ASSETS_PATH, RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, local_asset_root
+from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
-from terramesh_stac.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,8 @@ async def _map_page(request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "map.html", media_type="text/html")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: ServiceSettings) -> Starlette:
     """The whole service as one Starlette app (sub-apps share one lifespan)."""
-    settings = settings or get_settings()
     dsn = api_dsn(settings)
     stac_api = create_stac_api(settings, dsn)
     stac_app = stac_api.app
@@ -99,14 +99,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if asset_root is not None:
         routes.append(Mount(f"/{ASSETS_PATH}", app=_Assets(directory=asset_root, check_dir=False)))
 
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(
                 CORSMiddleware,
-                allow_origins=origins,
+                allow_origins=settings.cors_origin_list,
                 allow_methods=["GET", "POST", "OPTIONS", "HEAD"],
                 allow_headers=["*"],
                 expose_headers=["Content-Range", "Content-Length", "Accept-Ranges"],
@@ -118,16 +117,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-def app_from_env() -> Starlette:
-    """Factory for `uvicorn --factory terramesh_stac.catalog.app:app_from_env` (settings from TERRAMESH_*)."""
-    return create_app(get_settings())
-
-
-def run(settings: Settings | None = None) -> None:
+def run(settings: ServiceSettings) -> None:
     """Serve the app with uvicorn on settings.host:settings.port."""
     import uvicorn
 
-    settings = settings or get_settings()
     app = create_app(settings)
     logger.info("serving on http://%s:%s/ (STAC API at /stac)", settings.host, settings.port)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)

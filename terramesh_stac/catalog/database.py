@@ -24,8 +24,10 @@ import pwd
 import re
 import secrets
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -34,7 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from terramesh_stac.settings import Settings
+from terramesh_stac.catalog.settings import DatabaseSettings
 
 Role = Literal["admin", "loader", "api"]
 
@@ -61,19 +63,19 @@ class DatabaseError(RuntimeError):
 # --- where things are -------------------------------------------------------------------
 
 
-def cluster_dir(settings: Settings) -> Path:
+def cluster_dir(settings: DatabaseSettings) -> Path:
     return Path(settings.state_dir) / "postgres"
 
 
-def data_dir(settings: Settings) -> Path:
+def data_dir(settings: DatabaseSettings) -> Path:
     return cluster_dir(settings) / "data"
 
 
-def log_file(settings: Settings) -> Path:
+def log_file(settings: DatabaseSettings) -> Path:
     return cluster_dir(settings) / "postgres.log"
 
 
-def credentials_file(settings: Settings) -> Path:
+def credentials_file(settings: DatabaseSettings) -> Path:
     return cluster_dir(settings) / "credentials.json"
 
 
@@ -165,7 +167,7 @@ def _give_to_owner(path: Path, mode: int) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def _prepare_dirs(settings: Settings) -> None:
+def _prepare_dirs(settings: DatabaseSettings) -> None:
     """Create the cluster dir, owned by the cluster's user, and check that user can reach it."""
     if _is_root():
         try:
@@ -196,7 +198,7 @@ def _prepare_dirs(settings: Settings) -> None:
             )
 
 
-def _write_config(settings: Settings) -> None:
+def _write_config(settings: DatabaseSettings) -> None:
     """Our settings, rewritten at each start and included by postgresql.conf."""
     conf = data_dir(settings) / "terramesh.conf"
     conf.write_text(
@@ -216,7 +218,7 @@ def _write_config(settings: Settings) -> None:
 # --- credentials ------------------------------------------------------------------------
 
 
-def _credentials(settings: Settings, create: bool = False) -> dict[str, str]:
+def _credentials(settings: DatabaseSettings, create: bool = False) -> dict[str, str]:
     path = credentials_file(settings)
     if path.exists():
         return json.loads(path.read_text())
@@ -234,7 +236,7 @@ def _url(user: str, password: str | None, host: str, port: int | str, dbname: st
     return f"postgresql://{auth}@{host}:{port}/{quote(dbname, safe='')}"
 
 
-def dsn(settings: Settings, role: Role = "loader") -> str:
+def dsn(settings: DatabaseSettings, role: Role = "loader") -> str:
     """postgresql://user:pw@host:port/db for `role` (admin, loader or api)."""
     if role not in ("admin", "loader", "api"):
         raise ValueError(f"role must be admin, loader or api, not {role!r}")
@@ -252,14 +254,14 @@ def dsn(settings: Settings, role: Role = "loader") -> str:
 # --- lifecycle --------------------------------------------------------------------------
 
 
-def _pg_ctl_status(settings: Settings, bindir: Path) -> int:
+def _pg_ctl_status(settings: DatabaseSettings, bindir: Path) -> int:
     if not (data_dir(settings) / "PG_VERSION").exists():
         return 4
     return subprocess.run(_as_owner([str(bindir / "pg_ctl"), "status", "-D", str(data_dir(settings))]),
                           capture_output=True).returncode
 
 
-def _running_port(settings: Settings) -> int | None:
+def _running_port(settings: DatabaseSettings) -> int | None:
     """The port in postmaster.pid (its 4th line), when the cluster runs."""
     try:
         return int((data_dir(settings) / "postmaster.pid").read_text().splitlines()[3])
@@ -267,7 +269,7 @@ def _running_port(settings: Settings) -> int | None:
         return None
 
 
-def _initdb(settings: Settings, bindir: Path, admin_password: str) -> None:
+def _initdb(settings: DatabaseSettings, bindir: Path, admin_password: str) -> None:
     pwfile = cluster_dir(settings) / ".initdb-pw"
     pwfile.write_text(admin_password + "\n")
     _give_to_owner(pwfile, 0o600)
@@ -278,7 +280,7 @@ def _initdb(settings: Settings, bindir: Path, admin_password: str) -> None:
         pwfile.unlink(missing_ok=True)
 
 
-def start(settings: Settings) -> None:
+def start(settings: DatabaseSettings) -> None:
     """Start (or reuse) the cluster and bring database, pgstac, roles and settings up to date.
 
     Idempotent. With `settings.dsn` set, nothing is started: the external database is set up.
@@ -322,7 +324,7 @@ def start(settings: Settings) -> None:
     bootstrap(settings)
 
 
-def _create_database(settings: Settings) -> None:
+def _create_database(settings: DatabaseSettings) -> None:
     server = _url(ADMIN_USER, _credentials(settings)["admin"], settings.db_host, settings.db_port, "postgres")
     with psycopg.connect(server, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.db_name,)).fetchone():
@@ -344,7 +346,7 @@ def pgstac_db(dsn_: str) -> Iterator[PgstacDB]:  # noqa: F821
         pool.close()
 
 
-def migrate(settings: Settings) -> str:
+def migrate(settings: DatabaseSettings) -> str:
     """Install or upgrade pgstac (pypgstac's migrations) as the admin; returns the version."""
     from pypgstac.migrate import Migrate
 
@@ -352,7 +354,7 @@ def migrate(settings: Settings) -> str:
         return Migrate(db).run_migration()
 
 
-def bootstrap(settings: Settings) -> None:
+def bootstrap(settings: DatabaseSettings) -> None:
     """pgstac migrated, loader and api login users, pgstac settings. Idempotent."""
     migrate(settings)
     creds = _credentials(settings)
@@ -376,7 +378,7 @@ def bootstrap(settings: Settings) -> None:
             )
 
 
-def stop(settings: Settings) -> None:
+def stop(settings: DatabaseSettings) -> None:
     """Stop the embedded cluster (no-op when it is not running or the database is external)."""
     if settings.dsn:
         return
@@ -385,7 +387,7 @@ def stop(settings: Settings) -> None:
         _run([str(bindir / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(data_dir(settings))], "pg_ctl stop")
 
 
-def status(settings: Settings) -> dict:
+def status(settings: DatabaseSettings) -> dict:
     """Where the database is, whether it runs and answers, and its pgstac version."""
     info: dict = {"mode": "external" if settings.dsn else "embedded", "database": settings.db_name}
     if not settings.dsn:
@@ -434,3 +436,34 @@ def prepare_collection(conn: psycopg.Connection, collection_id: str, partition: 
     ).fetchone():
         raise DatabaseError(f"collection {collection_id!r} is not in pgstac: load it first")
     apply_queryables(conn, collection_id)
+
+
+# --- a throwaway cluster (tests, benchmarks) ----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def temporary_cluster(make_settings: Callable[..., DatabaseSettings] = DatabaseSettings,
+                      prefix: str = "terramesh-pgstac-") -> Iterator[DatabaseSettings]:
+    """An embedded cluster on a free port in a fresh folder, stopped and removed on exit.
+
+    `make_settings(state_dir=, db_port=, dsn=None)` builds its settings (a settings class,
+    or a function that adds fields). The folder is a 0755 one under /tmp: as root the
+    `postgres` user runs the cluster and must be able to enter it (pytest's temp dirs are 0700).
+    """
+    state = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(state, 0o755)
+    settings = make_settings(state_dir=state, db_port=free_port(), dsn=None)
+    try:
+        start(settings)
+        yield settings
+    finally:
+        try:
+            stop(settings)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)

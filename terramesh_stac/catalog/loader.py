@@ -82,27 +82,14 @@ class LoadResult:
         return text if self.ok else text + "\nERRORS:\n  " + "\n  ".join(self.errors)
 
 
-def open_store(dest: str, endpoint_url: str | None = None) -> Store:
-    """The destination as a Store; S3 endpoint from the argument, else settings.s3_endpoint_url."""
-    if endpoint_url is None and dest.startswith("s3://"):
-        from terramesh_stac.settings import get_settings
-
-        endpoint_url = get_settings().s3_endpoint_url
-    return Store(dest, endpoint_url=endpoint_url)
-
-
 def item_files(store: Store) -> list[str]:
     """Relative paths of the NDJSON item files under items/, sorted."""
-    items_root = store._path("items")
-    if not store.fs.exists(items_root):
-        return []
-    prefix = store.root.rstrip("/") + "/"
-    return sorted(p[len(prefix):] for p in store.fs.find(items_root)
-                  if p.endswith(ITEM_SUFFIXES))
+    return sorted(p for suffix in ITEM_SUFFIXES for p in store.glob(f"items/**/*{suffix}"))
 
 
 def read_items(store: Store, relpath: str) -> Iterator[dict]:
-    with store.fs.open(store._path(relpath), "rb", compression="infer") as f:
+    """The items of one NDJSON file (gzip-compressed too), one dict per line."""
+    with store.fs.open(store.path(relpath), "rb", compression="infer") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -292,11 +279,11 @@ def load(
     counts. Raises LoadError (with .result) on any error unless raise_on_error is False.
     """
     t0 = time.perf_counter()
-    store = open_store(dest, endpoint_url)
+    store = Store(dest, endpoint_url=endpoint_url)
     if collection_path is None:
         collection = orjson.loads(store.get("collection.json"))
     elif "://" in collection_path or collection_path.startswith("/"):
-        collection = orjson.loads(open_store(collection_path.rsplit("/", 1)[0], endpoint_url)
+        collection = orjson.loads(Store(collection_path.rsplit("/", 1)[0], endpoint_url=endpoint_url)
                                   .get(collection_path.rsplit("/", 1)[1]))
     else:
         collection = orjson.loads(store.get(collection_path))

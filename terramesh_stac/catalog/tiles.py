@@ -32,13 +32,13 @@ import logging
 import os
 import re
 import threading
-import time
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import rasterio
+from cachetools import TTLCache
 from fastapi import FastAPI, Query, status
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
@@ -62,8 +62,8 @@ from titiler.pgstac.reader import PgSTACReader
 from titiler.pgstac.settings import PostgresSettings
 
 from terramesh_stac.catalog.links import render_query, titiler_render
+from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.zarr_tiles import ItemReader, MosaicItemReader
-from terramesh_stac.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -79,26 +79,23 @@ class CollectionRenders:
     """
 
     def __init__(self, ttl: float = 60.0):
-        self.ttl = ttl
         self.pool = None  # psycopg ConnectionPool, set by the app's lifespan
-        self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._cache: TTLCache = TTLCache(maxsize=1024, ttl=ttl)  # collection id -> renders or None
         self._searches: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def get(self, collection_id: str) -> dict[str, dict] | None:
         """Presets of a collection ({} if it has none), None if the collection is unknown."""
-        now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(collection_id)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
+            if collection_id in self._cache:
+                return self._cache[collection_id]
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT pgstac.get_collection(%s) AS c", (collection_id,))
             row = cur.fetchone()
         collection = row["c"] if row else None
         renders = None if collection is None else dict(collection.get("renders") or {})
         with self._lock:
-            self._cache[collection_id] = (now, renders)
+            self._cache[collection_id] = renders
         return renders
 
     def search_collections(self, search_id: str) -> list[str] | None:
@@ -269,7 +266,7 @@ def gdal_s3_config(endpoint_url: str | None) -> dict[str, str]:
     }
 
 
-def apply_gdal_s3_config(settings: Settings) -> dict[str, str]:
+def apply_gdal_s3_config(settings: ServiceSettings) -> dict[str, str]:
     """Put `gdal_s3_config` into this process's environment, where GDAL reads config
     options in every thread.
 
@@ -285,7 +282,7 @@ def apply_gdal_s3_config(settings: Settings) -> dict[str, str]:
     return config
 
 
-def postgres_settings(dsn: str, settings: Settings) -> PostgresSettings:
+def postgres_settings(dsn: str, settings: ServiceSettings) -> PostgresSettings:
     return PostgresSettings(
         database_url=dsn,
         db_min_conn_size=1,
@@ -294,7 +291,7 @@ def postgres_settings(dsn: str, settings: Settings) -> PostgresSettings:
     )
 
 
-def create_raster_app(settings: Settings, dsn: str) -> FastAPI:
+def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     """The titiler-pgstac application (to be mounted at /raster)."""
     renders = CollectionRenders(ttl=settings.render_cache_ttl)
     apply_gdal_s3_config(settings)

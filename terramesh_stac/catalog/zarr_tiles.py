@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import attr
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor XarrayReader uses)
 import xarray as xr
+from cachetools import TTLCache
 from rio_tiler.io.stac import DEFAULT_VALID_TYPE
 from rio_tiler.io.xarray import XarrayReader
 from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
@@ -34,23 +34,18 @@ class OpenStacks:
     after at most `ttl` seconds."""
 
     def __init__(self, ttl: float = 60.0, size: int = 256):
-        self.ttl, self.size = ttl, size
-        self._stacks: dict[str, tuple[float, xr.Dataset]] = {}
+        self._stacks: TTLCache = TTLCache(maxsize=size, ttl=ttl)
         self._lock = threading.Lock()
 
     def get(self, href: str, storage_options: dict | None = None) -> xr.Dataset:
         key = json.dumps([href, storage_options], sort_keys=True)
-        now = time.monotonic()
         with self._lock:
-            hit = self._stacks.get(key)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
+            if (stack := self._stacks.get(key)) is not None:
+                return stack
         kwargs = {"storage_options": storage_options} if storage_options else {}
         stack = zarrstack.open_stack(href, **kwargs)
         with self._lock:
-            if len(self._stacks) >= self.size:  # drop the oldest
-                self._stacks.pop(min(self._stacks, key=lambda k: self._stacks[k][0]))
-            self._stacks[key] = (now, stack)
+            self._stacks[key] = stack
         return stack
 
 

@@ -13,7 +13,8 @@ titiler-pgstac 3.2 / titiler-core 2.3 accept, checked in their installed source:
   collection mosaic), so renders use the `asset|bidx=` form directly.
 - rio-tiler 9 names the bands of all selected assets b1..bN in order, so an `expression`
   over one asset uses b1, b2 ... (`MultiBaseReader.tile`).
-`render_query()` returns the same mapping for the map page and the tests.
+The tile service turns a preset into query parameters with
+`terramesh_stac.catalog.links.render_query`.
 """
 
 from __future__ import annotations
@@ -131,23 +132,6 @@ RENDERS: dict[str, dict] = {
         "resampling": "nearest",
     },
 }
-
-
-def render_query(render: dict) -> dict:
-    """titiler query parameters of a render preset (as titiler-pgstac builds them)."""
-    q: dict = {}
-    for k, v in render.items():
-        if k in ("title", "tilematrixsets"):
-            continue
-        if k == "rescale":
-            q[k] = [",".join(map(str, r)) for r in v]
-        elif k == "colormap":
-            q[k] = json.dumps(v)
-        elif k == "minmax_zoom":
-            q["minzoom"], q["maxzoom"] = v
-        else:
-            q[k] = v
-    return q
 
 
 def _item_asset(modality: str) -> dict:
@@ -326,5 +310,5 @@ def create_collection(
     return coll
 
 
-__all__ = ["create_collection", "render_query", "item_assets", "RENDERS", "EXTENSIONS",
+__all__ = ["create_collection", "item_assets", "RENDERS", "EXTENSIONS",
            "STAC_VERSION"]

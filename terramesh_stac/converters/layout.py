@@ -15,7 +15,6 @@
 COLLECTION_FILE = "collection.json"
 ASSETS_DIR = "assets"
 INDEX_DIR = "index"
-ITEMS_GLOB = "items/**/*.ndjson"
 
 
 def asset_path(key: str, filename: str) -> str:

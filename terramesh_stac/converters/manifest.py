@@ -76,5 +76,5 @@ def all_manifests(store) -> list[dict]:
     paths = store.glob("manifests/*/*.json")
     if not paths:
         return []
-    contents = store.fs.cat([store._path(p) for p in paths])  # concurrent on S3
-    return [m for p in paths if (m := _current(contents[store._path(p)])) is not None]
+    contents = store.fs.cat([store.path(p) for p in paths])  # concurrent on S3
+    return [m for p in paths if (m := _current(contents[store.path(p)])) is not None]

@@ -175,11 +175,3 @@ def modalities_for_source(source: str) -> list[str]:
     """The seven modalities a sample of `source` has (one Sentinel-1 version only)."""
     other_s1 = "S1GRD" if S1_MODALITY[source] == "S1RTC" else "S1RTC"
     return [m for m in MODALITIES if m != other_s1]
-
-
-def source_of_key(key: str) -> str:
-    """`majortom_val_0000001` -> `majortom`."""
-    source = key.split("_", 1)[0]
-    if source not in SOURCES:
-        raise ValueError(f"sample key {key!r} does not start with a known source {SOURCES}")
-    return source

@@ -24,13 +24,9 @@ import fsspec
 from . import metadata as _metadata
 from .modalities import MODALITIES
 
-HF_DATASET = "ibm-esa-geospatial/TerraMesh"
-HF_ROOT = f"https://huggingface.co/datasets/{HF_DATASET}/resolve/main/"
 # https://<host>/datasets/<org>/<name>/resolve/<revision>/...
 _HF_URL = re.compile(r"^(?P<host>https?://[^/]+)/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/?")
 _SHARD = re.compile(r"^[A-Za-z0-9]+_shard_\d+\.tar$")
-# The folder that holds every shard of both sources (S1 folders hold one source each).
-_LISTING_MODALITY = "S2L2A"
 
 
 @dataclass(frozen=True)
@@ -195,13 +191,12 @@ def open_source(url: str, *, endpoint_url: str | None = None, revision: str | No
                 storage_options: dict | None = None) -> Source:
     """Open a TerraMesh root: local path or file://, https://... or s3://bucket/prefix.
 
-    `endpoint_url` (else env AWS_ENDPOINT_URL) points s3 at an S3-compatible server.
+    `endpoint_url` points s3 at an S3-compatible server.
     `revision` is recorded as given; otherwise a Hugging Face URL's `resolve/<rev>/` is used.
     """
     url = str(url)
     options = dict(storage_options or {})
     if url.startswith("s3://"):
-        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint_url:
             options.setdefault("endpoint_url", endpoint_url)
         fs = fsspec.filesystem("s3", **options)

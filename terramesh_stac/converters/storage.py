@@ -30,7 +30,7 @@ class Store:
         # killed writer leaves its leftovers in one folder the next attempt clears
         self.staging = staging
         self.is_s3 = self.url.startswith("s3://")
-        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = endpoint_url
         self.public_url = public_url
         if self.is_s3:
             client_kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
@@ -43,33 +43,34 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
-    def _path(self, relpath: str) -> str:
+    def path(self, relpath: str) -> str:
+        """The full path of an object in its filesystem (`self.fs`)."""
         return posixpath.join(self.root, relpath)
 
     def href(self, relpath: str) -> str:
         """Storage URL of an object: what items record as the asset href."""
-        return f"s3://{self._path(relpath)}" if self.is_s3 else self._path(relpath)
+        return f"s3://{self.path(relpath)}" if self.is_s3 else self.path(relpath)
 
     def https_href(self, relpath: str) -> str | None:
         """A plain HTTP(S) URL for an S3 object, when one exists (asset alternate)."""
         if not self.is_s3:
             return None
         if self.public_url:
-            bucket_relative = self._path(relpath).split("/", 1)[1]
+            bucket_relative = self.path(relpath).split("/", 1)[1]
             return f"{self.public_url.rstrip('/')}/{bucket_relative}"
         if self.endpoint_url:  # path-style URL on an S3-compatible endpoint
-            return f"{self.endpoint_url.rstrip('/')}/{self._path(relpath)}"
-        bucket, key = self._path(relpath).split("/", 1)
+            return f"{self.endpoint_url.rstrip('/')}/{self.path(relpath)}"
+        bucket, key = self.path(relpath).split("/", 1)
         return f"https://{bucket}.s3.amazonaws.com/{key}"
 
     def put(self, relpath: str, data: bytes) -> str:
         """Write an object whole; readers never see a partial file at its final name."""
-        path = self._path(relpath)
+        path = self.path(relpath)
         if self.is_s3:
             self.fs.pipe_file(path, data)  # S3 PUT is atomic
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp_dir = self._path(self.staging) if self.staging else os.path.dirname(path)
+            tmp_dir = self.path(self.staging) if self.staging else os.path.dirname(path)
             os.makedirs(tmp_dir, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
@@ -94,34 +95,34 @@ class Store:
         if self.staging and not self.is_s3:
             self.delete_tree(self.staging)
             try:
-                os.removedirs(os.path.dirname(self._path(self.staging)))
+                os.removedirs(os.path.dirname(self.path(self.staging)))
             except OSError:  # not empty (another shard is staging): leave it
                 pass
 
     def delete_tree(self, relpath: str) -> None:
-        path = self._path(relpath)
+        path = self.path(relpath)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
     def copy(self, src: str, dst: str) -> None:
         """Copy an object whole (server-side on S3); `dst` appears complete or not at all."""
         if self.is_s3:
-            self.fs.copy(self._path(src), self._path(dst))
+            self.fs.copy(self.path(src), self.path(dst))
         else:
             self.put(dst, self.get(src))
 
     def delete(self, relpath: str) -> None:
-        path = self._path(relpath)
+        path = self.path(relpath)
         if self.fs.exists(path):
             self.fs.rm_file(path)
 
     def get(self, relpath: str) -> bytes:
-        return self.fs.cat_file(self._path(relpath))
+        return self.fs.cat_file(self.path(relpath))
 
     def exists(self, relpath: str) -> bool:
-        return self.fs.exists(self._path(relpath))
+        return self.fs.exists(self.path(relpath))
 
     def glob(self, pattern: str) -> list[str]:
         """Relative paths matching a glob pattern under the root, sorted."""
         root_len = len(self.root.rstrip("/")) + 1
-        return sorted(p[root_len:] for p in self.fs.glob(self._path(pattern)))
+        return sorted(p[root_len:] for p in self.fs.glob(self.path(pattern)))

@@ -1,0 +1,59 @@
+"""The catalog's settings: the database (embedded cluster or external) and the service.
+
+Plain pydantic models: nothing here reads the environment. The command line composes them
+with the conversion settings into `terramesh_stac.settings.Settings`, which reads
+`TERRAMESH_*` variables once, and passes them down.
+"""
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+def default_state_dir() -> Path:
+    # As root the cluster runs as the `postgres` user, which cannot enter /root: keep the
+    # state somewhere it can reach.
+    if os.geteuid() == 0:
+        return Path("/var/lib/terramesh-stac")
+    return Path.home() / ".local" / "state" / "terramesh-stac"
+
+
+class DatabaseSettings(BaseModel):
+    """Where pgstac is: the embedded PostgreSQL/PostGIS cluster (`terramesh-stac db start`),
+    or an external database when `dsn` is set."""
+
+    state_dir: Path = default_state_dir()  # the embedded cluster and its credentials
+    db_host: str = "127.0.0.1"
+    db_port: int = 5439
+    db_name: str = "terramesh"
+    dsn: str | None = None  # an external database (superuser/admin DSN) instead
+
+
+class ServiceSettings(DatabaseSettings):
+    """`terramesh-stac serve`: the STAC API, tiles, assets and map page."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dest: str = "./terramesh-output"  # what `convert` wrote: assets served from here when local
+    collection_id: str = "terramesh"  # the tile service's default collection
+    s3_endpoint_url: str | None = None  # S3-compatible endpoint for S3 assets (GDAL, Zarr)
+    enable_transactions: bool = False
+    cors_origins: str = "*"  # comma-separated origins, or "*"
+    # DSN the API and tile service connect with (pgstac_read role). Default: the database
+    # module's API role DSN (catalog.api.api_dsn), else libpq's PG* environment variables;
+    # never `dsn` itself (the admin).
+    api_dsn: str | None = None
+    db_pool_max_size: int = 5  # per service (STAC API, tiles)
+    # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with
+    # enable_transactions. Default: the database module's loader role DSN.
+    write_dsn: str | None = None
+    # libpq's PG* variables (PGHOST, PGUSER, ...) as the process got them: the services'
+    # connection when no DSN is configured (asyncpg needs them spelled out)
+    libpq_env: dict[str, str] = {}
+    default_render: str | None = "true-color"  # render preset of items' tile and preview links
+    render_cache_ttl: float = 60.0  # seconds the collections' render presets are cached
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

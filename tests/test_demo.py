@@ -1,0 +1,27 @@
+"""`terramesh-stac demo --no-serve`, the README's first command, on the test cluster: a
+generated sample converted, loaded and searchable, its collection saying it is generated."""
+
+import json
+
+import psycopg
+import pytest
+
+from terramesh_stac.demo import DEMO_COLLECTION, run_demo
+from terramesh_stac.exits import EXIT_OK
+
+pytestmark = pytest.mark.postgres
+
+
+def test_demo_loads_a_generated_collection_that_says_so(pgstac_db):
+    assert run_demo(pgstac_db.settings, serve=False) == EXIT_OK
+    with psycopg.connect(pgstac_db.api) as conn:
+        collection = conn.execute("SELECT pgstac.get_collection(%s)", (DEMO_COLLECTION,)).fetchone()[0]
+        count = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s",
+                             (DEMO_COLLECTION,)).fetchone()[0]
+        search = {"collections": [DEMO_COLLECTION], "limit": 100,
+                  "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 101]}}
+        found = conn.execute("SELECT pgstac.search(%s::jsonb)", (json.dumps(search),)).fetchone()[0]
+    assert "GENERATED" in collection["title"] and "not real observations" in collection["title"]
+    assert "synthetic" in collection["description"]
+    assert count == 3 * 8  # the demo's 3 shards of 8 samples
+    assert len(found["features"]) == count
