@@ -12,6 +12,20 @@ import tempfile as _tempfile
 import pytest as _pytest
 
 
+def pytest_collection_modifyitems(items):
+    """Markers from the services a test's fixtures start, so `-m "not postgres"` (or s3,
+    subprocess) selects by what a test needs; tests that start processes themselves carry
+    `@pytest.mark.subprocess`."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "pgstac_db" in fixtures:
+            item.add_marker("postgres")
+        if "s3_server" in fixtures:
+            item.add_marker("s3")
+        if "live_server" in fixtures:
+            item.add_marker("subprocess")
+
+
 @_dataclasses.dataclass(frozen=True)
 class PgstacTestDB:
     """A running embedded pgstac cluster: its Settings and one DSN per role."""

@@ -520,6 +520,7 @@ def test_api_dsn_never_falls_back_to_the_admin_dsn(tmp_path, no_libpq_env, pgsta
         == pgstac_db.api
 
 
+@pytest.mark.subprocess
 def test_serve_with_a_misconfigured_database_exits_with_a_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TERRAMESH_"))}
     env.update(TERRAMESH_STATE_DIR=str(tmp_path / "state"), TERRAMESH_PORT="1")

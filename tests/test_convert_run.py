@@ -139,6 +139,7 @@ def _count_db(dsn, collection):
     return dict(rows)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill_and_resume_converges_to_the_uninterrupted_state(source, tmp_path, pgstac_db, seed):
     """kill -9 of the whole run (client and workers) at seeded random moments, then a run to
@@ -209,6 +210,7 @@ def test_killed_worker_is_replaced_and_the_result_is_the_same(source, tmp_path):
     assert sorted(got) == sorted(want) and [k for k in want if got[k] != want[k]] == []
 
 
+@pytest.mark.subprocess
 def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(source, client, tmp_path, pgstac_db):
     from terramesh_stac.catalog.loader import Publisher
 

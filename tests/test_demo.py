@@ -4,12 +4,9 @@ generated sample converted, loaded and searchable, its collection saying it is g
 import json
 
 import psycopg
-import pytest
 
 from terramesh_stac.demo import DEMO_COLLECTION, run_demo
 from terramesh_stac.exits import EXIT_OK
-
-pytestmark = pytest.mark.postgres
 
 
 def test_demo_loads_a_generated_collection_that_says_so(pgstac_db):

@@ -139,6 +139,7 @@ def test_antimeridian_sample_is_split(converted):
         assert item["geometry"]["type"] == "MultiPolygon"
 
 
+@pytest.mark.subprocess
 def test_convert_to_s3_and_from_https_and_s3(synth_root, http_server, s3_server, samples):
     import boto3
 
@@ -175,13 +176,14 @@ def test_convert_to_s3_and_from_https_and_s3(synth_root, http_server, s3_server,
         assert np.array_equal(cog.read(), samples[key].modalities["S2L2A"]["bands"].values[0])
     # and over plain HTTP through the alternate, once the object is public (as published ones
     # are). httpx, not GDAL: the moto server runs in this process, and GDAL's /vsicurl/ reads
-    # back into the same process hang (see ARCHITECTURE.md).
+    # back into the same process hang (tried).
     s3.put_object_acl(Bucket="e2e", Key=f"from-s3/assets/{key}/S2L2A.tif", ACL="public-read")
     r = httpx.get(asset["alternate"]["https"]["href"], timeout=30)
     assert r.status_code == 200
     assert r.content == s3.get_object(Bucket="e2e", Key=f"from-s3/assets/{key}/S2L2A.tif")["Body"].read()
 
 
+@pytest.mark.subprocess
 def test_bad_input_is_reported_and_the_rest_converted(synth_root, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(synth_root, src)

@@ -193,6 +193,7 @@ def test_deflated_members_fall_back_to_cogs_with_a_note(tmp_path):
     assert all("deflated" in n["reason"] and "COG written instead" in n["reason"] for n in report.notes)
 
 
+@pytest.mark.subprocess
 def test_cli_format_option(synth_root, tmp_path):
     cli = [sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root), "--dest", str(tmp_path / "d")]
     bad = subprocess.run([*cli, "--format", "cog,zarrr"], capture_output=True, text=True)
@@ -207,6 +208,7 @@ def test_cli_format_option(synth_root, tmp_path):
     shutil.rmtree(tmp_path / "d")
 
 
+@pytest.mark.subprocess
 def test_formats_chosen_per_modality(synth_root, tmp_path):
     """COG for most modalities, references for the S1 ones: items hold exactly that, and the
     collection's item_assets and summaries say so."""

@@ -72,6 +72,7 @@ def test_metadata_parquet(synth_root):
     assert df["S1_time"].notna().all() and df["S2_time"].notna().all()
 
 
+@pytest.mark.subprocess
 def test_official_loader_reads_every_sample(synth_root, samples):
     """zarr 2.18.0 + numcodecs 0.15.1 through fsspec's zip filesystem (the dataset card's
     loader) reads every member; its arrays equal ours; its time rule (raw > 1e6) holds."""

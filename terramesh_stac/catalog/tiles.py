@@ -10,8 +10,8 @@ Mounted at /raster by catalog/app.py. Routes:
 
 Assets are read BY PATH: items keep local asset hrefs as absolute filesystem paths in
 pgstac (the API rewrites them to URLs only in its responses), so GDAL never fetches tiles
-over HTTP from this same process (that hung, see ARCHITECTURE.md). Assets converted to S3
-keep `s3://bucket/key` hrefs, which GDAL reads through /vsis3/ with the S3 settings of
+over HTTP from this same process (tried: a tile service reading its assets over HTTP from
+its own process hung on the first tile). Assets converted to S3 keep `s3://bucket/key` hrefs, which GDAL reads through /vsis3/ with the S3 settings of
 `gdal_s3_config` (endpoint from `settings.s3_endpoint_url`; credentials from the process
 environment / boto3, as rasterio wants them).
 
