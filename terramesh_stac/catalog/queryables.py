@@ -11,39 +11,25 @@ from psycopg.types.json import Jsonb
 
 from terramesh_stac.converters.modalities import SOURCES, SPLITS
 
+
+def _indexed(title: str, description: str, **schema) -> tuple[dict, str]:
+    """A queryable with a BTREE index: (JSON Schema definition, pgstac property_index_type)."""
+    return {"title": title, "description": description, **schema}, "BTREE"
+
+
 # name -> (JSON Schema definition, pgstac property_index_type)
 QUERYABLES: dict[str, tuple[dict, str | None]] = {
-    "terramesh:source": (
-        {"title": "TerraMesh source", "description": "Dataset the sample comes from",
-         "type": "string", "enum": list(SOURCES)},
-        "BTREE",
-    ),
-    "terramesh:split": (
-        {"title": "TerraMesh split", "description": "Training or validation split",
-         "type": "string", "enum": list(SPLITS)},
-        "BTREE",
-    ),
-    "terramesh:shard": (
-        {"title": "TerraMesh shard", "description": "WebDataset shard the sample is stored in",
-         "type": "string"},
-        "BTREE",
-    ),
-    "terramesh:sample_id": (
-        {"title": "TerraMesh sample id", "description": "Sample key in the source dataset",
-         "type": "string"},
-        "BTREE",
-    ),
-    "terramesh:revision": (
-        {"title": "TerraMesh revision", "description": "Revision of the source dataset",
-         "type": "string"},
-        "BTREE",
-    ),
-    "eo:cloud_cover": (
-        {"title": "Cloud cover", "description": "Cloud cover of the optical image, in percent",
-         "$ref": "https://stac-extensions.github.io/eo/v1.1.0/schema.json#/definitions/eo:cloud_cover",
-         "type": "number", "minimum": 0, "maximum": 100},
-        "BTREE",
-    ),
+    "terramesh:source": _indexed("TerraMesh source", "Dataset the sample comes from",
+                                 type="string", enum=list(SOURCES)),
+    "terramesh:split": _indexed("TerraMesh split", "Training or validation split",
+                                type="string", enum=list(SPLITS)),
+    "terramesh:shard": _indexed("TerraMesh shard", "WebDataset shard the sample is stored in", type="string"),
+    "terramesh:sample_id": _indexed("TerraMesh sample id", "Sample key in the source dataset", type="string"),
+    "terramesh:revision": _indexed("TerraMesh revision", "Revision of the source dataset", type="string"),
+    "eo:cloud_cover": _indexed(
+        "Cloud cover", "Cloud cover of the optical image, in percent",
+        **{"$ref": "https://stac-extensions.github.io/eo/v1.1.0/schema.json#/definitions/eo:cloud_cover"},
+        type="number", minimum=0, maximum=100),
 }
 
 

@@ -291,6 +291,14 @@ def postgres_settings(dsn: str, settings: ServiceSettings) -> PostgresSettings:
     )
 
 
+def _mosaic_factory(reader, path_dependency, prefix: str, **options) -> MosaicTilerFactory:
+    """titiler-pgstac's mosaic endpoints of a registered search or a collection, with the
+    options of titiler-pgstac's own main.py (no statistics, viewer or OGC maps)."""
+    return MosaicTilerFactory(dataset_reader=reader, path_dependency=path_dependency, router_prefix=prefix,
+                              add_statistics=False, add_viewer=False, add_part=True, add_ogc_maps=False,
+                              extensions=[searchInfoExtension()], **options)
+
+
 def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     """The titiler-pgstac application (to be mounted at /raster)."""
     renders = CollectionRenders(ttl=settings.render_cache_ttl)
@@ -330,16 +338,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     mosaic_item_reader = type("MosaicItemReader", (MosaicItemReader,), zarr_options)
 
     # Registered-search mosaics.
-    searches = MosaicTilerFactory(
-        dataset_reader=mosaic_item_reader,
-        path_dependency=SearchIdParams,
-        router_prefix="/searches/{search_id}",
-        add_statistics=False,
-        add_viewer=False,
-        add_part=True,
-        add_ogc_maps=False,
-        extensions=[searchInfoExtension()],
-    )
+    searches = _mosaic_factory(mosaic_item_reader, SearchIdParams, "/searches/{search_id}")
     app.include_router(searches.router, tags=["STAC Search"], prefix="/searches/{search_id}")
     add_search_list_route(app, prefix="/searches", tags=["STAC Search"])
     add_search_register_route(
@@ -359,17 +358,8 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     )
 
     # Collection mosaics (all items of a collection, as in titiler-pgstac's main.py).
-    collections = MosaicTilerFactory(
-        dataset_reader=mosaic_item_reader,
-        path_dependency=CollectionIdParams,
-        router_prefix="/collections/{collection_id}",
-        add_statistics=False,
-        add_viewer=False,
-        add_part=True,
-        add_ogc_maps=False,
-        get_renders=_collection_mosaic_renders,
-        extensions=[searchInfoExtension()],
-    )
+    collections = _mosaic_factory(mosaic_item_reader, CollectionIdParams, "/collections/{collection_id}",
+                                  get_renders=_collection_mosaic_renders)
     app.include_router(
         collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}"
     )

@@ -200,15 +200,7 @@ def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = No
     bands = []
     for i, name in enumerate(names):
         meta = by_name.get(name)
-        b: dict = {"name": name}
-        if meta is not None:
-            b["description"] = meta.description
-            if meta.common_name:
-                b["eo:common_name"] = meta.common_name
-            if meta.center_wavelength:
-                b["eo:center_wavelength"] = meta.center_wavelength
-            if meta.full_width_half_max:
-                b["eo:full_width_half_max"] = meta.full_width_half_max
+        b = meta.stac_fields() if meta is not None else {"name": name}
         b["statistics"] = _stats(data[i], nodata)
         bands.append(b)
 

@@ -4,7 +4,9 @@ Facts come from the dataset card, its loader (`terramesh.py`, `terramesh_statist
 and the format notes; every other module reads them from here.
 """
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MODALITIES = ("S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC")
 SOURCES = ("majortom", "ssl4eos12")
@@ -32,6 +34,15 @@ class Band:
     mean: float | None = None  # from terramesh_statistics.yaml
     std: float | None = None
 
+    def stac_fields(self) -> dict:
+        """The band as an asset's `bands` entry (STAC 1.1 with eo: fields), no statistics."""
+        band: dict = {"name": self.name, "description": self.description}
+        for key, value in (("eo:common_name", self.common_name), ("eo:center_wavelength", self.center_wavelength),
+                           ("eo:full_width_half_max", self.full_width_half_max)):
+            if value:
+                band[key] = value
+        return band
+
 
 @dataclass(frozen=True)
 class Modality:
@@ -51,25 +62,18 @@ class Modality:
         return [b.name for b in self.bands]
 
 
+def _data_rows(name: str) -> list[dict[str, str]]:
+    """The rows of a CSV table in data/ (facts kept as data, not code)."""
+    with open(Path(__file__).parent / "data" / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _s2_bands(names, means, stds):
-    table = {
-        # name: (common name, centre um, fwhm um, gsd m, description)
-        "B01": ("coastal", 0.443, 0.027, 60, "Coastal aerosol"),
-        "B02": ("blue", 0.490, 0.098, 10, "Blue"),
-        "B03": ("green", 0.560, 0.045, 10, "Green"),
-        "B04": ("red", 0.665, 0.038, 10, "Red"),
-        "B05": ("rededge071", 0.704, 0.019, 20, "Red edge 1"),
-        "B06": ("rededge075", 0.740, 0.018, 20, "Red edge 2"),
-        "B07": ("rededge078", 0.783, 0.028, 20, "Red edge 3"),
-        "B08": ("nir", 0.842, 0.145, 10, "Near infrared"),
-        "B8A": ("nir08", 0.865, 0.033, 20, "Narrow near infrared"),
-        "B09": ("nir09", 0.945, 0.026, 60, "Water vapour"),
-        "B10": ("cirrus", 1.375, 0.075, 60, "Cirrus"),
-        "B11": ("swir16", 1.610, 0.143, 20, "Short-wave infrared 1.6 um"),
-        "B12": ("swir22", 2.190, 0.242, 20, "Short-wave infrared 2.2 um"),
-    }
+    # Sentinel-2 MSI bands: STAC eo common name, centre and width (um), native gsd (m)
+    table = {r["band"]: r for r in _data_rows("sentinel2_bands.csv")}
     return tuple(
-        Band(n, f"{table[n][4]} ({n})", table[n][0], table[n][1], table[n][2], table[n][3], m, s)
+        Band(n, f"{table[n]['description']} ({n})", table[n]["common_name"], float(table[n]["center_wavelength_um"]),
+             float(table[n]["full_width_half_max_um"]), int(table[n]["gsd_m"]), m, s)
         for n, m, s in zip(names, means, stds)
     )
 
@@ -77,30 +81,16 @@ def _s2_bands(names, means, stds):
 _L1C = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
 _L2A = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()
 
-# LULC classes (ESRI/Impact Observatory 10-class scheme as used by TerraMesh).
-LULC_CLASSES = {
-    0: ("no_data", "No data", "000000"),
-    1: ("water", "Water", "419bdf"),
-    2: ("trees", "Trees", "397d49"),
-    3: ("flooded_vegetation", "Flooded vegetation", "7a87c6"),
-    4: ("crops", "Crops", "e49635"),
-    5: ("built_area", "Built area", "c4281b"),
-    6: ("bare_ground", "Bare ground", "a59b8f"),
-    7: ("snow_ice", "Snow/ice", "a8ebff"),
-    8: ("clouds", "Clouds", "616161"),
-    9: ("rangeland", "Rangeland", "e3e2c3"),
-}
+# Class tables, value -> (name, title, colour), from data/classes.csv: LULC (the
+# ESRI/Impact Observatory 10-class scheme as used by TerraMesh) and the cloud mask stored
+# in S2L1C, S2L2A, S2RGB and LULC samples.
+def _class_table(scheme: str) -> dict[int, tuple[str, str, str]]:
+    return {int(r["value"]): (r["name"], r["title"], r["colour"])
+            for r in _data_rows("classes.csv") if r["scheme"] == scheme}
 
-# Cloud mask classes stored in S2L1C, S2L2A, S2RGB and LULC samples.
-CLOUD_MASK_CLASSES = {
-    0: ("land", "Land", "8c6d31"),
-    1: ("water", "Water", "2b83ba"),
-    2: ("snow", "Snow", "ffffff"),
-    3: ("thin_cloud", "Thin cloud", "d9d9d9"),
-    4: ("thick_cloud", "Thick cloud", "969696"),
-    5: ("cloud_shadow", "Cloud shadow", "404040"),
-    6: ("no_data", "No data", "000000"),
-}
+
+LULC_CLASSES = _class_table("lulc")
+CLOUD_MASK_CLASSES = _class_table("cloud_mask")
 CLOUD_MASK_NODATA = 6
 # Classes counted as cloud when eo:cloud_cover is computed from the mask.
 CLOUDY_CLASSES = (3, 4)

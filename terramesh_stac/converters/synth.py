@@ -55,20 +55,19 @@ def majortom_columns(row_lat: float) -> int:
 
 def majortom_cell(lat: float, lon: float) -> tuple[str, float, float]:
     """The cell holding (lat, lon): (name like `47U_1147R`, south-west corner lat, lon)."""
-    if lat >= 0:
-        k = math.floor(lat / ROW_STEP)
-        row, sw_lat = f"{k}U", k * ROW_STEP
-    else:
-        k = math.ceil(-lat / ROW_STEP)
-        row, sw_lat = f"{k}D", -k * ROW_STEP
-    step = 360.0 / majortom_columns(sw_lat)
-    if lon >= 0:
-        c = math.floor(lon / step)
-        col, sw_lon = f"{c}R", c * step
-    else:
-        c = math.ceil(-lon / step)
-        col, sw_lon = f"{c}L", -c * step
+    row, sw_lat = _grid_step(lat, ROW_STEP, "U", "D")
+    col, sw_lon = _grid_step(lon, 360.0 / majortom_columns(sw_lat), "R", "L")
     return f"{row}_{col}", sw_lat, sw_lon
+
+
+def _grid_step(value: float, step: float, positive: str, negative: str) -> tuple[str, float]:
+    """Major TOM's row or column of a coordinate (`47U`, `3L`) and the cell's south-west edge:
+    counted from 0 upwards (U, R) on the positive side and from 1 downwards (D, L) below zero."""
+    if value >= 0:
+        k = math.floor(value / step)
+        return f"{k}{positive}", k * step
+    k = math.ceil(-value / step)
+    return f"{k}{negative}", -k * step
 
 
 def utm_epsg(lat: float, lon: float) -> int:
