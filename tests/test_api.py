@@ -359,7 +359,7 @@ def _node_check(source: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_map_page_javascript_parses(tmp_path):
     """`node --check` (syntax only, nothing runs) on each inline script of the map page."""
-    scripts = _inline_scripts((REPO / "catalog" / "static" / "map.html").read_text())
+    scripts = _inline_scripts((REPO / "terramesh_stac" / "catalog" / "static" / "map.html").read_text())
     assert scripts and all(s.strip() for s in scripts)
     for n, source in enumerate(scripts):
         proc = _node_check(source, tmp_path)
