@@ -20,6 +20,20 @@ def multihash_sha256(data: bytes) -> str:
     return "1220" + hashlib.sha256(data).hexdigest()
 
 
+def _make_temp_file(folder: str, attempts: int = 5) -> tuple[int, str]:
+    """mkstemp in `folder`, created if missing. Another shard finishing at the same moment
+    removes the staging folders it leaves empty (`discard_staging`), which can take away a
+    parent this shard has just created: then create it again."""
+    for _ in range(attempts - 1):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        except FileNotFoundError:
+            continue
+    os.makedirs(folder, exist_ok=True)
+    return tempfile.mkstemp(dir=folder, prefix=".tmp-")
+
+
 class Store:
     """A destination root. Relative paths use '/' on every platform."""
 
@@ -71,8 +85,7 @@ class Store:
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp_dir = self.path(self.staging) if self.staging else os.path.dirname(path)
-            os.makedirs(tmp_dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-")
+            fd, tmp = _make_temp_file(tmp_dir)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.chmod(tmp, 0o644)  # readable by the service and the postgres-run stack
