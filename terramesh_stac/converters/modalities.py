@@ -183,3 +183,12 @@ def source_of_key(key: str) -> str:
     if source not in SOURCES:
         raise ValueError(f"sample key {key!r} does not start with a known source {SOURCES}")
     return source
+
+
+def parse_modality(name: str) -> str:
+    """A modality's canonical name, matched case-insensitively: `"s2l2a"` -> `"S2L2A"`."""
+    by_lower = {m.lower(): m for m in MODALITIES}
+    try:
+        return by_lower[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown modality {name!r}; choose from {', '.join(MODALITIES)}") from None

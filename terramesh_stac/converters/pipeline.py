@@ -16,6 +16,7 @@ import pystac
 from terramesh_stac.converters import zarrstack
 from terramesh_stac.converters.byteindex import ShardIndex
 from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog
+from terramesh_stac.converters.formats import Format, parse_formats
 from terramesh_stac.converters.items import create_item
 from terramesh_stac.converters.layout import (
     asset_path,
@@ -27,7 +28,7 @@ from terramesh_stac.converters.layout import (
     zarr_path,
 )
 from terramesh_stac.converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
-from terramesh_stac.converters.modalities import MODALITIES
+from terramesh_stac.converters.modalities import MODALITIES, parse_modality
 from terramesh_stac.converters.references import NotByteAddressable, encode_references
 from terramesh_stac.converters.retry import is_transient, retrying
 from terramesh_stac.converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
@@ -39,11 +40,15 @@ from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """What to convert and how. Formats and modality names are checked and normalised here
+    (`"COG"` -> Format.COG, `"s2l2a"` -> "S2L2A"); anything unknown, or no format at all, is
+    a ValueError, so a typo can never silently write nothing."""
+
     dest: str
     collection_id: str = "terramesh"
-    formats: tuple[str, ...] = ("cog",)
+    formats: tuple[Format, ...] = (Format.COG,)
     # per-modality overrides of `formats`: ((modality, formats), ...), e.g. (("S1GRD", ("ref",)),)
-    modality_formats: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    modality_formats: tuple[tuple[str, tuple[Format, ...]], ...] = ()
     modalities: tuple[str, ...] | None = None  # None: all the sample has
     revision: str | None = None  # None: what the source URL says
     s3_endpoint_url: str | None = None
@@ -51,10 +56,24 @@ class ConvertOptions:
     collection_title: str | None = None
     collection_description: str | None = None
 
-    def formats_for(self, modality: str) -> tuple[str, ...]:
+    def __post_init__(self):
+        def normalise(name, value):  # the dataclass is frozen
+            object.__setattr__(self, name, value)
+
+        normalise("formats", parse_formats(self.formats))
+        normalise("modality_formats", tuple(sorted(
+            (parse_modality(m), parse_formats(f)) for m, f in dict(self.modality_formats).items())))
+        if self.modalities is not None:
+            names = (self.modalities,) if isinstance(self.modalities, str) else self.modalities
+            modalities = tuple(dict.fromkeys(parse_modality(m) for m in names))
+            if not modalities:
+                raise ValueError("no modality given (None converts all of them)")
+            normalise("modalities", modalities)
+
+    def formats_for(self, modality: str) -> tuple[Format, ...]:
         return dict(self.modality_formats).get(modality, self.formats)
 
-    def all_formats(self) -> dict[str, tuple[str, ...]]:
+    def all_formats(self) -> dict[str, tuple[Format, ...]]:
         """Formats per modality, for every modality (the collection's item_assets)."""
         return {m: self.formats_for(m) for m in MODALITIES}
 
@@ -111,7 +130,7 @@ def _union_bbox(a, b):
 
 
 def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
-                  formats=("cog",), notes: list | None = None) -> list[EncodedAsset]:
+                  formats=(Format.COG,), notes: list | None = None) -> list[EncodedAsset]:
     """All file assets of one sample: per modality a COG and/or references into the source shard
     (formats "cog", "ref": one tuple for all modalities, or a function of the modality; "zarr"
     goes into the shard's stacked stores, see ShardStacks), the
@@ -121,8 +140,8 @@ def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
     wanted = [m for m in sample.modalities if modalities is None or m in modalities]
     encoded = []
     for m in wanted:
-        cog = "cog" in formats_for(m)
-        if "ref" in formats_for(m):
+        cog = Format.COG in formats_for(m)
+        if Format.REF in formats_for(m):
             try:
                 encoded.append(encode_references(m, sample.originals[m]))
             except NotByteAddressable as e:
@@ -249,7 +268,7 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
     `stacks.flush_full()` / `close()`) and its item returned."""
     to_zarr, fallback = [], set()
     for m in sample.modalities:
-        if (options.modalities is None or m in options.modalities) and "zarr" in options.formats_for(m):
+        if (options.modalities is None or m in options.modalities) and Format.ZARR in options.formats_for(m):
             try:
                 stacks[m].check(sample.modalities[m])
                 to_zarr.append(m)
@@ -259,8 +278,8 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
                     notes.append(SampleError(sample.key, sample.shard, m,
                                              f"not stacked into the shard's Zarr: {e}; COG written instead").to_dict())
 
-    def formats_for(m: str) -> tuple[str, ...]:
-        return (*options.formats_for(m), "cog") if m in fallback else options.formats_for(m)
+    def formats_for(m: str) -> tuple[Format, ...]:
+        return (*options.formats_for(m), Format.COG) if m in fallback else options.formats_for(m)
 
     encoded = encode_sample(sample, options.modalities, formats_for, notes)
     described = describe_assets(sample, encoded, writer.store)
@@ -276,9 +295,10 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
 
 
 def shard_settings(options: ConvertOptions, limit: int | None) -> dict:
-    """The options that change what a shard's conversion writes (part of its content id)."""
-    return {"collection": options.collection_id, "formats": list(options.formats),
-            "modality_formats": {m: list(f) for m, f in options.modality_formats},
+    """The options that change what a shard's conversion writes (part of its content id):
+    plain strings (formats by their lower-case values), so content ids stay stable."""
+    return {"collection": options.collection_id, "formats": [str(f) for f in options.formats],
+            "modality_formats": {m: [str(f) for f in fs] for m, fs in options.modality_formats},
             "modalities": sorted(options.modalities) if options.modalities else None,
             "revision": options.revision, "limit": limit, "s3_public_url": options.s3_public_url}
 
