@@ -6,6 +6,7 @@ byte index, the shard's items (NDJSON), its report and last its manifest straigh
 destination, and returns a small report. `terramesh_stac.converters.run` schedules shards on Dask.
 """
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -27,14 +28,25 @@ from terramesh_stac.converters.layout import (
     staging_path,
     zarr_path,
 )
-from terramesh_stac.converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
-from terramesh_stac.converters.modalities import MODALITIES, parse_modality
+from terramesh_stac.converters.manifest import (
+    AssetRecord,
+    ItemsRecord,
+    Manifest,
+    SourceRecord,
+    SupersededRecord,
+    content_id,
+    read_manifest,
+    source_fingerprint,
+    write_manifest,
+)
+from terramesh_stac.converters.modalities import parse_modality
 from terramesh_stac.converters.references import NotByteAddressable, encode_references
 from terramesh_stac.converters.retry import is_transient, retrying
 from terramesh_stac.converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
 from terramesh_stac.converters.storage import Store, multihash_sha256
+from terramesh_stac.converters.summary import Extent, Summary
 from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 
@@ -73,10 +85,6 @@ class ConvertOptions:
     def formats_for(self, modality: str) -> tuple[Format, ...]:
         return dict(self.modality_formats).get(modality, self.formats)
 
-    def all_formats(self) -> dict[str, tuple[Format, ...]]:
-        """Formats per modality, for every modality (the collection's item_assets)."""
-        return {m: self.formats_for(m) for m in MODALITIES}
-
     def store(self) -> Store:
         return Store(self.dest, endpoint_url=self.s3_endpoint_url, public_url=self.s3_public_url)
 
@@ -87,9 +95,8 @@ class ShardReport:
     shard: str
     items: int = 0
     errors: list[dict] = field(default_factory=list)
-    bbox: list[float] | None = None  # union of item bboxes (west may exceed east: antimeridian)
-    start: str | None = None
-    end: str | None = None
+    extent: Extent = field(default_factory=Extent)  # of the shard's items
+    summary: Summary = field(default_factory=Summary)  # what the shard's items hold
     seconds: float = 0.0
     content_id: str | None = None
     revision: str | None = None
@@ -99,34 +106,19 @@ class ShardReport:
     notes: list[dict] = field(default_factory=list)  # not errors: e.g. a fallback to another format
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "ShardReport":
-        extent = manifest["extent"]
-        return cls(split=manifest["split"], shard=manifest["shard"],
-                   items=manifest["items"]["count"], bbox=extent["bbox"], start=extent["start"],
-                   end=extent["end"], content_id=manifest["content_id"],
-                   revision=manifest["revision"], errors=list(manifest.get("errors") or []),
-                   notes=list(manifest.get("notes") or []),
-                   skipped=True)
+    def from_manifest(cls, manifest: Manifest) -> "ShardReport":
+        return cls(split=manifest.split, shard=manifest.shard, items=manifest.items.count,
+                   extent=manifest.extent, summary=manifest.summary, content_id=manifest.content_id,
+                   revision=manifest.revision, errors=list(manifest.errors),
+                   notes=list(manifest.notes), skipped=True)
 
     def add_item(self, item: pystac.Item) -> None:
         self.items += 1
-        times = [item.common_metadata.start_datetime or item.datetime,
-                 item.common_metadata.end_datetime or item.datetime]
-        for t in (t.isoformat() for t in times if t):
-            self.start = min(self.start or t, t)
-            self.end = max(self.end or t, t)
-        self.bbox = _union_bbox(self.bbox, item.bbox)
-
-
-def _union_bbox(a, b):
-    if a is None:
-        return list(b)
-    if a[0] > a[2] or b[0] > b[2]:  # an antimeridian-crossing box: keep the whole globe
-        return [-180.0, min(a[1], b[1]), 180.0, max(a[3], b[3])]
-    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+        self.extent.add_item(item)
+        self.summary.add_item(item)
 
 
 def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
@@ -170,12 +162,12 @@ class AssetWriter:
     new bytes over the old ones.
     """
 
-    def __init__(self, store: Store, previous: dict | None):
+    def __init__(self, store: Store, previous: Manifest | None):
         self.store = store
-        self.previous_assets: dict = (previous or {}).get("assets", {})
-        self.previous_id: str | None = (previous or {}).get("content_id")
-        self.superseded: dict = dict((previous or {}).get("superseded", {}))
-        self.assets: dict[str, dict] = {}  # relpath -> {size, checksum}
+        self.previous_assets: dict[str, AssetRecord] = previous.assets if previous else {}
+        self.previous_id: str | None = previous.content_id if previous else None
+        self.superseded: dict[str, SupersededRecord] = dict(previous.superseded) if previous else {}
+        self.assets: dict[str, AssetRecord] = {}  # relpath -> {size, checksum}
         self.counts = {"written": 0, "unchanged": 0, "superseded": 0}
 
     def _supersede(self, relpath: str) -> None:
@@ -327,7 +319,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     settings = shard_settings(options, limit)
     cid = content_id(fingerprint, settings)
     previous = read_manifest(store, split, shard)
-    if previous is not None and previous["content_id"] == cid and not force:
+    if previous is not None and previous.content_id == cid and not force:
         # a run killed between the manifest and the cleanup left the staging folder behind
         store.staged(staging_path(split, shard)).discard_staging()
         return ShardReport.from_manifest(previous)
@@ -373,20 +365,17 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     report.assets = dict(writer.counts)
     report.seconds = time.perf_counter() - t0
     store.put(report_path(split, shard), json.dumps(report.to_dict(), indent=1).encode())
-    removed = sorted(set((previous or {}).get("items", {}).get("ids", {})) - set(ids))
-    write_manifest(store, {
-        "split": split, "shard": shard, "content_id": cid, "revision": revision,
-        "source": {"url": source.root, "revision": source.revision, "tars": fingerprint},
-        "settings": settings,
-        "items": {"path": items_path(split, shard), "count": len(ids), "ids": ids,
-                  "sha256": hashlib.sha256(items_data).hexdigest(), "removed": removed},
-        "extent": {"bbox": report.bbox, "start": report.start, "end": report.end},
-        "errors": report.errors,  # a skipped shard still reports what it could not convert
-        "notes": report.notes,
-        "assets": writer.assets,
-        "superseded": writer.superseded,
-        "index": index_path(split, shard),
-        "report": report_path(split, shard),
-    })
+    removed = sorted(set(previous.items.ids) - set(ids)) if previous else []
+    write_manifest(store, Manifest(
+        split=split, shard=shard, content_id=cid, revision=revision,
+        source=SourceRecord(url=source.root, revision=source.revision, tars=fingerprint),
+        settings=settings,
+        items=ItemsRecord(path=items_path(split, shard), count=len(ids), ids=ids,
+                          sha256=hashlib.sha256(items_data).hexdigest(), removed=removed),
+        extent=report.extent, summary=report.summary,
+        errors=report.errors, notes=report.notes,
+        assets=writer.assets, superseded=writer.superseded,
+        index=index_path(split, shard), report=report_path(split, shard),
+    ))
     store.discard_staging()
     return report
