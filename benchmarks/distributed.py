@@ -151,7 +151,7 @@ def publish_run(n: int, source_url: str, split: str, work: str) -> dict:
         def publish_shards(self, manifests):
             t = time.time()
             super().publish_shards(manifests)
-            self.batch_times.append((t, time.time(), [(m["split"], m["shard"]) for m in manifests]))
+            self.batch_times.append((t, time.time(), [(m.split, m.shard) for m in manifests]))
 
     dest = os.path.join(work, "dest-publish")
     options = ConvertOptions(dest=dest, collection_id="terramesh-bench")
@@ -217,7 +217,7 @@ def republish_idle(store, admin_dsn: str, loader_dsn: str) -> dict:
 
     collection = json.loads(store.get(COLLECTION_FILE))
     manifests = all_manifests(store)
-    files = [[line for line in store.get(m["items"]["path"]).splitlines() if line.strip()] for m in manifests]
+    files = [[line for line in store.get(m.items.path).splitlines() if line.strip()] for m in manifests]
     lines = [line for f in files for line in f]
     store.put("items/bench-all.ndjson", b"\n".join(lines) + b"\n")
     per_shard_pairs = sum(months(f) for f in files)

@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from terramesh_stac.converters.formats import Format, parse_formats
 from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from terramesh_stac.settings import Settings, get_settings
 
@@ -17,22 +18,28 @@ def _cmd_synth(args, settings: Settings) -> int:
     return EXIT_OK
 
 
-FORMATS = ("cog", "zarr", "ref")
+FORMATS = tuple(Format)
 
 
-def _formats(value: str) -> tuple[str, ...]:
-    formats = tuple(f.strip() for f in value.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}")
-    return formats
+def _formats(value: str) -> tuple[Format, ...]:
+    names = [f.strip() for f in value.split(",") if f.strip()]
+    try:
+        return parse_formats(names)
+    except ValueError:
+        unknown = [f for f in names if f.lower() not in FORMATS]
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}") from None
 
 
-def _modality_formats(value: str) -> tuple[str, tuple[str, ...]]:
-    from terramesh_stac.converters.modalities import MODALITIES
+def _modality_formats(value: str) -> tuple[str, tuple[Format, ...]]:
+    from terramesh_stac.converters.modalities import MODALITIES, parse_modality
 
     modality, sep, formats = value.partition("=")
-    if not sep or modality not in MODALITIES:
+    try:
+        modality = parse_modality(modality) if sep else None
+    except ValueError:
+        modality = None
+    if modality is None:
         raise argparse.ArgumentTypeError(f"expected MODALITY=FORMATS with MODALITY one of "
                                          f"{', '.join(MODALITIES)}, got {value!r}")
     return modality, _formats(formats)

@@ -22,6 +22,7 @@ from terramesh_stac.converters.footprint import grid_of, outline
 from terramesh_stac.converters.items import cdse_item_url, cloud_cover_from_mask, create_item
 from terramesh_stac.converters.modalities import CLOUD_MASK_CLASSES, LULC_CLASSES, modalities_for_source
 from terramesh_stac.converters.sample import Sample, WrittenAsset
+from terramesh_stac.converters.summary import Summary
 from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 S2_ID = "S2A_MSIL2A_20210601T095031_N0300_R079_T33SWC_20210601T121410.SAFE"
@@ -230,13 +231,18 @@ def test_gdal_stacit_reads_our_items(item_and_sample, tmp_path):
         np.testing.assert_array_equal(src.read(1), sample.modalities["S2L2A"]["bands"].values[0, 0])
 
 
-def test_collection_validates_and_renders_map_to_titiler():
-    c = create_collection()
-    d = c.to_dict()
+def test_collection_validates_and_renders_map_to_titiler(item_and_sample):
+    item, _ = item_and_sample
+    summary = Summary()
+    summary.add_item(item)
+    d = create_collection(summary=summary).to_dict()
     validate(d)
     assert d["license"] == "CC-BY-SA-4.0"
     assert d["sci:doi"] == "10.48550/arXiv.2504.11172"
-    assert {"S2L2A", "S1RTC", "S1GRD", "DEM", "LULC", "cloud_mask", "thumbnail"} <= set(d["item_assets"])
+    # a Major TOM sample: S1RTC, no S1GRD
+    assert set(d["item_assets"]) == set(item.assets)
+    assert {"S2L2A", "S1RTC", "DEM", "LULC", "cloud_mask", "thumbnail"} <= set(d["item_assets"])
+    assert "S1GRD" not in d["item_assets"] and d["summaries"]["sar:product_type"] == ["RTC"]
     r = d["renders"]
     assert r["true-color"]["assets"] == ["S2L2A|bidx=4,3,2"]
     # what the tile service sends titiler for a preset (catalog.links.render_query)
@@ -246,13 +252,12 @@ def test_collection_validates_and_renders_map_to_titiler():
     assert ("assets", "S2L2A|bidx=4,3,2") in render_query(r["true-color"])
 
 
-def test_collection_extent_from_items(item_and_sample):
-    item, _ = item_and_sample
-    c = create_collection(items_summary=[item], demo=True)
-    d = c.to_dict()
+def test_collection_of_nothing_invents_nothing():
+    """Nothing converted yet: no summaries, no item_assets (the extent of a conversion's
+    collection: tests/test_collection_summaries.py)."""
+    d = create_collection(demo=True, index_href="index/").to_dict()  # renders need an asset
     validate(d)
-    assert d["extent"]["spatial"]["bbox"][0] == pytest.approx(item.bbox)
-    assert d["extent"]["temporal"]["interval"][0][0].startswith("2021-06-01")
+    assert "summaries" not in d and "item_assets" not in d
     assert "generated" in d["description"].lower() or "synthetic" in d["description"].lower()
 
 

@@ -19,12 +19,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from terramesh_stac.catalog import database
 from terramesh_stac.converters.layout import published_path
 from terramesh_stac.converters.storage import Store
+
+if TYPE_CHECKING:  # the manifest module pulls in the converters' codecs
+    from terramesh_stac.converters.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -227,14 +231,14 @@ class Publisher:
                                (self.collection_id, list(ids)))
             self._conn.commit()
 
-    def publish_shards(self, manifests: list[dict]) -> None:
+    def publish_shards(self, manifests: list[Manifest]) -> None:
         """Load the items of finished shards not yet published (as their manifest says) into
         this database; remove items a new revision dropped; mark each shard published."""
         self.batches += 1
         pending = []  # (manifest, marker path, marker) of shards to load, in one call
         for m in manifests:
-            marker_path = published_path(m["split"], m["shard"])
-            marker = {"items_sha256": m["items"]["sha256"], "content_id": m["content_id"],
+            marker_path = published_path(m.split, m.shard)
+            marker = {"items_sha256": m.items.sha256, "content_id": m.content_id,
                       "database": self.database, "collection": self.collection_id}
             try:
                 if orjson.loads(self.store.get(marker_path)) == marker:
@@ -243,11 +247,11 @@ class Publisher:
                 pass
             pending.append((m, marker_path, marker))
         for m, _, _ in pending:
-            self._delete(m["items"].get("removed", []))
-        counts = self.load_files([(m["items"]["path"], set(m["items"]["ids"])) for m, _, _ in pending])
+            self._delete(m.items.removed)
+        counts = self.load_files([(m.items.path, set(m.items.ids)) for m, _, _ in pending])
         for (m, marker_path, marker), count in zip(pending, counts):
-            if count is None or count.in_db != m["items"]["count"]:
-                self.errors.append(f"{m['split']}/{m['shard']}: manifest says {m['items']['count']} items, "
+            if count is None or count.in_db != m.items.count:
+                self.errors.append(f"{m.split}/{m.shard}: manifest says {m.items.count} items, "
                                    f"pgstac holds {count.in_db if count else 0}")
                 continue
             self.store.put(marker_path, orjson.dumps(marker, option=orjson.OPT_SORT_KEYS))

@@ -1,7 +1,9 @@
 """The STAC Collection of TerraMesh: `create_collection(...)` (pure).
 
-STAC 1.1 (see items.py for the version choice). `item_assets` (core in STAC 1.1) describes
-every asset an item may have; items still carry their own band lists, so each stands alone.
+STAC 1.1 (see items.py for the version choice). Extent, `summaries` and `item_assets` (core
+in STAC 1.1) come from what was converted (summary.Extent / summary.Summary, merged over
+the shards' manifests): a collection describes the items it has, and nothing when there are
+none yet. Items still carry their own band lists, so each stands alone.
 
 Render presets (render extension v2.0.0) are written in the parameter syntax that
 titiler-pgstac 3.2 / titiler-core 2.3 accept, checked in their installed source:
@@ -26,6 +28,7 @@ import pystac
 
 from . import references, zarrstack
 from .cog import COG_MEDIA_TYPE, classes_field
+from .formats import Format
 from .items import EXTENSIONS, SAR_FIELDS, STAC_VERSION, stac_extensions_for
 from .modalities import (
     CLOUD_MASK_CLASSES,
@@ -34,6 +37,7 @@ from .modalities import (
     MODALITIES,
     MODALITY_INFO,
 )
+from .summary import Extent, Summary
 
 DOI = "10.48550/arXiv.2504.11172"
 CITATION = (
@@ -171,22 +175,8 @@ def _item_asset(modality: str) -> dict:
     return d
 
 
-def item_assets(formats: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict]:
-    """What items may hold, from the formats per modality (default: COG for all): a COG per
-    modality (kept for all: references and Zarr fall back to a COG), a Zarr store per modality
-    converted with "zarr", a reference file per modality converted with "ref", the cloud
-    mask and the thumbnail."""
-    out = {m: _item_asset(m) for m in MODALITIES}
-    for m in MODALITIES:
-        if "zarr" in (formats or {}).get(m, ()):
-            out[zarrstack.asset_key(m)] = zarrstack.how_to_open(m)
-        if "ref" in (formats or {}).get(m, ()):
-            out[references.asset_key(m)] = {
-                "title": f"{m}: kerchunk references into the original shard (no copy)",
-                "type": references.MEDIA_TYPE, "roles": list(references.ROLES),
-                "xarray:open_kwargs": {"engine": "kerchunk"},
-            }
-    out["cloud_mask"] = {
+AUXILIARY_ASSETS = {
+    "cloud_mask": {
         "title": "Sentinel-2 cloud mask",
         "type": COG_MEDIA_TYPE,
         "roles": ["data", "cloud"],
@@ -194,35 +184,33 @@ def item_assets(formats: dict[str, tuple[str, ...]] | None = None) -> dict[str, 
         "data_type": "uint8",
         "nodata": CLOUD_MASK_NODATA,
         "classification:classes": classes_field(CLOUD_MASK_CLASSES, nodata_value=CLOUD_MASK_NODATA),
-    }
-    out["thumbnail"] = {"title": "True-colour thumbnail (S2RGB)", "type": "image/jpeg",
-                        "roles": ["thumbnail"]}
+    },
+    "thumbnail": {"title": "True-colour thumbnail (S2RGB)", "type": "image/jpeg", "roles": ["thumbnail"]},
+}
+
+# Before anything is converted: the whole globe from TerraMesh's first year (an extent is required).
+UNKNOWN_EXTENT = Extent(bbox=[-180.0, -90.0, 180.0, 90.0], start=datetime(2017, 1, 1, tzinfo=UTC).isoformat())
+
+
+def item_assets(summary: Summary) -> dict[str, dict]:
+    """What the items hold, as the summary saw it: per modality its COG, Zarr store and/or
+    reference file (the formats its assets were written in), then the cloud mask and the
+    thumbnail where items have them."""
+    out = {}
+    for m in MODALITIES:
+        formats = summary.modalities.get(m, ())
+        if Format.COG in formats:
+            out[m] = _item_asset(m)
+        if Format.ZARR in formats:
+            out[zarrstack.asset_key(m)] = zarrstack.how_to_open(m)
+        if Format.REF in formats:
+            out[references.asset_key(m)] = {
+                "title": f"{m}: kerchunk references into the original shard (no copy)",
+                "type": references.MEDIA_TYPE, "roles": list(references.ROLES),
+                "xarray:open_kwargs": {"engine": "kerchunk"},
+            }
+    out.update({k: v for k, v in AUXILIARY_ASSETS.items() if k in summary.auxiliary})
     return out
-
-
-def _extent(items) -> pystac.Extent:
-    if not items:
-        return pystac.Extent(
-            pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
-            pystac.TemporalExtent([[datetime(2017, 1, 1, tzinfo=UTC), None]]),
-        )
-    west = south = float("inf")
-    east = north = float("-inf")
-    crosses = False
-    starts, ends = [], []
-    for it in items:
-        w, s, e, n = it.bbox
-        crosses |= w > e
-        west, south, east, north = min(west, w), min(south, s), max(east, e), max(north, n)
-        md = it.common_metadata
-        starts.append(md.start_datetime or it.datetime)
-        ends.append(md.end_datetime or it.datetime)
-    if crosses:  # keep it simple and correct: full longitude range
-        west, east = -180.0, 180.0
-    return pystac.Extent(
-        pystac.SpatialExtent([[west, south, east, north]]),
-        pystac.TemporalExtent([[min(starts), max(ends)]]),
-    )
 
 
 def create_collection(
@@ -230,45 +218,31 @@ def create_collection(
     collection_id: str = "terramesh",
     title: str | None = None,
     description: str | None = None,
-    items_summary=None,
-    extent: pystac.Extent | None = None,
+    extent: Extent | None = None,
+    summary: Summary | None = None,
     demo: bool = False,
     index_href: str | None = None,
-    formats: dict[str, tuple[str, ...]] | None = None,
 ) -> pystac.Collection:
-    """The TerraMesh collection; extents from `extent`, else from `items_summary` (Items).
-
-    The converter passes `extent` (accumulated per shard) so it never holds all items.
+    """The TerraMesh collection of the items that `extent` and `summary` describe (the
+    converter merges them from the shards' manifests, so it never holds all items). Without
+    them (nothing converted yet) it has a placeholder extent, no summaries, no item_assets.
 
     `demo=True` prefixes the description with a notice that the data are generated.
     `index_href` (the folder of the byte-range index) becomes the `byte-index` asset.
-    `formats` (per modality, as ConvertOptions.all_formats) shape item_assets and the
-    `terramesh:formats` summary.
     """
-    items = list(items_summary or [])
+    summary = summary or Summary()
+    extent = extent if extent is not None and extent.bbox is not None else UNKNOWN_EXTENT
     desc = description or DESCRIPTION
     if demo:
         desc = DEMO_NOTE + desc
-    summaries = {
-        "gsd": [10],
-        "terramesh:formats": sorted({f for fs in (formats or {"*": ("cog",)}).values() for f in fs}),
-        "terramesh:source": ["majortom", "ssl4eos12"],
-        "terramesh:split": ["train", "val"],
-        "sar:instrument_mode": ["IW"],
-        "sar:frequency_band": ["C"],
-        "sar:polarizations": ["VV", "VH"],
-    }
-    if items:
-        ccs = [i.properties["eo:cloud_cover"] for i in items if "eo:cloud_cover" in i.properties]
-        if ccs:
-            summaries["eo:cloud_cover"] = {"minimum": min(ccs), "maximum": max(ccs)}
-        summaries["proj:code"] = sorted({i.properties["proj:code"] for i in items
-                                         if "proj:code" in i.properties})
+    extra_fields = {"sci:doi": DOI, "sci:citation": CITATION, "renders": json.loads(json.dumps(RENDERS))}
+    if assets := item_assets(summary):  # STAC forbids an empty item_assets
+        extra_fields["item_assets"] = assets
     coll = pystac.Collection(
         id=collection_id,
         title=title or ("TerraMesh (demo, generated data)" if demo else "TerraMesh"),
         description=desc,
-        extent=extent or _extent(items),
+        extent=extent.to_stac(),
         license="CC-BY-SA-4.0",
         keywords=["TerraMesh", "Sentinel-1", "Sentinel-2", "Copernicus DEM", "NDVI",
                   "land cover", "multimodal", "foundation models", "Major TOM", "SSL4EO-S12"],
@@ -283,13 +257,8 @@ def create_collection(
             pystac.Provider("terramesh-stac", roles=[pystac.ProviderRole.PROCESSOR],
                             description="Converted the WebDataset shards to COGs and STAC."),
         ],
-        summaries=pystac.Summaries(summaries),
-        extra_fields={
-            "sci:doi": DOI,
-            "sci:citation": CITATION,
-            "renders": json.loads(json.dumps(RENDERS)),
-            "item_assets": item_assets(formats),
-        },
+        summaries=pystac.Summaries(summary.to_stac()),
+        extra_fields=extra_fields,
     )
     coll.add_link(pystac.Link("cite-as", f"https://doi.org/{DOI}", title="TerraMesh paper"))
     coll.add_link(pystac.Link("license", "https://creativecommons.org/licenses/by-sa/4.0/",

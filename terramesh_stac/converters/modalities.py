@@ -165,3 +165,12 @@ def modalities_for_source(source: str) -> list[str]:
     """The seven modalities a sample of `source` has (one Sentinel-1 version only)."""
     other_s1 = "S1GRD" if S1_MODALITY[source] == "S1RTC" else "S1RTC"
     return [m for m in MODALITIES if m != other_s1]
+
+
+def parse_modality(name: str) -> str:
+    """A modality's canonical name, matched case-insensitively: `"s2l2a"` -> `"S2L2A"`."""
+    by_lower = {m.lower(): m for m in MODALITIES}
+    try:
+        return by_lower[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown modality {name!r}; choose from {', '.join(MODALITIES)}") from None

@@ -6,6 +6,7 @@ byte index, the shard's items (NDJSON), its report and last its manifest straigh
 destination, and returns a small report. `terramesh_stac.converters.run` schedules shards on Dask.
 """
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -16,6 +17,7 @@ import pystac
 from terramesh_stac.converters import zarrstack
 from terramesh_stac.converters.byteindex import ShardIndex
 from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog
+from terramesh_stac.converters.formats import Format, parse_formats
 from terramesh_stac.converters.items import create_item
 from terramesh_stac.converters.layout import (
     asset_path,
@@ -26,24 +28,39 @@ from terramesh_stac.converters.layout import (
     staging_path,
     zarr_path,
 )
-from terramesh_stac.converters.manifest import content_id, read_manifest, source_fingerprint, write_manifest
-from terramesh_stac.converters.modalities import MODALITIES
+from terramesh_stac.converters.manifest import (
+    AssetRecord,
+    ItemsRecord,
+    Manifest,
+    SourceRecord,
+    SupersededRecord,
+    content_id,
+    read_manifest,
+    source_fingerprint,
+    write_manifest,
+)
+from terramesh_stac.converters.modalities import parse_modality
 from terramesh_stac.converters.references import NotByteAddressable, encode_references
 from terramesh_stac.converters.retry import is_transient, retrying
 from terramesh_stac.converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
 from terramesh_stac.converters.storage import Store, multihash_sha256
+from terramesh_stac.converters.summary import Extent, Summary
 from terramesh_stac.converters.thumbnail import encode_thumbnail
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """What to convert and how. Formats and modality names are checked and normalised here
+    (`"COG"` -> Format.COG, `"s2l2a"` -> "S2L2A"); anything unknown, or no format at all, is
+    a ValueError, so a typo can never silently write nothing."""
+
     dest: str
     collection_id: str = "terramesh"
-    formats: tuple[str, ...] = ("cog",)
+    formats: tuple[Format, ...] = (Format.COG,)
     # per-modality overrides of `formats`: ((modality, formats), ...), e.g. (("S1GRD", ("ref",)),)
-    modality_formats: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    modality_formats: tuple[tuple[str, tuple[Format, ...]], ...] = ()
     modalities: tuple[str, ...] | None = None  # None: all the sample has
     revision: str | None = None  # None: what the source URL says
     s3_endpoint_url: str | None = None
@@ -51,12 +68,22 @@ class ConvertOptions:
     collection_title: str | None = None
     collection_description: str | None = None
 
-    def formats_for(self, modality: str) -> tuple[str, ...]:
-        return dict(self.modality_formats).get(modality, self.formats)
+    def __post_init__(self):
+        def normalise(name, value):  # the dataclass is frozen
+            object.__setattr__(self, name, value)
 
-    def all_formats(self) -> dict[str, tuple[str, ...]]:
-        """Formats per modality, for every modality (the collection's item_assets)."""
-        return {m: self.formats_for(m) for m in MODALITIES}
+        normalise("formats", parse_formats(self.formats))
+        normalise("modality_formats", tuple(sorted(
+            (parse_modality(m), parse_formats(f)) for m, f in dict(self.modality_formats).items())))
+        if self.modalities is not None:
+            names = (self.modalities,) if isinstance(self.modalities, str) else self.modalities
+            modalities = tuple(dict.fromkeys(parse_modality(m) for m in names))
+            if not modalities:
+                raise ValueError("no modality given (None converts all of them)")
+            normalise("modalities", modalities)
+
+    def formats_for(self, modality: str) -> tuple[Format, ...]:
+        return dict(self.modality_formats).get(modality, self.formats)
 
     def store(self) -> Store:
         return Store(self.dest, endpoint_url=self.s3_endpoint_url, public_url=self.s3_public_url)
@@ -68,9 +95,8 @@ class ShardReport:
     shard: str
     items: int = 0
     errors: list[dict] = field(default_factory=list)
-    bbox: list[float] | None = None  # union of item bboxes (west may exceed east: antimeridian)
-    start: str | None = None
-    end: str | None = None
+    extent: Extent = field(default_factory=Extent)  # of the shard's items
+    summary: Summary = field(default_factory=Summary)  # what the shard's items hold
     seconds: float = 0.0
     content_id: str | None = None
     revision: str | None = None
@@ -80,38 +106,23 @@ class ShardReport:
     notes: list[dict] = field(default_factory=list)  # not errors: e.g. a fallback to another format
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "ShardReport":
-        extent = manifest["extent"]
-        return cls(split=manifest["split"], shard=manifest["shard"],
-                   items=manifest["items"]["count"], bbox=extent["bbox"], start=extent["start"],
-                   end=extent["end"], content_id=manifest["content_id"],
-                   revision=manifest["revision"], errors=list(manifest.get("errors") or []),
-                   notes=list(manifest.get("notes") or []),
-                   skipped=True)
+    def from_manifest(cls, manifest: Manifest) -> "ShardReport":
+        return cls(split=manifest.split, shard=manifest.shard, items=manifest.items.count,
+                   extent=manifest.extent, summary=manifest.summary, content_id=manifest.content_id,
+                   revision=manifest.revision, errors=list(manifest.errors),
+                   notes=list(manifest.notes), skipped=True)
 
     def add_item(self, item: pystac.Item) -> None:
         self.items += 1
-        times = [item.common_metadata.start_datetime or item.datetime,
-                 item.common_metadata.end_datetime or item.datetime]
-        for t in (t.isoformat() for t in times if t):
-            self.start = min(self.start or t, t)
-            self.end = max(self.end or t, t)
-        self.bbox = _union_bbox(self.bbox, item.bbox)
-
-
-def _union_bbox(a, b):
-    if a is None:
-        return list(b)
-    if a[0] > a[2] or b[0] > b[2]:  # an antimeridian-crossing box: keep the whole globe
-        return [-180.0, min(a[1], b[1]), 180.0, max(a[3], b[3])]
-    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+        self.extent.add_item(item)
+        self.summary.add_item(item)
 
 
 def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
-                  formats=("cog",), notes: list | None = None) -> list[EncodedAsset]:
+                  formats=(Format.COG,), notes: list | None = None) -> list[EncodedAsset]:
     """All file assets of one sample: per modality a COG and/or references into the source shard
     (formats "cog", "ref": one tuple for all modalities, or a function of the modality; "zarr"
     goes into the shard's stacked stores, see ShardStacks), the
@@ -121,8 +132,8 @@ def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
     wanted = [m for m in sample.modalities if modalities is None or m in modalities]
     encoded = []
     for m in wanted:
-        cog = "cog" in formats_for(m)
-        if "ref" in formats_for(m):
+        cog = Format.COG in formats_for(m)
+        if Format.REF in formats_for(m):
             try:
                 encoded.append(encode_references(m, sample.originals[m]))
             except NotByteAddressable as e:
@@ -151,12 +162,12 @@ class AssetWriter:
     new bytes over the old ones.
     """
 
-    def __init__(self, store: Store, previous: dict | None):
+    def __init__(self, store: Store, previous: Manifest | None):
         self.store = store
-        self.previous_assets: dict = (previous or {}).get("assets", {})
-        self.previous_id: str | None = (previous or {}).get("content_id")
-        self.superseded: dict = dict((previous or {}).get("superseded", {}))
-        self.assets: dict[str, dict] = {}  # relpath -> {size, checksum}
+        self.previous_assets: dict[str, AssetRecord] = previous.assets if previous else {}
+        self.previous_id: str | None = previous.content_id if previous else None
+        self.superseded: dict[str, SupersededRecord] = dict(previous.superseded) if previous else {}
+        self.assets: dict[str, AssetRecord] = {}  # relpath -> {size, checksum}
         self.counts = {"written": 0, "unchanged": 0, "superseded": 0}
 
     def _supersede(self, relpath: str) -> None:
@@ -249,7 +260,7 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
     `stacks.flush_full()` / `close()`) and its item returned."""
     to_zarr, fallback = [], set()
     for m in sample.modalities:
-        if (options.modalities is None or m in options.modalities) and "zarr" in options.formats_for(m):
+        if (options.modalities is None or m in options.modalities) and Format.ZARR in options.formats_for(m):
             try:
                 stacks[m].check(sample.modalities[m])
                 to_zarr.append(m)
@@ -259,8 +270,8 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
                     notes.append(SampleError(sample.key, sample.shard, m,
                                              f"not stacked into the shard's Zarr: {e}; COG written instead").to_dict())
 
-    def formats_for(m: str) -> tuple[str, ...]:
-        return (*options.formats_for(m), "cog") if m in fallback else options.formats_for(m)
+    def formats_for(m: str) -> tuple[Format, ...]:
+        return (*options.formats_for(m), Format.COG) if m in fallback else options.formats_for(m)
 
     encoded = encode_sample(sample, options.modalities, formats_for, notes)
     described = describe_assets(sample, encoded, writer.store)
@@ -276,9 +287,10 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
 
 
 def shard_settings(options: ConvertOptions, limit: int | None) -> dict:
-    """The options that change what a shard's conversion writes (part of its content id)."""
-    return {"collection": options.collection_id, "formats": list(options.formats),
-            "modality_formats": {m: list(f) for m, f in options.modality_formats},
+    """The options that change what a shard's conversion writes (part of its content id):
+    plain strings (formats by their lower-case values), so content ids stay stable."""
+    return {"collection": options.collection_id, "formats": [str(f) for f in options.formats],
+            "modality_formats": {m: [str(f) for f in fs] for m, fs in options.modality_formats},
             "modalities": sorted(options.modalities) if options.modalities else None,
             "revision": options.revision, "limit": limit, "s3_public_url": options.s3_public_url}
 
@@ -307,7 +319,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     settings = shard_settings(options, limit)
     cid = content_id(fingerprint, settings)
     previous = read_manifest(store, split, shard)
-    if previous is not None and previous["content_id"] == cid and not force:
+    if previous is not None and previous.content_id == cid and not force:
         # a run killed between the manifest and the cleanup left the staging folder behind
         store.staged(staging_path(split, shard)).discard_staging()
         return ShardReport.from_manifest(previous)
@@ -353,20 +365,17 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     report.assets = dict(writer.counts)
     report.seconds = time.perf_counter() - t0
     store.put(report_path(split, shard), json.dumps(report.to_dict(), indent=1).encode())
-    removed = sorted(set((previous or {}).get("items", {}).get("ids", {})) - set(ids))
-    write_manifest(store, {
-        "split": split, "shard": shard, "content_id": cid, "revision": revision,
-        "source": {"url": source.root, "revision": source.revision, "tars": fingerprint},
-        "settings": settings,
-        "items": {"path": items_path(split, shard), "count": len(ids), "ids": ids,
-                  "sha256": hashlib.sha256(items_data).hexdigest(), "removed": removed},
-        "extent": {"bbox": report.bbox, "start": report.start, "end": report.end},
-        "errors": report.errors,  # a skipped shard still reports what it could not convert
-        "notes": report.notes,
-        "assets": writer.assets,
-        "superseded": writer.superseded,
-        "index": index_path(split, shard),
-        "report": report_path(split, shard),
-    })
+    removed = sorted(set(previous.items.ids) - set(ids)) if previous else []
+    write_manifest(store, Manifest(
+        split=split, shard=shard, content_id=cid, revision=revision,
+        source=SourceRecord(url=source.root, revision=source.revision, tars=fingerprint),
+        settings=settings,
+        items=ItemsRecord(path=items_path(split, shard), count=len(ids), ids=ids,
+                          sha256=hashlib.sha256(items_data).hexdigest(), removed=removed),
+        extent=report.extent, summary=report.summary,
+        errors=report.errors, notes=report.notes,
+        assets=writer.assets, superseded=writer.superseded,
+        index=index_path(split, shard), report=report_path(split, shard),
+    ))
     store.discard_staging()
     return report

@@ -8,6 +8,8 @@ those copies and empties the lists. Current assets are never touched.
 
 from __future__ import annotations
 
+import dataclasses
+
 from terramesh_stac.converters.manifest import all_manifests, write_manifest
 
 
@@ -15,7 +17,7 @@ def prune(store, *, dry_run: bool = False) -> dict:
     """Delete every superseded object listed in the manifests; returns counts."""
     objects = size = shards = 0
     for manifest in all_manifests(store):
-        superseded = manifest.get("superseded") or {}
+        superseded = manifest.superseded
         if not superseded:
             continue
         shards += 1
@@ -25,6 +27,5 @@ def prune(store, *, dry_run: bool = False) -> dict:
             continue
         for relpath in superseded:
             store.delete(relpath)
-        manifest = {k: v for k, v in manifest.items() if k != "format"}
-        write_manifest(store, {**manifest, "superseded": {}})
+        write_manifest(store, dataclasses.replace(manifest, superseded={}))
     return {"objects": objects, "bytes": size, "shards": shards}

@@ -30,9 +30,10 @@ import pystac
 from terramesh_stac.converters.collection import create_collection
 from terramesh_stac.converters.layout import COLLECTION_FILE, INDEX_DIR
 from terramesh_stac.converters.manifest import all_manifests, read_manifest
-from terramesh_stac.converters.pipeline import ConvertOptions, ShardReport, _union_bbox, convert_shard
+from terramesh_stac.converters.pipeline import ConvertOptions, ShardReport, convert_shard
 from terramesh_stac.converters.sample import SampleError
 from terramesh_stac.converters.source import open_source
+from terramesh_stac.converters.summary import Extent, Summary
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +114,16 @@ class RunReport:
 
 
 def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collection:
-    """The collection, its extent the union of every finished shard's (this run or earlier)."""
-    bbox, start, end = None, None, None
+    """The collection, its extent and summaries the union of every finished shard's (this
+    run or earlier) of this collection."""
+    extent, summary = Extent(), Summary()
     for m in all_manifests(store):
-        e = m["extent"]
-        if m["settings"]["collection"] != options.collection_id or not e["bbox"]:
-            continue
-        bbox = _union_bbox(bbox, e["bbox"])
-        start = min(start or e["start"], e["start"])
-        end = max(end or e["end"], e["end"])
-    extent = None
-    if bbox:
-        extent = pystac.Extent(
-            pystac.SpatialExtent([bbox]),
-            pystac.TemporalExtent([[datetime.fromisoformat(start), datetime.fromisoformat(end)]]),
-        )
+        if m.collection == options.collection_id:
+            extent, summary = extent.union(m.extent), summary.union(m.summary)
     return create_collection(
         collection_id=options.collection_id, title=options.collection_title,
-        description=options.collection_description, extent=extent,
-        index_href=store.href(INDEX_DIR) + "/", formats=options.all_formats(),
+        description=options.collection_description, extent=extent, summary=summary,
+        index_href=store.href(INDEX_DIR) + "/",
     )
 
 
