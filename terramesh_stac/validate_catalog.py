@@ -45,7 +45,7 @@ class CatalogReport:
 
     def summary(self, show: int = 20) -> str:
         lines = [f"validated {self.source}: {self.catalogs} catalogs, {self.collections} collections, "
-                 f"{self.items} items; {len(self.problems)} errors"]
+                 f"{self.items} items; {len(self.problems) + len(self.failures)} errors"]
         if not self.collections and not self.items:
             lines.append("nothing to validate: no collection and no item found")
         lines += [f"could not read {f}" for f in self.failures]

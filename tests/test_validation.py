@@ -165,6 +165,18 @@ def test_validate_a_destination(converted, capsys, no_network):
     assert f"1 collections, {n} items; 0 errors" in out, out
 
 
+def test_validate_a_destination_on_s3(converted, s3_server, monkeypatch, capsys):
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # what Store uses without settings
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="validate")
+    for path in [converted / "collection.json", *(converted / "items").rglob("*.ndjson")]:
+        s3.upload_file(str(path), "validate", f"out/{path.relative_to(converted).as_posix()}")
+    assert main(["validate", "s3://validate/out"]) == EXIT_OK
+    assert "s3://validate/out: 0 catalogs, 1 collections, 12 items; 0 errors" in capsys.readouterr().out
+
+
 def test_validate_reports_a_broken_item_with_its_faults(converted, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(converted / "items", broken / "items")
