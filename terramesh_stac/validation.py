@@ -60,10 +60,11 @@ def _retrieve(uri: str) -> Resource:
         raise NoSuchResource(ref=uri) from None
 
 
-def _shipped(folder=SCHEMAS, prefix: str = "https://"):
+def shipped_uris(folder=SCHEMAS, prefix: str = "https://"):
+    """The URI of every shipped schema (all are https)."""
     for entry in folder.iterdir():
         if entry.is_dir():
-            yield from _shipped(entry, f"{prefix}{entry.name}/")
+            yield from shipped_uris(entry, f"{prefix}{entry.name}/")
         elif entry.name.endswith(".json"):
             yield f"{prefix}{entry.name}"
 
@@ -72,7 +73,7 @@ def _shipped(folder=SCHEMAS, prefix: str = "https://"):
 # faster than retrieving per $ref), plus the JSON Schema meta-schemas jsonschema bundles
 # (the collection schema $refs draft-07's); any other $ref goes to _retrieve: shipped files only.
 REGISTRY = SPECIFICATIONS.combine(Registry(retrieve=_retrieve).with_resources(
-    (uri, Resource.from_contents(load_schema(uri))) for uri in _shipped()).crawl())
+    (uri, Resource.from_contents(load_schema(uri))) for uri in shipped_uris()).crawl())
 
 
 @cache

@@ -19,9 +19,9 @@ from terramesh_stac.validation import (
     REGISTRY,
     OfflineSTACValidator,
     STACSchemaError,
-    _shipped,
     load_schema,
     problems,
+    shipped_uris,
     validate,
 )
 from tests.conftest import API_COLLECTION_ID, read_items
@@ -74,7 +74,7 @@ def test_shipped_schemas_are_exactly_what_our_objects_need():
     """Every $ref of every shipped file resolves (to a shipped file, or to jsonschema's own
     draft-07 meta-schema), and nothing is shipped that the core schemas and our extensions
     do not reach."""
-    shipped = set(_shipped())
+    shipped = set(shipped_uris())
     reached, todo = set(), [*CORE, LANDING, *EXTENSIONS.values()]
     while todo:
         uri = todo.pop()
@@ -93,7 +93,7 @@ def test_shipped_schemas_are_exactly_what_our_objects_need():
 def test_converted_objects_declare_only_shipped_extensions(converted):
     declared = {uri for item in read_items(converted).values() for uri in item["stac_extensions"]}
     declared |= set(json.loads((converted / "collection.json").read_text())["stac_extensions"])
-    assert declared <= set(_shipped())
+    assert declared <= set(shipped_uris())
     assert PROJECTION in declared and EXTENSIONS["xarray:"] in declared
 
 
