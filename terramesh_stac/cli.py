@@ -102,6 +102,30 @@ def _cmd_load(args, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_validate(args, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from terramesh_stac.validate_catalog import API_MAX_ITEMS, validate_api, validate_destination
+
+    target = args.target or settings.dest
+    console = Console(stderr=True)  # progress on a terminal only; stdout keeps the plain summary
+    with Progress(TextColumn("validating: {task.completed} items"), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task("validate", total=None)
+
+        def tick():
+            bar.advance(task)
+
+        if target.startswith(("http://", "https://")):
+            report = validate_api(target, max_items=args.max_items or API_MAX_ITEMS, progress=tick)
+        else:
+            report = validate_destination(target, endpoint_url=settings.s3_endpoint_url,
+                                          max_items=args.max_items, progress=tick)
+    print(report.summary(show=args.show))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_db(args, settings: Settings) -> int:
     from terramesh_stac.catalog import database
 
@@ -181,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")
     ld.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
     ld.set_defaults(func=_cmd_load)
+
+    va = sub.add_parser("validate", help="check a destination's or a STAC API's items and collections "
+                        "against the STAC JSON Schemas (offline: schemas shipped with terramesh-stac)")
+    va.add_argument("target", nargs="?", metavar="DEST|URL",
+                    help="what `convert` wrote (folder or s3://), or a STAC API root such as "
+                         "http://127.0.0.1:8000/stac (default: TERRAMESH_DEST)")
+    va.add_argument("--max-items", type=int, help="at most N items per collection (default: all of a "
+                    "destination, 10,000 per collection of an API)")
+    va.add_argument("--show", type=int, default=20, help="print the first N errors (default 20)")
+    va.set_defaults(func=_cmd_validate)
 
     d = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS + pgstac cluster")
     d.add_argument("action", choices=["start", "stop", "status", "dsn"])

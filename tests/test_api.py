@@ -378,37 +378,41 @@ def test_cors_and_stac_redirect(live_server):
 # --- stac-api-validator (offline schemas) ---------------------------------------------------
 
 
-def _schema_root() -> Path:
-    root = Path(os.environ.get("TERRAMESH_STAC_SCHEMAS", REPO.parent / "shared" / "stac-schemas"))
-    return root
-
-
 @pytest.fixture
-def offline_schemas(monkeypatch):
-    """Make stac-validator (used by stac-api-validator) read JSON Schemas from the mirror.
+def offline_schemas(monkeypatch, live_server):
+    """Make stac-validator (used by stac-api-validator) read JSON Schemas from the ones
+    terramesh-stac ships, never from the web.
 
-    stac-api-validator builds `StacValidate(...)` itself with no schema map; every schema
-    it (or stac-check) fetches goes through `stac_validator.utilities.fetch_and_parse_file`,
-    which is patched to read `https://host/path` from `<mirror>/host/path`. Without a mirror
-    the schemas are fetched from the web (and the test fails offline: never skipped).
+    stac-api-validator builds `StacValidate(...)` itself with no schema map; stac-validator
+    reads core schemas from its own bundled copies and every other schema (extensions and
+    their $refs) through `stac_validator.utilities.fetch_and_parse_file`, which is patched:
+    a shipped schema is read from terramesh_stac/schemas, the API under test is fetched as
+    before, any other URL fails (listed in `refused`, and the validator reports an error).
     """
     from stac_validator import utilities
 
-    root = _schema_root()
+    from terramesh_stac.validation import SchemaNotShipped, load_schema
+
     original = utilities.fetch_and_parse_file
     served: list[str] = []
+    refused: list[str] = []
 
     def fetch(input_path: str, headers=None):
-        if root.is_dir() and input_path.startswith(("https://", "http://")):
-            local = root / input_path.split("#")[0].split("://", 1)[1]
-            if local.is_file():
-                served.append(input_path)
-                return json.loads(local.read_bytes())
+        if input_path.startswith(live_server):
+            return original(input_path, headers)
+        if input_path.startswith(("https://", "http://")):
+            try:
+                schema = load_schema(input_path)
+            except SchemaNotShipped:
+                refused.append(input_path)
+                raise
+            served.append(input_path)
+            return json.loads(json.dumps(schema))  # a copy: the validator may modify it
         return original(input_path, headers)
 
     monkeypatch.setattr(utilities, "fetch_and_parse_file", fetch)
     utilities.fetch_and_parse_schema.cache_clear()
-    yield served
+    yield served, refused
     utilities.fetch_and_parse_schema.cache_clear()
 
 
@@ -434,13 +438,16 @@ def _run_validator(live_server, conformance: list[str], **extra):
 
 
 def test_stac_api_validator_reports_no_errors(live_server, offline_schemas):
+    served, refused = offline_schemas
     (warnings, errors) = _run_validator(
         live_server, ["core", "collections", "features", "item-search", "filter"])
-    print("\n".join(["stac-api-validator warnings:", *list(warnings), "schemas from the mirror:", *sorted(set(offline_schemas))]))
+    print("\n".join(["stac-api-validator warnings:", *list(warnings), "shipped schemas read:", *sorted(set(served))]))
     assert list(errors) == [], list(errors)
-    # the schemas really were validated, from the mirror (not skipped, not the web)
-    assert any("item-spec/json-schema/item.json" in u or "stac-extensions" in u for u in offline_schemas) \
-        or _schema_root().is_dir() is False
+    assert refused == []
+    # the extension schemas really were validated, from the shipped copies (not skipped)
+    assert {"https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/render/v2.0.0/schema.json"} <= set(served), served
 
 
 def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_schemas):

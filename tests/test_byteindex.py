@@ -25,8 +25,8 @@ from terramesh_stac.converters.run import write_collection
 from terramesh_stac.converters.synth import _tar_member as write_member
 from terramesh_stac.converters.synth import generate
 from terramesh_stac.converters.zarrzip import decode_zarr_zip
+from terramesh_stac.validation import validate
 from tests.conftest import serve_directory, serve_flaky_directory
-from tests.stac_schemas import validate
 
 SPLIT = "val"
 

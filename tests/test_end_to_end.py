@@ -19,8 +19,8 @@ from shapely.geometry import box, shape
 
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
+from terramesh_stac.validation import validate
 from tests.conftest import _free_port, _wait_http, read_items
-from tests.stac_schemas import validate
 
 CLI = [sys.executable, "-m", "terramesh_stac.cli"]
 COLLECTION = "terramesh-e2e"

@@ -12,7 +12,6 @@ import pytest
 import rasterio
 from pyproj import Transformer
 from shapely.geometry import Point, Polygon, shape
-from stac_schemas import validate
 from test_cog import make_ds
 
 from terramesh_stac.catalog.links import render_query
@@ -24,6 +23,7 @@ from terramesh_stac.converters.modalities import CLOUD_MASK_CLASSES, LULC_CLASSE
 from terramesh_stac.converters.sample import Sample, WrittenAsset
 from terramesh_stac.converters.summary import Summary
 from terramesh_stac.converters.thumbnail import encode_thumbnail
+from terramesh_stac.validation import validate
 
 S2_ID = "S2A_MSIL2A_20210601T095031_N0300_R079_T33SWC_20210601T121410.SAFE"
 S1_ID = "S1A_IW_GRDH_1SDV_20210603T050031_20210603T050056_038182_048183_3B1C"

@@ -24,8 +24,8 @@ import xarray as xr
 from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard
 from terramesh_stac.converters.run import write_collection
 from terramesh_stac.converters.synth import generate
+from terramesh_stac.validation import validate
 from tests.conftest import assert_bitwise_equal, read_items, read_original, serve_directory
-from tests.stac_schemas import validate
 
 SPLIT = "val"
 

@@ -27,6 +27,7 @@ from terramesh_stac.converters.run import write_collection
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
 from terramesh_stac.open import open_sample
+from terramesh_stac.validation import validate
 from tests.conftest import (
     _free_port,
     _wait_http,
@@ -37,7 +38,6 @@ from tests.conftest import (
     rewrite_member,
     serve_directory,
 )
-from tests.stac_schemas import validate
 
 SPLIT = "val"
 BLOCK = 3  # samples per shard object in these tests: 4-sample shards make one full, one partial block
