@@ -20,8 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PACKAGES = ("numpy", "xarray", "zarr", "rasterio", "rio-cogeo", "pillow", "pystac", "pypgstac",
-            "psycopg", "stac-fastapi-pgstac", "titiler-core", "titiler-pgstac", "uvicorn", "httpx")
+PACKAGES = (
+    "numpy",
+    "xarray",
+    "zarr",
+    "rasterio",
+    "rio-cogeo",
+    "pillow",
+    "pystac",
+    "pypgstac",
+    "psycopg",
+    "stac-fastapi-pgstac",
+    "titiler-core",
+    "titiler-pgstac",
+    "uvicorn",
+    "httpx",
+)
 
 
 def cpu_model() -> str:
@@ -64,8 +78,7 @@ def conditions(command: str, extra: list[str] | None = None) -> str:
     lines = [
         f"command: {command}",
         f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"cpu: {cpu_model()}, {os.cpu_count()} cores visible (shared), "
-        f"load average (1/5/15 min) at start: {loadavg()}",
+        f"cpu: {cpu_model()}, {os.cpu_count()} cores visible (shared), load average (1/5/15 min) at start: {loadavg()}",
         f"python {sys.version.split()[0]}; {versions()}",
         *(extra or []),
     ]

@@ -103,12 +103,12 @@ def main() -> None:
 
     import rasterio
 
-    print(f"# command: .venv/bin/python benchmarks/cog_profiles.py --samples {args.samples} "
-          f"--repeat {args.repeat}")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus visible (shared), "
-          f"GDAL {rasterio.__gdal_version__}, rasterio {rasterio.__version__}, numpy {np.__version__}")
-    print("# ms = best-of-repeat wall time per sample; kB = mean COG size; "
-          "x = size relative to b272 ZSTD1 +pred")
+    print(f"# command: .venv/bin/python benchmarks/cog_profiles.py --samples {args.samples} --repeat {args.repeat}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus visible (shared), "
+        f"GDAL {rasterio.__gdal_version__}, rasterio {rasterio.__version__}, numpy {np.__version__}"
+    )
+    print("# ms = best-of-repeat wall time per sample; kB = mean COG size; x = size relative to b272 ZSTD1 +pred")
     header = "| profile | " + " | ".join(f"{m} ms | {m} kB" for m in modalities) + " |"
     print(header)
     print("|" + "---|" * (1 + 2 * len(modalities)))

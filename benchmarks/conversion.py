@@ -24,8 +24,14 @@ from __future__ import annotations
 
 import os
 
-for _v in ("GDAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-           "NUMEXPR_NUM_THREADS", "BLOSC_NTHREADS"):
+for _v in (
+    "GDAL_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "BLOSC_NTHREADS",
+):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
@@ -77,8 +83,9 @@ def encode_pass(source, split: str, shards: list[str]):
                 a = encode_cog(ds, m)
                 seconds[m].append(time.perf_counter() - t)
                 cog_bytes[m] += len(a.data)
-            mask_src = next((s.modalities[m] for m in MASK_SOURCES
-                             if m in s.modalities and "cloud_mask" in s.modalities[m]), None)
+            mask_src = next(
+                (s.modalities[m] for m in MASK_SOURCES if m in s.modalities and "cloud_mask" in s.modalities[m]), None
+            )
             if mask_src is not None:
                 t = time.perf_counter()
                 a = encode_cloud_mask(mask_src)
@@ -139,8 +146,7 @@ def decode_breakdown(source, split: str, shard: str) -> dict[str, tuple[int, flo
         zips = (time.perf_counter() - t) / len(datas)
         meta = json.loads(entries[0][".zmetadata"])["metadata"]
         arrays = {k.rsplit("/", 1)[0]: v for k, v in meta.items() if k.endswith(".zarray")}
-        codecs = {a: numcodecs.get_codec(z["compressor"]) if z.get("compressor") else None
-                  for a, z in arrays.items()}
+        codecs = {a: numcodecs.get_codec(z["compressor"]) if z.get("compressor") else None for a, z in arrays.items()}
         t = time.perf_counter()
         for e in entries:
             for name, data in e.items():
@@ -154,14 +160,17 @@ def decode_breakdown(source, split: str, shard: str) -> dict[str, tuple[int, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", help="a TerraMesh root (folder, https://…/resolve/<rev>/, s3://…); "
-                                     "default: generate one in a temp dir")
+    ap.add_argument(
+        "--source",
+        help="a TerraMesh root (folder, https://…/resolve/<rev>/, s3://…); default: generate one in a temp dir",
+    )
     ap.add_argument("--split", default="val", choices=["train", "val"])
     ap.add_argument("--shards", type=int, default=4, help="generated shards (without --source)")
     ap.add_argument("--samples-per-shard", type=int, default=16, help="generated samples per shard")
     ap.add_argument("--max-shards", type=int, help="use only the first N shards of the source")
-    ap.add_argument("--profile", action="store_true",
-                    help="also cProfile the full conversion and print the top functions")
+    ap.add_argument(
+        "--profile", action="store_true", help="also cProfile the full conversion and print the top functions"
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -173,18 +182,25 @@ def main() -> None:
             source_url = os.path.join(work, "source")
             t = time.perf_counter()
             keys = generate_source(source_url, args.shards, args.samples_per_shard)
-            data_note = (f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {args.shards} shards x "
-                         f"{args.samples_per_shard} samples = {len(keys)} samples, split val, "
-                         f"Major TOM + SSL4EO-S12 shards (generated in {time.perf_counter() - t:.0f} s, not timed)")
+            data_note = (
+                f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {args.shards} shards x "
+                f"{args.samples_per_shard} samples = {len(keys)} samples, split val, "
+                f"Major TOM + SSL4EO-S12 shards (generated in {time.perf_counter() - t:.0f} s, not timed)"
+            )
         source = open_source(source_url)
         shards = source.list_shards(args.split)[: args.max_shards]
         sizes = member_sizes(source, args.split, shards)
         total_src = sum(s for _, s in sizes.values())
-        print(conditions(command_line(), [
-            data_note,
-            f"shards: {len(shards)}; source .zarr.zip bytes: {total_src / 1e6:.1f} MB",
-            "one process, one core: GDAL_NUM_THREADS=1, OMP/BLAS/BLOSC threads 1",
-        ]))
+        print(
+            conditions(
+                command_line(),
+                [
+                    data_note,
+                    f"shards: {len(shards)}; source .zarr.zip bytes: {total_src / 1e6:.1f} MB",
+                    "one process, one core: GDAL_NUM_THREADS=1, OMP/BLAS/BLOSC threads 1",
+                ],
+            )
+        )
 
         # (a) decode only, twice (first pass warms imports, page cache, GDAL/zarr init)
         decode_pass(source, args.split, shards[:1])
@@ -222,25 +238,35 @@ def main() -> None:
         print()
         print("| pass | samples | seconds | samples/s | ms/sample | vs decode |")
         print("|---|---|---|---|---|---|")
-        print(f"| (a) decode only (iter_samples) | {n_dec} | {s_dec:.2f} | {dec_rate:.2f} | "
-              f"{1000 / dec_rate:.0f} | 1.00 |")
+        print(
+            f"| (a) decode only (iter_samples) | {n_dec} | {s_dec:.2f} | {dec_rate:.2f} | "
+            f"{1000 / dec_rate:.0f} | 1.00 |"
+        )
         enc_total = sum(sum(v) for v in seconds.values())
-        print(f"| (b) encode only, all assets (sum of the table below) | {n_dec} | {enc_total:.2f} | "
-              f"{n_dec / enc_total:.2f} | {1000 * enc_total / n_dec:.0f} | - |")
-        print(f"| (c) full convert (pipeline.convert) | {report.items} | {report.seconds:.2f} | "
-              f"{conv_rate:.2f} | {1000 / conv_rate:.0f} | {conv_rate / dec_rate:.2f} |")
+        print(
+            f"| (b) encode only, all assets (sum of the table below) | {n_dec} | {enc_total:.2f} | "
+            f"{n_dec / enc_total:.2f} | {1000 * enc_total / n_dec:.0f} | - |"
+        )
+        print(
+            f"| (c) full convert (pipeline.convert) | {report.items} | {report.seconds:.2f} | "
+            f"{conv_rate:.2f} | {1000 / conv_rate:.0f} | {conv_rate / dec_rate:.2f} |"
+        )
         other = report.seconds - s_dec - enc_total
         print()
-        print(f"(c) = decode {100 * s_dec / report.seconds:.0f} % + encode "
-              f"{100 * enc_total / report.seconds:.0f} % + rest (stats, items, checksums, "
-              f"writes, metadata) {100 * other / report.seconds:.0f} % "
-              f"({1000 * other / max(report.items, 1):.0f} ms/sample)")
+        print(
+            f"(c) = decode {100 * s_dec / report.seconds:.0f} % + encode "
+            f"{100 * enc_total / report.seconds:.0f} % + rest (stats, items, checksums, "
+            f"writes, metadata) {100 * other / report.seconds:.0f} % "
+            f"({1000 * other / max(report.items, 1):.0f} ms/sample)"
+        )
 
         print()
         print("## (b) encode per asset (one core) and (d) size")
         print()
-        print("| asset | n | ms/sample p50 | ms/sample mean | samples/s | source zarr.zip MB | "
-              "raw pixels MB | written MB | written / zarr.zip | written / raw |")
+        print(
+            "| asset | n | ms/sample p50 | ms/sample mean | samples/s | source zarr.zip MB | "
+            "raw pixels MB | written MB | written / zarr.zip | written / raw |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
         keys = [m for m in MODALITIES if m in seconds] + [k for k in ("cloud_mask", "thumbnail") if k in seconds]
         for k in keys:
@@ -252,28 +278,38 @@ def main() -> None:
             w = written.get(k, cog_bytes[k])
             ratio = f"{w / src:.2f}" if src else "-"
             raw_ratio = f"{w / raw:.2f}" if raw else "-"
-            print(f"| {k} | {len(v)} | {1000 * p50:.1f} | {1000 * mean:.1f} | {1 / mean:.0f} | "
-                  f"{src / 1e6:.2f} | {raw / 1e6:.2f} | {w / 1e6:.2f} | {ratio} | {raw_ratio} |")
+            print(
+                f"| {k} | {len(v)} | {1000 * p50:.1f} | {1000 * mean:.1f} | {1 / mean:.0f} | "
+                f"{src / 1e6:.2f} | {raw / 1e6:.2f} | {w / 1e6:.2f} | {ratio} | {raw_ratio} |"
+            )
         w_all = sum(written.values())
-        print(f"| all assets | | | | | {total_src / 1e6:.2f} | {sum(raw_bytes.values()) / 1e6:.2f} | "
-              f"{w_all / 1e6:.2f} | {w_all / total_src:.2f} | |")
+        print(
+            f"| all assets | | | | | {total_src / 1e6:.2f} | {sum(raw_bytes.values()) / 1e6:.2f} | "
+            f"{w_all / 1e6:.2f} | {w_all / total_src:.2f} | |"
+        )
         print()
         print(f"items NDJSON: {items_bytes / 1e6:.2f} MB ({items_bytes / max(report.items, 1) / 1e3:.1f} kB/item)")
 
         print()
         print(f"## (e) where a decode goes, per modality (shard {shards[0]})")
         print()
-        print("| modality | members | arrays | decode_zarr_zip ms | zip entries ms | codec (numcodecs) ms "
-              "| rest (zarr 3 + xarray open/load) ms | rest share |")
+        print(
+            "| modality | members | arrays | decode_zarr_zip ms | zip entries ms | codec (numcodecs) ms "
+            "| rest (zarr 3 + xarray open/load) ms | rest share |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         tot = [0.0, 0.0, 0.0]
         for m, (n, full, zips, codec, n_arr) in decode_breakdown(source, args.split, shards[0]).items():
             rest = full - zips - codec
             tot = [tot[0] + full, tot[1] + zips, tot[2] + codec]
-            print(f"| {m} | {n} | {n_arr} | {full:.1f} | {zips:.1f} | {codec:.1f} | {rest:.1f} | "
-                  f"{100 * rest / full:.0f} % |")
-        print(f"| all modalities of a sample | | | {tot[0]:.1f} | {tot[1]:.1f} | {tot[2]:.1f} | "
-              f"{tot[0] - tot[1] - tot[2]:.1f} | {100 * (tot[0] - tot[1] - tot[2]) / tot[0]:.0f} % |")
+            print(
+                f"| {m} | {n} | {n_arr} | {full:.1f} | {zips:.1f} | {codec:.1f} | {rest:.1f} | "
+                f"{100 * rest / full:.0f} % |"
+            )
+        print(
+            f"| all modalities of a sample | | | {tot[0]:.1f} | {tot[1]:.1f} | {tot[2]:.1f} | "
+            f"{tot[0] - tot[1] - tot[2]:.1f} | {100 * (tot[0] - tot[1] - tot[2]) / tot[0]:.0f} % |"
+        )
         print()
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
 

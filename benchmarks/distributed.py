@@ -116,8 +116,9 @@ def decode_pass(client, source_url: str, split: str, shards: list[str]) -> tuple
     return n, time.perf_counter() - t0
 
 
-def run_workers(n: int, source_url: str, split: str, shards: list[str], work: str,
-                env: dict[str, str] | None = None) -> dict:
+def run_workers(
+    n: int, source_url: str, split: str, shards: list[str], work: str, env: dict[str, str] | None = None
+) -> dict:
     """(a)-(d) on a fresh LocalCluster of n workers (env: their environment on top of Dask's;
     None: start_client's default, terramesh_stac.converters.run.WORKER_ENV)."""
     client = start_client(workers=n, worker_env=env)
@@ -128,8 +129,9 @@ def run_workers(n: int, source_url: str, split: str, shards: list[str], work: st
         n_dec, s_dec = decode_pass(client, source_url, split, shards)
         after_decode = worker_memory(client)
         dest = os.path.join(work, f"dest-{n}w{'-env' if env is not None else ''}")
-        report = convert(source_url, ConvertOptions(dest=dest, collection_id="terramesh-bench"),
-                         split=split, client=client)
+        report = convert(
+            source_url, ConvertOptions(dest=dest, collection_id="terramesh-bench"), split=split, client=client
+        )
         after_convert = worker_memory(client)
     finally:
         cluster = client.cluster
@@ -138,8 +140,17 @@ def run_workers(n: int, source_url: str, split: str, shards: list[str], work: st
     if report.errors:
         print(f"# WARNING: {len(report.errors)} problems with {n} workers, e.g. {report.errors[0]}")
     label = f"{n}" if env is None else f"{n}, Dask's default worker environment (no WORKER_ENV)"
-    return {"n": n, "label": label, "dest": dest, "decode": (n_dec, s_dec), "report": report, "fresh": fresh,
-            "idle": idle, "after_decode": after_decode, "after_convert": after_convert}
+    return {
+        "n": n,
+        "label": label,
+        "dest": dest,
+        "decode": (n_dec, s_dec),
+        "report": report,
+        "fresh": fresh,
+        "idle": idle,
+        "after_decode": after_decode,
+        "after_convert": after_convert,
+    }
 
 
 def publish_run(n: int, source_url: str, split: str, work: str) -> dict:
@@ -174,11 +185,13 @@ def publish_run(n: int, source_url: str, split: str, work: str) -> dict:
             cluster.close()
         with database.pgstac_db(dsn) as db:
             conn = db.connect()
-            in_db = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s",
-                                 ("terramesh-bench",)).fetchone()[0]
+            in_db = conn.execute(
+                "SELECT count(*) FROM pgstac.items WHERE collection = %s", ("terramesh-bench",)
+            ).fetchone()[0]
             searched = conn.execute(
                 "SELECT jsonb_array_length(pgstac.search(%s::jsonb)->'features')",
-                ('{"collections": ["terramesh-bench"], "limit": 10000}',)).fetchone()[0]
+                ('{"collections": ["terramesh-bench"], "limit": 10000}',),
+            ).fetchone()[0]
         markers = len(list(Path(dest, "published").rglob("*.json")))
         idle = republish_idle(options.store(), database.dsn(settings, "admin"), dsn)
     finished = {}  # (split, shard) -> epoch seconds its manifest (last write) appeared
@@ -192,9 +205,17 @@ def publish_run(n: int, source_url: str, split: str, work: str) -> dict:
                 lags.append((finished[key], end))
     if report.errors:
         print(f"# WARNING: {len(report.errors)} problems in the publishing run, e.g. {report.errors[0]}")
-    return {"report": report, "batches": batches, "lags": sorted(lags), "in_db": in_db,
-            "searched": searched, "dest": dest, "returned": returned,
-            "markers": markers, "idle": idle}
+    return {
+        "report": report,
+        "batches": batches,
+        "lags": sorted(lags),
+        "in_db": in_db,
+        "searched": searched,
+        "dest": dest,
+        "returned": returned,
+        "markers": markers,
+        "idle": idle,
+    }
 
 
 IDLE_LOADS = ("per shard, partitions created", "per shard, partitions exist", "one file, partitions exist")
@@ -275,9 +296,11 @@ def real_load_rate(idle: dict, items: int, months_: int) -> tuple[float, str]:
     if c > 0 and b > 0:
         return items / (c * months_ + b * items), f"fitted for {items}-item files over {months_} months"
     _, _, n, secs = idle[IDLE_LOADS[2]]
-    return n / secs, ("measured for all items in one call with the partitions there, as convert "
-                      "publishes batches of finished shards (a lower bound: real batches are larger); "
-                      "the fit was not usable (noise)")
+    return n / secs, (
+        "measured for all items in one call with the partitions there, as convert "
+        "publishes batches of finished shards (a lower bound: real batches are larger); "
+        "the fit was not usable (noise)"
+    )
 
 
 def count_objects(dest: str) -> Counter:
@@ -305,6 +328,7 @@ def in_process(source_url: str, split: str, shards: list[str], work: str) -> tup
         def counted(self, *a, **k):
             calls[name] += 1
             return original(self, *a, **k)
+
         return counted
 
     for name, original in originals.items():
@@ -357,15 +381,25 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts to measure, comma-separated")
     ap.add_argument("--extrapolate", default="2,32,256", help="worker counts to extrapolate to")
     ap.add_argument("--no-publish", action="store_true", help="skip the pgstac publishing run (e)")
-    ap.add_argument("--no-env-run", action="store_true",
-                    help="skip the extra run of the first worker count in Dask's default worker "
-                         "environment (without terramesh_stac.converters.run.WORKER_ENV)")
-    ap.add_argument("--real-samples-per-shard", type=int, default=1000,
-                    help="samples per real shard, for the extrapolation (a 2026 copy of val: ~1,000; "
-                         "the original card: up to 10,240)")
-    ap.add_argument("--real-months-per-shard", type=int,
-                    help="month partitions one real shard's items fall in, for the extrapolation "
-                         "(default: the months of all generated samples)")
+    ap.add_argument(
+        "--no-env-run",
+        action="store_true",
+        help="skip the extra run of the first worker count in Dask's default worker "
+        "environment (without terramesh_stac.converters.run.WORKER_ENV)",
+    )
+    ap.add_argument(
+        "--real-samples-per-shard",
+        type=int,
+        default=1000,
+        help="samples per real shard, for the extrapolation (a 2026 copy of val: ~1,000; "
+        "the original card: up to 10,240)",
+    )
+    ap.add_argument(
+        "--real-months-per-shard",
+        type=int,
+        help="month partitions one real shard's items fall in, for the extrapolation "
+        "(default: the months of all generated samples)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     counts = [int(x) for x in args.workers.split(",")]
@@ -386,17 +420,22 @@ def main() -> None:
         real_months = args.real_months_per_shard or len(times)
         from importlib import metadata
 
-        print(conditions(command_line(), [
-            f"dask {metadata.version('dask')}, distributed {metadata.version('distributed')}; memory "
-            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
-            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
-            f"samples = {len(keys)} samples, split {split}, Major TOM + SSL4EO-S12 shards "
-            f"(generated in {gen_s:.0f} s, not timed); {tar_bytes / MB:.1f} MB of tars "
-            f"({per_sample_src / MB:.2f} MB per sample; .zarr.zip members {member_bytes / MB:.1f} MB)",
-            "clusters: terramesh_stac.converters.run.start_client(workers=N): a fresh LocalCluster per N, N worker "
-            "processes x 1 thread; scheduler, client (and in (e) PostgreSQL) on the same cores",
-            f"source and dest on the local disk ({work}); every convert into a fresh dest",
-        ]))
+        print(
+            conditions(
+                command_line(),
+                [
+                    f"dask {metadata.version('dask')}, distributed {metadata.version('distributed')}; memory "
+                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
+                    f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
+                    f"samples = {len(keys)} samples, split {split}, Major TOM + SSL4EO-S12 shards "
+                    f"(generated in {gen_s:.0f} s, not timed); {tar_bytes / MB:.1f} MB of tars "
+                    f"({per_sample_src / MB:.2f} MB per sample; .zarr.zip members {member_bytes / MB:.1f} MB)",
+                    "clusters: terramesh_stac.converters.run.start_client(workers=N): a fresh LocalCluster per N, N worker "
+                    "processes x 1 thread; scheduler, client (and in (e) PostgreSQL) on the same cores",
+                    f"source and dest on the local disk ({work}); every convert into a fresh dest",
+                ],
+            )
+        )
 
         in_items, in_seconds, calls = in_process(source_url, split, shards, work)
         calls_items = in_items
@@ -409,41 +448,57 @@ def main() -> None:
         print()
         print("## (b) decode only vs (c) full conversion, per worker count")
         print()
-        print("| workers | decode-only samples/s | convert samples | convert s | convert samples/s | "
-              "samples/s per worker | ms/sample per worker | convert / decode-only | "
-              f"scaling vs {base['n']} worker(s) |")
+        print(
+            "| workers | decode-only samples/s | convert samples | convert s | convert samples/s | "
+            "samples/s per worker | ms/sample per worker | convert / decode-only | "
+            f"scaling vs {base['n']} worker(s) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
-        print(f"| none: convert_shard in the benchmark process, shard after shard (no Dask) | - | {in_items} | "
-              f"{in_seconds:.1f} | {in_items / in_seconds:.2f} | {in_items / in_seconds:.2f} | "
-              f"{1000 * in_seconds / in_items:.0f} | - | - |")
+        print(
+            f"| none: convert_shard in the benchmark process, shard after shard (no Dask) | - | {in_items} | "
+            f"{in_seconds:.1f} | {in_items / in_seconds:.2f} | {in_items / in_seconds:.2f} | "
+            f"{1000 * in_seconds / in_items:.0f} | - | - |"
+        )
         for r in runs:
             n_dec, s_dec = r["decode"]
             rep = r["report"]
             rate = rep.items / rep.seconds
-            print(f"| {r['label']} | {n_dec / s_dec:.2f} | {rep.items} | {rep.seconds:.1f} | {rate:.2f} | "
-                  f"{rate / r['n']:.2f} | {1000 * r['n'] / rate:.0f} | {rate / (n_dec / s_dec):.2f} | "
-                  f"{rate / base_rate:.2f}x (ideal {r['n'] / base['n']:.0f}x) |")
+            print(
+                f"| {r['label']} | {n_dec / s_dec:.2f} | {rep.items} | {rep.seconds:.1f} | {rate:.2f} | "
+                f"{rate / r['n']:.2f} | {1000 * r['n'] / rate:.0f} | {rate / (n_dec / s_dec):.2f} | "
+                f"{rate / base_rate:.2f}x (ideal {r['n'] / base['n']:.0f}x) |"
+            )
         print()
-        print("Per shard (task time on the worker, from the shard reports): " + "; ".join(
-            f"{r['label']} worker(s): mean {sum(s.seconds for s in r['report'].shards) / len(r['report'].shards):.1f} s, "
-            f"max {max(s.seconds for s in r['report'].shards):.1f} s" for r in runs))
+        print(
+            "Per shard (task time on the worker, from the shard reports): "
+            + "; ".join(
+                f"{r['label']} worker(s): mean {sum(s.seconds for s in r['report'].shards) / len(r['report'].shards):.1f} s, "
+                f"max {max(s.seconds for s in r['report'].shards):.1f} s"
+                for r in runs
+            )
+        )
 
         print()
         print("## (a) and (d) memory per worker process (MB, one value per worker)")
         print()
-        print("| workers | RSS fresh | RSS idle after warm-up | peak after decode-only | peak after convert | "
-              "RSS at the end |")
+        print(
+            "| workers | RSS fresh | RSS idle after warm-up | peak after decode-only | peak after convert | "
+            "RSS at the end |"
+        )
         print("|---|---|---|---|---|---|")
         for r in runs:
-            print(f"| {r['label']} | {fmt_mem(r['fresh'], False)} | {fmt_mem(r['idle'], False)} | "
-                  f"{fmt_mem(r['after_decode'], True)} | {fmt_mem(r['after_convert'], True)} | "
-                  f"{fmt_mem(r['after_convert'], False)} |")
+            print(
+                f"| {r['label']} | {fmt_mem(r['fresh'], False)} | {fmt_mem(r['idle'], False)} | "
+                f"{fmt_mem(r['after_decode'], True)} | {fmt_mem(r['after_convert'], True)} | "
+                f"{fmt_mem(r['after_convert'], False)} |"
+            )
 
         last = runs[len(counts) - 1]  # the largest worker count, default environment
         kinds = count_objects(last["dest"])
         n_items = last["report"].items
-        written = sum(p.stat().st_size for p in Path(last["dest"]).rglob("*")
-                      if p.is_file() and ".staging" not in p.parts)
+        written = sum(
+            p.stat().st_size for p in Path(last["dest"]).rglob("*") if p.is_file() and ".staging" not in p.parts
+        )
 
         pub = None
         if not args.no_publish:
@@ -456,38 +511,51 @@ def main() -> None:
             print()
             print("| figure | value |")
             print("|---|---|")
-            print(f"| conversion with publishing: samples/s (vs without, same workers) | "
-                  f"{rep.items / rep.seconds:.2f} ({rep.items / rep.seconds / (last['report'].items / last['report'].seconds):.2f}x) |")
-            print(f"| items published / in pgstac / returned by pgstac.search | {p['items']} / {pub['in_db']} / "
-                  f"{pub['searched']} |")
+            print(
+                f"| conversion with publishing: samples/s (vs without, same workers) | "
+                f"{rep.items / rep.seconds:.2f} ({rep.items / rep.seconds / (last['report'].items / last['report'].seconds):.2f}x) |"
+            )
+            print(
+                f"| items published / in pgstac / returned by pgstac.search | {p['items']} / {pub['in_db']} / "
+                f"{pub['searched']} |"
+            )
             print(f"| batches (publish_shards calls) / shards published | {p['batches']} / {p['shards']} |")
             print(f"| publishing time (pypgstac delsert + count check) | {p['seconds']:.2f} s |")
             print(f"| load rate: items / delsert time | {p['items_per_second']:.0f} items/s |")
             print(f"| load rate: items / (delsert + count check) | {p['items'] / p['seconds']:.0f} items/s |")
-            print(f"| shard finished (manifest written) -> its items searchable: median / max | "
-                  f"{lags[len(lags) // 2]:.2f} s / {lags[-1]:.2f} s |")
-            print(f"| last shard finished -> last item searchable | "
-                  f"{pub['lags'][-1][1] - pub['lags'][-1][0]:.2f} s |")
-            print(f"| last item searchable -> convert() returned (collection rewrite, run report) | "
-                  f"{pub['returned'] - pub['batches'][-1][1]:.2f} s |")
+            print(
+                f"| shard finished (manifest written) -> its items searchable: median / max | "
+                f"{lags[len(lags) // 2]:.2f} s / {lags[-1]:.2f} s |"
+            )
+            print(f"| last shard finished -> last item searchable | {pub['lags'][-1][1] - pub['lags'][-1][0]:.2f} s |")
+            print(
+                f"| last item searchable -> convert() returned (collection rewrite, run report) | "
+                f"{pub['returned'] - pub['batches'][-1][1]:.2f} s |"
+            )
             print()
-            print("(e2) the same items published again after the conversion, cores idle (delsert + count "
-                  "check; collection deleted, VACUUM, CHECKPOINT before each):")
+            print(
+                "(e2) the same items published again after the conversion, cores idle (delsert + count "
+                "check; collection deleted, VACUUM, CHECKPOINT before each):"
+            )
             print()
             print("| load | files | (file, month partition) pairs | items | seconds | items/s | ms per pair |")
             print("|---|---|---|---|---|---|---|")
             for label, (files, pairs, items, secs) in pub["idle"].items():
-                print(f"| {label} | {files} | {pairs} | {items} | {secs:.2f} | {items / secs:.0f} | "
-                      f"{1000 * secs / pairs:.0f} |")
+                print(
+                    f"| {label} | {files} | {pairs} | {items} | {secs:.2f} | {items / secs:.0f} | "
+                    f"{1000 * secs / pairs:.0f} |"
+                )
             per_pair, per_item, per_partition = load_rate_model(pub["idle"])
             k, m = args.real_samples_per_shard, real_months
             print()
             rate, how = real_load_rate(pub["idle"], k, m)
-            print(f"Fit (partitions there) t = c x pairs + b x items: c = {1000 * per_pair:.1f} ms per (file, "
-                  f"partition) pair, b = {1000 * per_item:.2f} ms per item; creating a month partition "
-                  f"{1000 * per_partition:.0f} ms (once per month). A real shard file of {k} items over {m} months "
-                  f"(the months of all generated samples, {all_months}; --real-months-per-shard): "
-                  f"{rate:.0f} items/s ({how}).")
+            print(
+                f"Fit (partitions there) t = c x pairs + b x items: c = {1000 * per_pair:.1f} ms per (file, "
+                f"partition) pair, b = {1000 * per_item:.2f} ms per item; creating a month partition "
+                f"{1000 * per_partition:.0f} ms (once per month). A real shard file of {k} items over {m} months "
+                f"(the months of all generated samples, {all_months}; --real-months-per-shard): "
+                f"{rate:.0f} items/s ({how})."
+            )
 
         objects = sum(kinds.values())
         asset_objects = kinds["assets"]
@@ -495,20 +563,24 @@ def main() -> None:
         print()
         print("## (f) objects and requests at the destination")
         print()
-        print(f"Files at the dest of the {last['n']}-worker run ({n_items} samples, {len(shards)} shards"
-              f"{', + published markers of (e)' if pub else ''}): " +
-              ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) +
-              f"; total {objects} = {objects / n_items:.2f} objects per sample here: "
-              f"{asset_objects / n_items:.2f} asset files per sample + {shard_objects / len(shards):.0f} "
-              f"files per shard + 2 per run; {written / MB:.1f} MB written = {written / n_items / MB:.2f} MB "
-              f"per sample ({written / tar_bytes:.2f}x the source tars).")
+        print(
+            f"Files at the dest of the {last['n']}-worker run ({n_items} samples, {len(shards)} shards"
+            f"{', + published markers of (e)' if pub else ''}): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+            + f"; total {objects} = {objects / n_items:.2f} objects per sample here: "
+            f"{asset_objects / n_items:.2f} asset files per sample + {shard_objects / len(shards):.0f} "
+            f"files per shard + 2 per run; {written / MB:.1f} MB written = {written / n_items / MB:.2f} MB "
+            f"per sample ({written / tar_bytes:.2f}x the source tars)."
+        )
         per = {k: v / calls_items for k, v in calls.items()}
         print()
-        print(f"Store calls of (c0), every shard converted in-process into a fresh dest ({calls_items} samples): " +
-              ", ".join(f"{k} {v} ({per[k]:.2f}/sample)" for k, v in sorted(calls.items())) +
-              ". On an s3:// dest put = one PUT (objects of a few MB: no multipart), copy = one COPY, "
-              "get = GET, exists = HEAD (or LIST), delete = DELETE; the publisher adds one PUT per "
-              "shard (its published/ marker).")
+        print(
+            f"Store calls of (c0), every shard converted in-process into a fresh dest ({calls_items} samples): "
+            + ", ".join(f"{k} {v} ({per[k]:.2f}/sample)" for k, v in sorted(calls.items()))
+            + ". On an s3:// dest put = one PUT (objects of a few MB: no multipart), copy = one COPY, "
+            "get = GET, exists = HEAD (or LIST), delete = DELETE; the publisher adds one PUT per "
+            "shard (its published/ marker)."
+        )
 
         # (g) extrapolation
         r1 = base_rate / base["n"]  # samples/s per worker, the least contended run
@@ -525,53 +597,66 @@ def main() -> None:
         print()
         print(f"## (g) extrapolation to {FULL_SAMPLES / 1e6:.1f} M samples")
         print()
-        print("Assumptions: (1) CPU-bound, every worker converts at the per-worker rate measured here "
-              f"with {base['n']} worker(s), {r1:.2f} samples/s ({1000 / r1:.0f} ms/sample), on real data as "
-              "on generated (decode cost is per array, not per byte; see benchmarks/RESULTS.md), and "
-              "scaling is linear in workers (one shard per task, no shared state but the scheduler); "
-              f"(2) source bytes per sample: real TerraMesh {FULL_BYTES / 1e12:.0f} TB / "
-              f"{FULL_SAMPLES / 1e6:.1f} M = {real_per_sample / MB:.2f} MB (the generated tars here: "
-              f"{per_sample_src / MB:.2f} MB); (3) written bytes per sample: the measured written/source "
-              f"ratio {written / tar_bytes:.2f}x applied to the real size = {dest_per_sample / MB:.2f} MB; "
-              f"(4) {k} samples per shard (--real-samples-per-shard): {obj_per_sample:.3f} objects and "
-              f"{puts_per_sample:.3f} PUT requests per sample (asset files as measured, per-shard files "
-              "spread over the shard; no re-runs, no superseded assets); "
-              + (f"(5) one publisher (pgstac writer) at the idle load rate of (e2), {load_how}, the "
-                 f"partitions existing (created once, early in the run): {load_rate:.0f} items/s (the rate into a 9 M-row table is not measured; during the conversion on these shared cores it was "
-                 f"{pub['report'].published['items_per_second']:.0f} items/s in {pub['report'].published['batches']} "
-                 f"publishing call(s) of {n_items // len(shards)}-item shard files)."
-                 if load_rate else "(5) pgstac load rate: not measured (--no-publish)."))
+        print(
+            "Assumptions: (1) CPU-bound, every worker converts at the per-worker rate measured here "
+            f"with {base['n']} worker(s), {r1:.2f} samples/s ({1000 / r1:.0f} ms/sample), on real data as "
+            "on generated (decode cost is per array, not per byte; see benchmarks/RESULTS.md), and "
+            "scaling is linear in workers (one shard per task, no shared state but the scheduler); "
+            f"(2) source bytes per sample: real TerraMesh {FULL_BYTES / 1e12:.0f} TB / "
+            f"{FULL_SAMPLES / 1e6:.1f} M = {real_per_sample / MB:.2f} MB (the generated tars here: "
+            f"{per_sample_src / MB:.2f} MB); (3) written bytes per sample: the measured written/source "
+            f"ratio {written / tar_bytes:.2f}x applied to the real size = {dest_per_sample / MB:.2f} MB; "
+            f"(4) {k} samples per shard (--real-samples-per-shard): {obj_per_sample:.3f} objects and "
+            f"{puts_per_sample:.3f} PUT requests per sample (asset files as measured, per-shard files "
+            "spread over the shard; no re-runs, no superseded assets); "
+            + (
+                f"(5) one publisher (pgstac writer) at the idle load rate of (e2), {load_how}, the "
+                f"partitions existing (created once, early in the run): {load_rate:.0f} items/s (the rate into a 9 M-row table is not measured; during the conversion on these shared cores it was "
+                f"{pub['report'].published['items_per_second']:.0f} items/s in {pub['report'].published['batches']} "
+                f"publishing call(s) of {n_items // len(shards)}-item shard files)."
+                if load_rate
+                else "(5) pgstac load rate: not measured (--no-publish)."
+            )
+        )
         print()
-        print("| workers | convert wall time | worker-hours | source read per worker | source read total | "
-              "written total | objects | PUT requests | PUT/s at the dest | pgstac load (one writer) | "
-              "wall time with --load | memory (peak x workers) |")
+        print(
+            "| workers | convert wall time | worker-hours | source read per worker | source read total | "
+            "written total | objects | PUT requests | PUT/s at the dest | pgstac load (one writer) | "
+            "wall time with --load | memory (peak x workers) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in targets:
             rate = n * r1
             wall = FULL_SAMPLES / rate
             load_s = FULL_SAMPLES / load_rate if load_rate else None
-            load_cell = (f"{hours(load_s)} (items arrive at {rate / load_rate:.2f}x its rate)" if load_s else "-")
+            load_cell = f"{hours(load_s)} (items arrive at {rate / load_rate:.2f}x its rate)" if load_s else "-"
             with_load = hours(max(wall, load_s)) + (" (load-bound)" if load_s > wall else "") if load_s else "-"
-            print(f"| {n} | {hours(wall)} | {FULL_SAMPLES / r1 / 3600:,.0f} | "
-                  f"{r1 * real_per_sample * 8 / 1e6:.0f} Mbit/s | {rate * real_per_sample * 8 / 1e9:.2f} Gbit/s | "
-                  f"{FULL_SAMPLES * dest_per_sample / 1e12:.1f} TB | {FULL_SAMPLES * obj_per_sample / 1e6:.0f} M | "
-                  f"{FULL_SAMPLES * puts_per_sample / 1e6:.0f} M | {rate * puts_per_sample:,.0f} | {load_cell} | "
-                  f"{with_load} | {n * peak / 1e3:,.1f} GB |")
+            print(
+                f"| {n} | {hours(wall)} | {FULL_SAMPLES / r1 / 3600:,.0f} | "
+                f"{r1 * real_per_sample * 8 / 1e6:.0f} Mbit/s | {rate * real_per_sample * 8 / 1e9:.2f} Gbit/s | "
+                f"{FULL_SAMPLES * dest_per_sample / 1e12:.1f} TB | {FULL_SAMPLES * obj_per_sample / 1e6:.0f} M | "
+                f"{FULL_SAMPLES * puts_per_sample / 1e6:.0f} M | {rate * puts_per_sample:,.0f} | {load_cell} | "
+                f"{with_load} | {n * peak / 1e3:,.1f} GB |"
+            )
         if len(runs) > len(counts):
             env_run = runs[-1]
             r_env = env_run["report"].items / env_run["report"].seconds / env_run["n"]
             print()
-            print(f"With the workers' environment of the last row of (b) ({env_run['label']}), "
-                  f"{r_env:.2f} samples/s per worker: {FULL_SAMPLES / r_env / 3600:,.0f} worker-hours instead of "
-                  f"{FULL_SAMPLES / r1 / 3600:,.0f}; the in-process rate of (c0), {in_items / in_seconds:.2f} "
-                  f"samples/s, would be {FULL_SAMPLES / (in_items / in_seconds) / 3600:,.0f}.")
+            print(
+                f"With the workers' environment of the last row of (b) ({env_run['label']}), "
+                f"{r_env:.2f} samples/s per worker: {FULL_SAMPLES / r_env / 3600:,.0f} worker-hours instead of "
+                f"{FULL_SAMPLES / r1 / 3600:,.0f}; the in-process rate of (c0), {in_items / in_seconds:.2f} "
+                f"samples/s, would be {FULL_SAMPLES / (in_items / in_seconds) / 3600:,.0f}."
+            )
         if load_rate:
             print()
-            print(f"With --load the single publisher keeps up while workers x {r1:.2f} samples/s <= "
-                  f"{load_rate:.0f} items/s, i.e. up to ~{load_rate / r1:.0f} workers; beyond that the "
-                  "load is the bottleneck: the wall time is the load's, whether items are published "
-                  "during the conversion or by `terramesh-stac load` afterwards (one writer either way: "
-                  "concurrent pgstac loaders deadlock, see converters/run.py).")
+            print(
+                f"With --load the single publisher keeps up while workers x {r1:.2f} samples/s <= "
+                f"{load_rate:.0f} items/s, i.e. up to ~{load_rate / r1:.0f} workers; beyond that the "
+                "load is the bottleneck: the wall time is the load's, whether items are published "
+                "during the conversion or by `terramesh-stac load` afterwards (one writer either way: "
+                "concurrent pgstac loaders deadlock, see converters/run.py)."
+            )
         print()
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
     finally:

@@ -54,8 +54,11 @@ MODALITY = "S2L2A"
 
 def start_moto() -> tuple[str, subprocess.Popen]:
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -79,8 +82,12 @@ def median_ms(fn, args_list) -> float:
 
 
 def items_of(store) -> list[dict]:
-    return [json.loads(line) for path in store.glob("items/*/*.ndjson")
-            for line in store.get(path).decode().splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for path in store.glob("items/*/*.ndjson")
+        for line in store.get(path).decode().splitlines()
+        if line.strip()
+    ]
 
 
 def asset_stats(items: list[dict], store, suffix: str) -> tuple[int, int]:
@@ -88,8 +95,12 @@ def asset_stats(items: list[dict], store, suffix: str) -> tuple[int, int]:
     n = size = 0
     for item in items:
         for key, asset in item["assets"].items():
-            if key in ("cloud_mask", "thumbnail") or not key.endswith(suffix) or "file:size" not in asset \
-                    or (suffix == "" and key.endswith("_ref")):
+            if (
+                key in ("cloud_mask", "thumbnail")
+                or not key.endswith(suffix)
+                or "file:size" not in asset
+                or (suffix == "" and key.endswith("_ref"))
+            ):
                 continue
             n += 1
             size += asset["file:size"]
@@ -100,11 +111,17 @@ def zarr_stats(store, n_samples: int, samples_per_shard: int) -> tuple[int, int,
     """(objects, bytes) of the stacked Zarr stores, and the objects per 1,000 samples that
     1,000-sample shards would make: pixel shard objects grow with blocks of samples, the
     rest (metadata, small per-item arrays sharded whole) stays per store."""
-    files = [(p.relative_to(store.root).as_posix(), p.stat().st_size)
-             for p in (Path(store.root) / "assets" / "zarr").rglob("*") if p.is_file()]  # local dest
+    files = [
+        (p.relative_to(store.root).as_posix(), p.stat().st_size)
+        for p in (Path(store.root) / "assets" / "zarr").rglob("*")
+        if p.is_file()
+    ]  # local dest
     stores = {p.split(".zarr/", 1)[0] for p, _ in files}
-    pixels = sum(1 for p, _ in files if p.split(".zarr/", 1)[1].split("/")[0] in zarrstack.PIXEL_ARRAYS
-                 and not p.endswith("zarr.json"))
+    pixels = sum(
+        1
+        for p, _ in files
+        if p.split(".zarr/", 1)[1].split("/")[0] in zarrstack.PIXEL_ARRAYS and not p.endswith("zarr.json")
+    )
     blocks = -(-samples_per_shard // zarrstack.SAMPLES_PER_BLOCK)
     real_blocks = -(-1000 // zarrstack.SAMPLES_PER_BLOCK)
     per_store = (len(files) - pixels) / len(stores) + pixels / len(stores) / blocks * real_blocks
@@ -140,13 +157,20 @@ def convert_in_fresh_process(source: str, shard: str, dest: str, formats: str) -
     """(seconds, peak RSS MB) of converting one shard with `formats` in a new process."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked
     # from this (large) process would report this process's size
-    code = ("import re, sys, time; from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard; "
-            "t = time.perf_counter(); convert_shard(sys.argv[1], 'val', sys.argv[2], "
-            "ConvertOptions(dest=sys.argv[3], formats=tuple(sys.argv[4].split(',')))); "
-            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
-            "print(time.perf_counter() - t, int(hwm) / 1024)")
-    out = subprocess.run([sys.executable, "-c", code, source, shard, dest, formats], check=True,
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    code = (
+        "import re, sys, time; from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard; "
+        "t = time.perf_counter(); convert_shard(sys.argv[1], 'val', sys.argv[2], "
+        "ConvertOptions(dest=sys.argv[3], formats=tuple(sys.argv[4].split(',')))); "
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "print(time.perf_counter() - t, int(hwm) / 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, source, shard, dest, formats],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     seconds, rss = out.split()[-2:]
     return float(seconds), float(rss)
 
@@ -167,8 +191,9 @@ def range_read(row: dict, storage_options: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--samples-per-shard", type=int, default=40,
-                    help="40: two Zarr blocks per shard, one full, one partial")
+    ap.add_argument(
+        "--samples-per-shard", type=int, default=40, help="40: two Zarr blocks per shard, one full, one partial"
+    )
     ap.add_argument("--reads", type=int, default=9, help="samples read per measurement (median)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -187,14 +212,19 @@ def main() -> None:
                 s3.upload_file(str(p), "bench", f"source/{p.relative_to(src).as_posix()}")
         shards = open_source(str(src)).list_shards("val")
         tar_bytes = sum(p.stat().st_size for p in src.rglob("*.tar"))
-        print(conditions(command_line(), [
-            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
-            f"samples, {tar_bytes / 1e6:.1f} MB of tars ({tar_bytes / 1e6 / len(shards):.1f} MB per shard "
-            "per all modalities; real shards are ~1,000 samples, ~1.85 GB)",
-            f"local: temp dir on the local disk; S3: moto_server (own process) at {endpoint}, same machine",
-            f"reads: {MODALITY}, median over a disjoint set of random samples per measurement "
-            f"(at most {args.reads}, at most a sixth of the samples), warm page cache",
-        ]))
+        print(
+            conditions(
+                command_line(),
+                [
+                    f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(shards)} shards x {args.samples_per_shard} "
+                    f"samples, {tar_bytes / 1e6:.1f} MB of tars ({tar_bytes / 1e6 / len(shards):.1f} MB per shard "
+                    "per all modalities; real shards are ~1,000 samples, ~1.85 GB)",
+                    f"local: temp dir on the local disk; S3: moto_server (own process) at {endpoint}, same machine",
+                    f"reads: {MODALITY}, median over a disjoint set of random samples per measurement "
+                    f"(at most {args.reads}, at most a sixth of the samples), warm page cache",
+                ],
+            )
+        )
         results = {}
         for where, source_url, dest, options in (
             ("local", str(src), str(work / "dest"), {}),
@@ -213,8 +243,11 @@ def main() -> None:
         print()
         print("| format | objects | MB | vs source tars |")
         print("|---|---|---|---|")
-        for label, suffix in (("COG (copies)", ""), ("Zarr (copies, stacked per shard)", None),
-                              ("references (no copy)", "_ref")):
+        for label, suffix in (
+            ("COG (copies)", ""),
+            ("Zarr (copies, stacked per shard)", None),
+            ("references (no copy)", "_ref"),
+        ):
             if suffix is None:
                 objects, size, estimate = zarr_stats(store, n, args.samples_per_shard)
                 label += f"; 1,000-sample shards (estimate): {estimate:,.0f} objects"
@@ -228,34 +261,51 @@ def main() -> None:
         print()
         print("| where | format | open + one band | open + all bands | vs COG (one band / all bands) |")
         print("|---|---|---|---|---|")
-        gdal_env = dict(AWS_S3_ENDPOINT=endpoint.removeprefix("http://"), AWS_HTTPS="NO",
-                        AWS_VIRTUAL_HOSTING="FALSE", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+        gdal_env = dict(
+            AWS_S3_ENDPOINT=endpoint.removeprefix("http://"),
+            AWS_HTTPS="NO",
+            AWS_VIRTUAL_HOSTING="FALSE",
+            GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+        )
         for where, (store, _source_url) in reversed(results.items()):
             # disjoint samples per measurement: nothing read twice (GDAL and fsspec cache)
             picks = rng.sample(items_of(store), min(6 * args.reads, n))
             k = len(picks) // 6
             remote = {"client_kwargs": {"endpoint_url": endpoint}} if where == "S3" else {}
             with rasterio.Env(**(gdal_env if where == "S3" else {})):
-                cog = [median_ms(lambda h: cog_read(h, every), [(i["assets"][MODALITY]["href"],) for i in part])
-                       for every, part in ((False, picks[:k]), (True, picks[k:2 * k]))]
-            zarr = [median_ms(lambda i: zarr_read(i["assets"][f"{MODALITY}_zarr"], i["id"], remote, every),
-                              [(i,) for i in part])
-                    for every, part in ((False, picks[2 * k:3 * k]), (True, picks[3 * k:4 * k]))]
-            refs = [median_ms(lambda a: ref_read(a, remote, every), [(i["assets"][f"{MODALITY}_ref"],) for i in part])
-                    for every, part in ((False, picks[4 * k:5 * k]), (True, picks[5 * k:6 * k]))]
+                cog = [
+                    median_ms(lambda h: cog_read(h, every), [(i["assets"][MODALITY]["href"],) for i in part])
+                    for every, part in ((False, picks[:k]), (True, picks[k : 2 * k]))
+                ]
+            zarr = [
+                median_ms(
+                    lambda i: zarr_read(i["assets"][f"{MODALITY}_zarr"], i["id"], remote, every), [(i,) for i in part]
+                )
+                for every, part in ((False, picks[2 * k : 3 * k]), (True, picks[3 * k : 4 * k]))
+            ]
+            refs = [
+                median_ms(lambda a: ref_read(a, remote, every), [(i["assets"][f"{MODALITY}_ref"],) for i in part])
+                for every, part in ((False, picks[4 * k : 5 * k]), (True, picks[5 * k : 6 * k]))
+            ]
             for label, (one, every) in (("COG", cog), ("Zarr", zarr), ("references", refs)):
                 print(f"| {where} | {label} | {one:.1f} | {every:.1f} | {one / cog[0]:.2f}x / {every / cog[1]:.2f}x |")
 
         print()
         print("## (c) one original sample out of its shard: scan the tar vs one range request (ms, median)")
         print()
-        print("| where | scan from the start (today) | byte-range read (index) | scan / range | scan rate | "
-              f"scan of a 1,000-sample {MODALITY} shard, half way (estimate; vs range) |")
+        print(
+            "| where | scan from the start (today) | byte-range read (index) | scan / range | scan rate | "
+            f"scan of a 1,000-sample {MODALITY} shard, half way (estimate; vs range) |"
+        )
         print("|---|---|---|---|---|---|")
         for where, (store, _source_url) in results.items():
             storage = {"client_kwargs": {"endpoint_url": endpoint}} if where == "S3" else {}
-            rows = [r for shard in shards for r in read_index(store.href(index_path("val", shard)), **storage)
-                    if r["modality"] == MODALITY and not r["problem"]]
+            rows = [
+                r
+                for shard in shards
+                for r in read_index(store.href(index_path("val", shard)), **storage)
+                if r["modality"] == MODALITY and not r["problem"]
+            ]
             picks = rng.sample(rows, min(2 * args.reads, len(rows)))
             k = len(picks) // 2
             fs = fsspec.core.url_to_fs(picks[0]["tar_url"], **storage)[0]
@@ -265,12 +315,16 @@ def main() -> None:
             rate = scanned / (scan / 1000)
             tar_size = statistics.mean(fs.size(r["tar_url"]) for r in picks)
             real = tar_size * 1000 / args.samples_per_shard / 2 / rate * 1000
-            print(f"| {where} | {scan:.1f} | {ranged:.1f} | {scan / ranged:.1f}x | {rate / 1e6:.0f} MB/s | "
-                  f"{real:,.0f} ms ({real / ranged:,.0f}x) |")
+            print(
+                f"| {where} | {scan:.1f} | {ranged:.1f} | {scan / ranged:.1f}x | {rate / 1e6:.0f} MB/s | "
+                f"{real:,.0f} ms ({real / ranged:,.0f}x) |"
+            )
         print()
-        print("# the scan reads the shard up to the member (half of it on average); the estimate scales the "
-              f"measured scan rate to a shard of 1,000 samples ({1000 / args.samples_per_shard:.0f}x these); "
-              "the range read does not depend on the shard size")
+        print(
+            "# the scan reads the shard up to the member (half of it on average); the estimate scales the "
+            f"measured scan rate to a shard of 1,000 samples ({1000 / args.samples_per_shard:.0f}x these); "
+            "the range read does not depend on the shard size"
+        )
         print()
         print(f"## (d) converting one {args.samples_per_shard}-sample shard in a fresh process (local -> local)")
         print()

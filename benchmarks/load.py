@@ -89,7 +89,7 @@ def write_tree(root: Path, collection: dict, items: list[dict], cid: str, per_fi
     files = []
     for k in range(0, len(items), per_file):
         p = root / "items" / "bench" / f"part-{k // per_file:04d}.ndjson"
-        p.write_bytes(b"\n".join(orjson.dumps(dict(i, collection=cid)) for i in items[k:k + per_file]) + b"\n")
+        p.write_bytes(b"\n".join(orjson.dumps(dict(i, collection=cid)) for i in items[k : k + per_file]) + b"\n")
         files.append(p)
     return files
 
@@ -107,8 +107,7 @@ def raw_load(dsn: str, root: Path, files: list[Path], method, queryables: bool) 
         if queryables:
             database.prepare_collection(conn, collection["id"], "month")
         else:
-            conn.execute("UPDATE pgstac.collections SET partition_trunc = 'month' WHERE id = %s",
-                         (collection["id"],))
+            conn.execute("UPDATE pgstac.collections SET partition_trunc = 'month' WHERE id = %s", (collection["id"],))
         loader.collection_json.cache_clear()
         for f in files:
             loader.load_items(str(f), method)
@@ -143,8 +142,11 @@ def reset(admin_dsn: str, drop: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dest", help="an existing conversion output to take the items from; "
-                                   "default: generate + convert a small tree in a temp dir")
+    ap.add_argument(
+        "--dest",
+        help="an existing conversion output to take the items from; "
+        "default: generate + convert a small tree in a temp dir",
+    )
     ap.add_argument("--shards", type=int, default=2, help="generated shards (without --dest)")
     ap.add_argument("--samples-per-shard", type=int, default=8, help="generated samples per shard")
     ap.add_argument("--items", type=int, default=3000, help="items per load (multiplied copies)")
@@ -166,8 +168,10 @@ def main() -> None:
             src, dest = str(work / "source"), str(work / "dest")
             keys = generate_source(src, args.shards, args.samples_per_shard)
             convert(src, ConvertOptions(dest=dest, collection_id="terramesh-bench"), split="val")
-            note = (f"base items: GENERATED (terramesh_stac.converters.synth, seed 0) {len(keys)} samples, "
-                    f"converted with terramesh_stac.converters.run.convert")
+            note = (
+                f"base items: GENERATED (terramesh_stac.converters.synth, seed 0) {len(keys)} samples, "
+                f"converted with terramesh_stac.converters.run.convert"
+            )
         store = Store(dest)
         base = [i for f in item_files(store) for i in read_items(store, f)]
         collection = orjson.loads(store.get("collection.json"))
@@ -184,17 +188,22 @@ def main() -> None:
         with pgstac_cluster() as settings:
             loader_dsn = database.dsn(settings, "loader")
             admin_dsn = database.dsn(settings, "admin")
-            print(conditions(command_line(), [
-                note,
-                f"loaded per run: {len(items)} items (copies of {len(base)} converted items, ids "
-                f"rewritten, datetimes spread over {args.months} x 30 days), {size / 1e6:.1f} MB NDJSON "
-                f"({size / len(items) / 1e3:.1f} kB/item), files of <= {args.items_per_file} items",
-                "database: embedded PostgreSQL cluster started by this script, default config, same "
-                "machine; client and server share the 2 cores",
-                f"{args.rounds} round(s), the order of the loads rotating (ours-again right after ours); "
-                "before every load the previous collection is deleted (pgstac drops its partitions), "
-                "then VACUUM ANALYZE + CHECKPOINT: every load starts from an empty items table",
-            ]))
+            print(
+                conditions(
+                    command_line(),
+                    [
+                        note,
+                        f"loaded per run: {len(items)} items (copies of {len(base)} converted items, ids "
+                        f"rewritten, datetimes spread over {args.months} x 30 days), {size / 1e6:.1f} MB NDJSON "
+                        f"({size / len(items) / 1e3:.1f} kB/item), files of <= {args.items_per_file} items",
+                        "database: embedded PostgreSQL cluster started by this script, default config, same "
+                        "machine; client and server share the 2 cores",
+                        f"{args.rounds} round(s), the order of the loads rotating (ours-again right after ours); "
+                        "before every load the previous collection is deleted (pgstac drops its partitions), "
+                        "then VACUUM ANALYZE + CHECKPOINT: every load starts from an empty items table",
+                    ],
+                )
+            )
             allruns: dict[str, list[float]] = {}
             for rnd in range(1, args.rounds + 1):
                 by_kind = {r[2]: r for r in base_runs}
@@ -218,16 +227,24 @@ def main() -> None:
                         t = time.perf_counter()
                         r = load(str(root), loader_dsn, partition="month")
                         secs = time.perf_counter() - t
-                        extra = (f" (items {r.items_seconds:.2f} s = {len(items) / r.items_seconds:.0f}/s, "
-                                 f"count check {r.check_seconds:.2f} s)")
+                        extra = (
+                            f" (items {r.items_seconds:.2f} s = {len(items) / r.items_seconds:.0f}/s, "
+                            f"count check {r.check_seconds:.2f} s)"
+                        )
                     else:
                         method = Methods.insert if kind == "raw-insert" else Methods.upsert
                         secs = raw_load(loader_dsn, root, files, method, queryables=kind != "raw-noidx")
                         extra = ""
                     results[kind] = secs
                     allruns.setdefault(kind, []).append(len(items) / secs)
-                    rows.append((kind, f"| {label}{extra} | {len(items)} | {secs:.2f} | {len(items) / secs:.0f} | "
-                                       "{ratio} | " f"{partitions(admin_dsn, cid)} | {count(admin_dsn, cid)} |"))
+                    rows.append(
+                        (
+                            kind,
+                            f"| {label}{extra} | {len(items)} | {secs:.2f} | {len(items) / secs:.0f} | "
+                            "{ratio} | "
+                            f"{partitions(admin_dsn, cid)} | {count(admin_dsn, cid)} |",
+                        )
+                    )
                 print()
                 print("| load | items | seconds | items/s | vs raw upsert | partitions | in pgstac |")
                 print("|---|---|---|---|---|---|---|")
@@ -241,13 +258,17 @@ def main() -> None:
             print("|---|---|---|---|")
             med = {k: statistics.median(v) for k, v in allruns.items()}
             for label, _, kind in base_runs:
-                print(f"| {label} | {med[kind]:.0f} | {', '.join(f'{x:.0f}' for x in allruns[kind])} | "
-                      f"{med[kind] / med['raw-upsert']:.2f} |")
+                print(
+                    f"| {label} | {med[kind]:.0f} | {', '.join(f'{x:.0f}' for x in allruns[kind])} | "
+                    f"{med[kind] / med['raw-upsert']:.2f} |"
+                )
             print()
             print(f"# load average (1/5/15 min) at the end: {loadavg()}")
-            print("seconds = wall time of the whole load (collection upsert + partitioning/queryables + "
-                  "items [+ count check for ours]); ratio = items/s relative to raw pypgstac upsert "
-                  "of the same round")
+            print(
+                "seconds = wall time of the whole load (collection upsert + partitioning/queryables + "
+                "items [+ count check for ours]); ratio = items/s relative to raw pypgstac upsert "
+                "of the same round"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

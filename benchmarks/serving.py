@@ -45,8 +45,15 @@ ZARR_CID = "terramesh-demo-zarr"
 VENV_BIN = Path(sys.executable).parent
 # render preset -> the asset it needs (converters/collection.py RENDERS)
 PRESET_ASSET = {
-    "true-color": "S2L2A", "false-color": "S2L2A", "s2rgb": "S2RGB", "sar-rtc": "S1RTC",
-    "sar-grd": "S1GRD", "dem": "DEM", "ndvi": "NDVI", "lulc": "LULC", "cloud-mask": "cloud_mask",
+    "true-color": "S2L2A",
+    "false-color": "S2L2A",
+    "s2rgb": "S2RGB",
+    "sar-rtc": "S1RTC",
+    "sar-grd": "S1GRD",
+    "dem": "DEM",
+    "ndvi": "NDVI",
+    "lulc": "LULC",
+    "cloud-mask": "cloud_mask",
 }
 
 
@@ -104,8 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="timed requests per kind")
     ap.add_argument("--warmup", type=int, default=10, help="untimed requests per kind first")
-    ap.add_argument("--slow-requests", type=int, default=5,
-                    help="timed requests for the zoomed-out tiles (1 warm-up)")
+    ap.add_argument("--slow-requests", type=int, default=5, help="timed requests for the zoomed-out tiles (1 warm-up)")
     args = ap.parse_args()
 
     state = temp_dir("terramesh-bench-serve-")
@@ -114,22 +120,41 @@ def main() -> None:
     server = None
     try:
         t = time.perf_counter()
-        demo = subprocess.run([cli(), "demo", "--no-serve"], env=env, cwd=state,
-                              capture_output=True, text=True)
+        demo = subprocess.run([cli(), "demo", "--no-serve"], env=env, cwd=state, capture_output=True, text=True)
         if demo.returncode not in (0, 3):
             raise RuntimeError(f"demo failed ({demo.returncode}):\n{demo.stdout}\n{demo.stderr}")
         demo_seconds = time.perf_counter() - t
         dest = Path(state) / "demo" / "output"
         zarr_convert = subprocess.run(
-            [cli(), "convert", str(Path(state) / "demo" / "source"), "--dest", str(Path(state) / "zarr-output"),
-             "--format", "zarr", "--collection", ZARR_CID, "--load", "--quiet"],
-            env=env, cwd=state, capture_output=True, text=True)
+            [
+                cli(),
+                "convert",
+                str(Path(state) / "demo" / "source"),
+                "--dest",
+                str(Path(state) / "zarr-output"),
+                "--format",
+                "zarr",
+                "--collection",
+                ZARR_CID,
+                "--load",
+                "--quiet",
+            ],
+            env=env,
+            cwd=state,
+            capture_output=True,
+            text=True,
+        )
         if zarr_convert.returncode != 0:
             raise RuntimeError(f"zarr convert failed:\n{zarr_convert.stdout}\n{zarr_convert.stderr}")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        senv = dict(env, TERRAMESH_DEST=str(dest), TERRAMESH_COLLECTION_ID=CID,
-                    TERRAMESH_HOST="127.0.0.1", TERRAMESH_PORT=str(port))
+        senv = dict(
+            env,
+            TERRAMESH_DEST=str(dest),
+            TERRAMESH_COLLECTION_ID=CID,
+            TERRAMESH_HOST="127.0.0.1",
+            TERRAMESH_PORT=str(port),
+        )
         log = open(Path(state) / "serve.log", "w")
         server = subprocess.Popen([cli(), "serve"], env=senv, cwd=state, stdout=log, stderr=subprocess.STDOUT)
         wait_up(base, server)
@@ -158,44 +183,114 @@ def main() -> None:
             kinds = [  # (group, label, method, url, body)
                 ("search", "collection, limit 10", "GET", s + urlencode({"collections": CID, "limit": 10}), None),
                 ("search", f"bbox {bbox}", "GET", s + urlencode({"collections": CID, "bbox": bbox, "limit": 10}), None),
-                ("search", f"datetime {year}", "GET", s + urlencode(
-                    {"collections": CID, "datetime": f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z", "limit": 10}), None),
-                ("search", "CQL2 eo:cloud_cover < 10", "GET", s + urlencode(
-                    {"collections": CID, "filter": "eo:cloud_cover < 10", "filter-lang": "cql2-text", "limit": 10}), None),
-                ("search", "CQL2 terramesh:source = 'ssl4eos12'", "GET", s + urlencode(
-                    {"collections": CID, "filter": "\"terramesh:source\" = 'ssl4eos12'", "filter-lang": "cql2-text",
-                     "limit": 10}), None),
-                ("search", "POST bbox + datetime + CQL2 (README example shape)", "POST", f"{base}/stac/search", {
-                    "collections": [CID], "bbox": [float(v) for v in bbox.split(",")],
-                    "datetime": f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z",
-                    "filter-lang": "cql2-json",
-                    "filter": {"op": "and", "args": [
-                        {"op": "<", "args": [{"property": "eo:cloud_cover"}, 50]},
-                        {"op": "=", "args": [{"property": "terramesh:source"}, i0["properties"]["terramesh:source"]]}]},
-                    "limit": 10}),
+                (
+                    "search",
+                    f"datetime {year}",
+                    "GET",
+                    s
+                    + urlencode(
+                        {"collections": CID, "datetime": f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z", "limit": 10}
+                    ),
+                    None,
+                ),
+                (
+                    "search",
+                    "CQL2 eo:cloud_cover < 10",
+                    "GET",
+                    s
+                    + urlencode(
+                        {"collections": CID, "filter": "eo:cloud_cover < 10", "filter-lang": "cql2-text", "limit": 10}
+                    ),
+                    None,
+                ),
+                (
+                    "search",
+                    "CQL2 terramesh:source = 'ssl4eos12'",
+                    "GET",
+                    s
+                    + urlencode(
+                        {
+                            "collections": CID,
+                            "filter": "\"terramesh:source\" = 'ssl4eos12'",
+                            "filter-lang": "cql2-text",
+                            "limit": 10,
+                        }
+                    ),
+                    None,
+                ),
+                (
+                    "search",
+                    "POST bbox + datetime + CQL2 (README example shape)",
+                    "POST",
+                    f"{base}/stac/search",
+                    {
+                        "collections": [CID],
+                        "bbox": [float(v) for v in bbox.split(",")],
+                        "datetime": f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z",
+                        "filter-lang": "cql2-json",
+                        "filter": {
+                            "op": "and",
+                            "args": [
+                                {"op": "<", "args": [{"property": "eo:cloud_cover"}, 50]},
+                                {
+                                    "op": "=",
+                                    "args": [{"property": "terramesh:source"}, i0["properties"]["terramesh:source"]],
+                                },
+                            ],
+                        },
+                        "limit": 10,
+                    },
+                ),
                 ("search", "paging: page 2 (next link of limit 5)", "GET", next_url, None),
-                ("search", "item GET /stac/collections/{cid}/items/{iid}", "GET",
-                 f"{base}/stac/collections/{CID}/items/{i0['id']}", None),
+                (
+                    "search",
+                    "item GET /stac/collections/{cid}/items/{iid}",
+                    "GET",
+                    f"{base}/stac/collections/{CID}/items/{i0['id']}",
+                    None,
+                ),
             ]
             for preset, asset in PRESET_ASSET.items():
                 if asset not in with_asset:
                     print(f"# no item with asset {asset}: preset {preset} skipped")
                     continue
                 it, tile = with_asset[asset]
-                kinds.append(("item tile", f"{preset} ({asset}) z{tile.z}", "GET",
-                              f"{base}/raster/collections/{CID}/items/{it['id']}/tiles/WebMercatorQuad/"
-                              f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}", None))
+                kinds.append(
+                    (
+                        "item tile",
+                        f"{preset} ({asset}) z{tile.z}",
+                        "GET",
+                        f"{base}/raster/collections/{CID}/items/{it['id']}/tiles/WebMercatorQuad/"
+                        f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}",
+                        None,
+                    )
+                )
                 if asset != "cloud_mask":  # the cloud mask is a COG in both collections
-                    kinds.append(("item tile, Zarr", f"{preset} ({asset}_zarr) z{tile.z}", "GET",
-                                  f"{base}/raster/collections/{ZARR_CID}/items/{it['id']}/tiles/WebMercatorQuad/"
-                                  f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}", None))
+                    kinds.append(
+                        (
+                            "item tile, Zarr",
+                            f"{preset} ({asset}_zarr) z{tile.z}",
+                            "GET",
+                            f"{base}/raster/collections/{ZARR_CID}/items/{it['id']}/tiles/WebMercatorQuad/"
+                            f"{tile.z}/{tile.x}/{tile.y}.png?render={preset}",
+                            None,
+                        )
+                    )
             # mosaic: a registered search over the collection, the true-colour item's tile
-            reg = client.post(f"{base}/raster/searches/register",
-                              json={"collections": [CID], "filter-lang": "cql2-json"}).json()
+            reg = client.post(
+                f"{base}/raster/searches/register", json={"collections": [CID], "filter-lang": "cql2-json"}
+            ).json()
             it, tile = with_asset["S2L2A"]
-            kinds.append(("mosaic tile", f"registered search, true-color, z{tile.z}", "GET",
-                          f"{base}/raster/searches/{reg['id']}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png"
-                          f"?render=true-color", None))
+            kinds.append(
+                (
+                    "mosaic tile",
+                    f"registered search, true-color, z{tile.z}",
+                    "GET",
+                    f"{base}/raster/searches/{reg['id']}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png"
+                    f"?render=true-color",
+                    None,
+                )
+            )
             # zoomed out: the same item's true-colour and S1 tiles 4 zoom levels lower (the
             # sample covers a few pixels of the tile); slow, so only --slow-requests
             import morecantile
@@ -206,25 +301,38 @@ def main() -> None:
                 it, tile = with_asset[PRESET_ASSET[preset]]
                 lon, lat = (it["bbox"][0] + it["bbox"][2]) / 2, (it["bbox"][1] + it["bbox"][3]) / 2
                 low = tms.tile(lon, lat, tile.z - 4)
-                slow.append(("item tile, zoomed out", f"{preset} z{low.z} (sample ~{256 >> 4} px of the tile)",
-                             "GET", f"{base}/raster/collections/{CID}/items/{it['id']}/tiles/WebMercatorQuad/"
-                             f"{low.z}/{low.x}/{low.y}.png?render={preset}", None))
+                slow.append(
+                    (
+                        "item tile, zoomed out",
+                        f"{preset} z{low.z} (sample ~{256 >> 4} px of the tile)",
+                        "GET",
+                        f"{base}/raster/collections/{CID}/items/{it['id']}/tiles/WebMercatorQuad/"
+                        f"{low.z}/{low.x}/{low.y}.png?render={preset}",
+                        None,
+                    )
+                )
             # baselines: plain asset GETs of the same files a tile reads
             for asset in ("S2L2A", "DEM"):
                 it = with_asset[asset][0]
                 href = f"{base}/assets/{it['id']}/{asset}.tif"
                 kinds.append(("baseline", f"GET /assets/<key>/{asset}.tif (whole file)", "GET", href, None))
 
-            print(conditions(command_line(), [
-                f"data: GENERATED demo catalog (`terramesh-stac demo --no-serve`, {demo_seconds:.0f} s, not "
-                f"timed): {n_items} items in {CID}, 264 px COG assets; the same samples as Zarr "
-                f"(`convert --format zarr`) in {ZARR_CID}",
-                "server: `terramesh-stac serve` (one uvicorn worker, default pool sizes), client: one httpx "
-                "Client (keep-alive), sequential, on the same 2 cores as the server and PostgreSQL",
-                f"per kind: {args.warmup} warm-up requests (not counted), then {args.requests} timed; "
-                "time = request sent -> whole body read",
-                "no plain titiler-core COG tile endpoint in catalog/app.py: that baseline is skipped",
-            ]), flush=True)
+            print(
+                conditions(
+                    command_line(),
+                    [
+                        f"data: GENERATED demo catalog (`terramesh-stac demo --no-serve`, {demo_seconds:.0f} s, not "
+                        f"timed): {n_items} items in {CID}, 264 px COG assets; the same samples as Zarr "
+                        f"(`convert --format zarr`) in {ZARR_CID}",
+                        "server: `terramesh-stac serve` (one uvicorn worker, default pool sizes), client: one httpx "
+                        "Client (keep-alive), sequential, on the same 2 cores as the server and PostgreSQL",
+                        f"per kind: {args.warmup} warm-up requests (not counted), then {args.requests} timed; "
+                        "time = request sent -> whole body read",
+                        "no plain titiler-core COG tile endpoint in catalog/app.py: that baseline is skipped",
+                    ],
+                ),
+                flush=True,
+            )
             rows = []
             for group, label, method, url, body in kinds:
                 times, statuses, size = measure(client, method, url, body, args.requests, args.warmup)

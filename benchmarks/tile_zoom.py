@@ -28,8 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, conditions, generate_source, loadavg, temp_dir  # noqa: E402
 
 # asset -> band indexes read (as the render presets do)
-ASSETS = {"S2L2A": (4, 3, 2), "S2RGB": (1, 2, 3), "S1RTC": (1, 2), "S1GRD": (1, 2), "DEM": (1,),
-          "NDVI": (1,), "LULC": (1,), "cloud_mask": (1,)}
+ASSETS = {
+    "S2L2A": (4, 3, 2),
+    "S2RGB": (1, 2, 3),
+    "S1RTC": (1, 2),
+    "S1GRD": (1, 2),
+    "DEM": (1,),
+    "NDVI": (1,),
+    "LULC": (1,),
+    "cloud_mask": (1,),
+}
 
 
 def main() -> None:
@@ -51,11 +59,16 @@ def main() -> None:
     try:
         generate_source(f"{work}/src", 2, 1)  # shard 1 Major TOM, shard 2 SSL4EO-S12
         convert(f"{work}/src", ConvertOptions(dest=f"{work}/out"), split="val")
-        print(conditions(command_line(), [
-            "data: GENERATED (terramesh_stac.converters.synth, seed 0), 2 samples (Major TOM + SSL4EO-S12), "
-            "converted with terramesh_stac.converters.run.convert: 264 px COGs, no overviews",
-            f"rio_tiler Reader.tile, WebMercatorQuad, 256 px, best of {args.repeat}, one thread",
-        ]))
+        print(
+            conditions(
+                command_line(),
+                [
+                    "data: GENERATED (terramesh_stac.converters.synth, seed 0), 2 samples (Major TOM + SSL4EO-S12), "
+                    "converted with terramesh_stac.converters.run.convert: 264 px COGs, no overviews",
+                    f"rio_tiler Reader.tile, WebMercatorQuad, 256 px, best of {args.repeat}, one thread",
+                ],
+            )
+        )
         tms = morecantile.tms.get("WebMercatorQuad")
         print()
         print("| asset | nodata | " + " | ".join(f"z{z} ms" for z in zooms) + f" | z{zooms[-1]} / z{zooms[0]} |")
@@ -78,8 +91,12 @@ def main() -> None:
                         r.tile(t.x, t.y, t.z, indexes=idx)
                         best = min(best, time.perf_counter() - t0)
                     times.append(best * 1000)
-            print(f"| {asset} | {nodata} | " + " | ".join(f"{x:.1f}" for x in times)
-                  + f" | {times[-1] / times[0]:.0f}x |", flush=True)
+            print(
+                f"| {asset} | {nodata} | "
+                + " | ".join(f"{x:.1f}" for x in times)
+                + f" | {times[-1] / times[0]:.0f}x |",
+                flush=True,
+            )
         print()
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
     finally:

@@ -53,8 +53,9 @@ def zarr_ready(ds: xr.Dataset) -> xr.Dataset:
 
 def write_group(ds: xr.Dataset, path: str, group: str | None = None) -> None:
     encoding = {"bands": {"compressors": (ZSTD,)}}
-    ds.to_zarr(path, group=group, zarr_format=3, consolidated=group is None, mode="a" if group else "w",
-               encoding=encoding)
+    ds.to_zarr(
+        path, group=group, zarr_format=3, consolidated=group is None, mode="a" if group else "w", encoding=encoding
+    )
 
 
 def merged(sample: Sample) -> xr.Dataset:
@@ -62,11 +63,17 @@ def merged(sample: Sample) -> xr.Dataset:
     first = next(iter(sample.modalities.values()))
     out = xr.Dataset(coords={"x": first["x"], "y": first["y"], "spatial_ref": first["spatial_ref"]})
     for m, ds in sample.modalities.items():
-        out[m] = ds["bands"].rename({"band": f"band_{m}", "time": f"time_{m}"}).drop_vars(
-            [c for c in ("sample",) if c in ds["bands"].coords])
+        out[m] = (
+            ds["bands"]
+            .rename({"band": f"band_{m}", "time": f"time_{m}"})
+            .drop_vars([c for c in ("sample",) if c in ds["bands"].coords])
+        )
         if "cloud_mask" in ds and "cloud_mask" not in out:
-            out["cloud_mask"] = ds["cloud_mask"].rename({"time": f"time_{m}"}).drop_vars(
-                [c for c in ("sample",) if c in ds["cloud_mask"].coords])
+            out["cloud_mask"] = (
+                ds["cloud_mask"]
+                .rename({"time": f"time_{m}"})
+                .drop_vars([c for c in ("sample",) if c in ds["cloud_mask"].coords])
+            )
     return zarr_ready(out)
 
 
@@ -76,17 +83,17 @@ def write_stacked(samples: list[Sample], modality: str, path: str) -> None:
     root = zarr.open_group(path, mode="w", zarr_format=3)
     bands = np.stack([d["bands"].values[0] for d in dss])
     n = bands.shape[0]
-    root.create_array("bands", data=bands, chunks=(1, *bands.shape[1:]), shards=bands.shape,
-                      compressors=(ZSTD,))
+    root.create_array("bands", data=bands, chunks=(1, *bands.shape[1:]), shards=bands.shape, compressors=(ZSTD,))
     for name in ("x", "y"):
         root.create_array(name, data=np.stack([d[name].values for d in dss]), compressors=(ZSTD,))
-    root.create_array("time", data=np.array([d["time"].values[0] for d in dss]).astype("datetime64[ns]").astype("int64"))
+    root.create_array(
+        "time", data=np.array([d["time"].values[0] for d in dss]).astype("datetime64[ns]").astype("int64")
+    )
     root.create_array("crs", data=np.array([int(np.asarray(d["crs"].values).reshape(-1)[0]) for d in dss]))
     root.create_array("key", data=np.array([s.key for s in samples if modality in s.modalities], dtype="U40"))
     if "cloud_mask" in dss[0]:
         mask = np.stack([d["cloud_mask"].values[0] for d in dss])
-        root.create_array("cloud_mask", data=mask, chunks=(1, *mask.shape[1:]), shards=mask.shape,
-                          compressors=(ZSTD,))
+        root.create_array("cloud_mask", data=mask, chunks=(1, *mask.shape[1:]), shards=mask.shape, compressors=(ZSTD,))
     root.attrs["samples"] = n
     zarr.consolidate_metadata(path)
 
@@ -116,17 +123,24 @@ def main() -> None:
         src = str(work / "source")
         generate_source(src, args.shards, args.samples_per_shard)
         source = open_source(src)
-        by_shard = {shard: [s for s in iter_samples(source, "val", shard) if isinstance(s, Sample)]
-                    for shard in source.list_shards("val")}
+        by_shard = {
+            shard: [s for s in iter_samples(source, "val", shard) if isinstance(s, Sample)]
+            for shard in source.list_shards("val")
+        }
         samples = [s for ss in by_shard.values() for s in ss]
         n = len(samples)
         tar_bytes = sum(p.stat().st_size for p in Path(src, "val").rglob("*.tar"))
-        print(conditions(command_line(), [
-            f"zarr {zarr.__version__}, xarray {xr.__version__}",
-            f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(by_shard)} shards x {args.samples_per_shard} "
-            f"samples = {n} samples, {tar_bytes / 1e6:.1f} MB of tars",
-            f"written to the local disk ({work}); Zstd level 5 on bands and coordinates",
-        ]))
+        print(
+            conditions(
+                command_line(),
+                [
+                    f"zarr {zarr.__version__}, xarray {xr.__version__}",
+                    f"data: GENERATED (terramesh_stac.converters.synth, seed 0): {len(by_shard)} shards x {args.samples_per_shard} "
+                    f"samples = {n} samples, {tar_bytes / 1e6:.1f} MB of tars",
+                    f"written to the local disk ({work}); Zstd level 5 on bands and coordinates",
+                ],
+            )
+        )
 
         a, b, c = work / "A", work / "B", work / "C"
         t = time.perf_counter()
@@ -145,8 +159,13 @@ def main() -> None:
         d = work / "D"
         t = time.perf_counter()
         for s in samples:
-            merged(s).to_zarr(d / f"{s.key}.zarr", zarr_format=3, consolidated=True, mode="w",
-                              encoding={m: {"compressors": (ZSTD,)} for m in s.modalities})
+            merged(s).to_zarr(
+                d / f"{s.key}.zarr",
+                zarr_format=3,
+                consolidated=True,
+                mode="w",
+                encoding={m: {"compressors": (ZSTD,)} for m in s.modalities},
+            )
         wd = time.perf_counter() - t
         t = time.perf_counter()
         for shard, ss in by_shard.items():
@@ -157,7 +176,9 @@ def main() -> None:
         keys = [s.key for s in samples]
         shard_of = {s.key: (s.shard.removesuffix(".tar"), i) for ss in by_shard.values() for i, s in enumerate(ss)}
         open_a = median_ms(lambda k: xr.open_zarr(a / k / "S2L2A.zarr", consolidated=True)["bands"].values, keys)
-        open_b = median_ms(lambda k: xr.open_zarr(b / f"{k}.zarr", group="S2L2A", consolidated=False)["bands"].values, keys)
+        open_b = median_ms(
+            lambda k: xr.open_zarr(b / f"{k}.zarr", group="S2L2A", consolidated=False)["bands"].values, keys
+        )
 
         def read_c(k):
             shard, i = shard_of[k]
@@ -167,7 +188,9 @@ def main() -> None:
         open_c = median_ms(read_c, keys)
         open_d = median_ms(lambda k: xr.open_zarr(d / f"{k}.zarr", consolidated=True)["S2L2A"].values, keys)
         print()
-        print("| layout | objects per 1,000 samples | MB per 1,000 samples | vs source tars | write s per sample | open + read S2L2A bands, ms |")
+        print(
+            "| layout | objects per 1,000 samples | MB per 1,000 samples | vs source tars | write s per sample | open + read S2L2A bands, ms |"
+        )
         print("|---|---|---|---|---|---|")
         for label, path, secs, ms in (
             ("(A) group per sample and modality", a, wa, open_a),
@@ -176,12 +199,16 @@ def main() -> None:
             ("(C) stacked per shard and modality, sharded", c, wc, open_c),
         ):
             objects, size = count(path)
-            print(f"| {label} | {objects * 1000 / n:,.0f} | {size * 1000 / n / 1e6:,.0f} | "
-                  f"{size / tar_bytes:.2f}x | {secs / n:.3f} | {ms:.1f} |")
+            print(
+                f"| {label} | {objects * 1000 / n:,.0f} | {size * 1000 / n / 1e6:,.0f} | "
+                f"{size / tar_bytes:.2f}x | {secs / n:.3f} | {ms:.1f} |"
+            )
         print("| (for comparison) COG assets: 9 files per sample | 9,000 | see conversion.py | ~1.09x | - | - |")
         print()
-        print(f"# per shard in (C): {args.samples_per_shard} samples; objects in (C) do not grow with samples "
-              "per shard (one shard object per array), so real 1,000-sample shards have ~60x fewer per sample")
+        print(
+            f"# per shard in (C): {args.samples_per_shard} samples; objects in (C) do not grow with samples "
+            "per shard (one shard object per array), so real 1,000-sample shards have ~60x fewer per sample"
+        )
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,8 +12,9 @@ from terramesh_stac.settings import Settings, get_settings
 def _cmd_synth(args, settings: Settings) -> int:
     from terramesh_stac.converters.synth import generate
 
-    keys = generate(args.out_dir, split=args.split, shards=args.shards,
-                    samples_per_shard=args.samples_per_shard, seed=args.seed)
+    keys = generate(
+        args.out_dir, split=args.split, shards=args.shards, samples_per_shard=args.samples_per_shard, seed=args.seed
+    )
     print(f"wrote {len(keys)} samples of split {args.split!r} to {args.out_dir}")
     return EXIT_OK
 
@@ -28,7 +29,8 @@ def _formats(value: str) -> tuple[Format, ...]:
     except ValueError:
         unknown = [f for f in names if f.lower() not in FORMATS]
         raise argparse.ArgumentTypeError(
-            f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}") from None
+            f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}"
+        ) from None
 
 
 def _modality_formats(value: str) -> tuple[str, tuple[Format, ...]]:
@@ -40,8 +42,9 @@ def _modality_formats(value: str) -> tuple[str, tuple[Format, ...]]:
     except ValueError:
         modality = None
     if modality is None:
-        raise argparse.ArgumentTypeError(f"expected MODALITY=FORMATS with MODALITY one of "
-                                         f"{', '.join(MODALITIES)}, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected MODALITY=FORMATS with MODALITY one of {', '.join(MODALITIES)}, got {value!r}"
+        )
     return modality, _formats(formats)
 
 
@@ -69,10 +72,18 @@ def _cmd_convert(args, settings: Settings) -> int:
 
             dsn = args.dsn or database.dsn(settings, role="loader")
             publisher = stack.enter_context(Publisher(dsn, options.store()))
-        report = convert(args.source, options, split=args.split, limit=args.limit,
-                         max_shards=args.max_shards, scheduler=args.scheduler or settings.scheduler,
-                         workers=args.workers, force=args.force, progress=not args.quiet,
-                         publisher=publisher)
+        report = convert(
+            args.source,
+            options,
+            split=args.split,
+            limit=args.limit,
+            max_shards=args.max_shards,
+            scheduler=args.scheduler or settings.scheduler,
+            workers=args.workers,
+            force=args.force,
+            progress=not args.quiet,
+            publisher=publisher,
+        )
     print(report.summary())
     if args.report:
         with open(args.report, "w") as f:
@@ -87,8 +98,7 @@ def _cmd_prune(args, settings: Settings) -> int:
     store = Store(args.dest or settings.dest, endpoint_url=settings.s3_endpoint_url)
     result = prune(store, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {result['objects']} superseded objects ({result['bytes']} bytes) of "
-          f"{result['shards']} shards")
+    print(f"{verb} {result['objects']} superseded objects ({result['bytes']} bytes) of {result['shards']} shards")
     return EXIT_OK
 
 
@@ -110,8 +120,12 @@ def _cmd_validate(args, settings: Settings) -> int:
 
     target = args.target or settings.dest
     console = Console(stderr=True)  # progress on a terminal only; stdout keeps the plain summary
-    with Progress(TextColumn("validating: {task.completed} items"), console=console, transient=True,
-                  disable=not console.is_terminal) as bar:
+    with Progress(
+        TextColumn("validating: {task.completed} items"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
         task = bar.add_task("validate", total=None)
 
         def tick():
@@ -120,8 +134,9 @@ def _cmd_validate(args, settings: Settings) -> int:
         if target.startswith(("http://", "https://")):
             report = validate_api(target, max_items=args.max_items or API_MAX_ITEMS, progress=tick)
         else:
-            report = validate_destination(target, endpoint_url=settings.s3_endpoint_url,
-                                          max_items=args.max_items, progress=tick)
+            report = validate_destination(
+                target, endpoint_url=settings.s3_endpoint_url, max_items=args.max_items, progress=tick
+            )
     print(report.summary(show=args.show))
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -145,9 +160,9 @@ def _cmd_db(args, settings: Settings) -> int:
 def _cmd_serve(args, settings: Settings) -> int:
     from terramesh_stac.catalog.app import run
 
-    settings = settings.model_copy(update={
-        k: v for k, v in {"host": args.host, "port": args.port, "dest": args.dest}.items() if v
-    })
+    settings = settings.model_copy(
+        update={k: v for k, v in {"host": args.host, "port": args.port, "dest": args.dest}.items() if v}
+    )
     run(settings)
     return EXIT_OK
 
@@ -174,20 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix")
     c.add_argument("--dest", help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
     c.add_argument("--split", default="val", choices=["train", "val", "all"])
-    c.add_argument("--format", default="cog", type=_formats,
-                   help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), zarr "
-                        "(Zarr v3, a shard's samples stacked per modality), ref (kerchunk references "
-                        "into the source shards, no copy); e.g. cog,zarr")
-    c.add_argument("--format-for", action="append", type=_modality_formats, metavar="MODALITY=FORMATS",
-                   help="formats of one modality instead of --format (repeatable), e.g. "
-                        "--format-for S1GRD=zarr --format-for DEM=ref")
+    c.add_argument(
+        "--format",
+        default="cog",
+        type=_formats,
+        help="asset formats, comma-separated: cog (Cloud-Optimized GeoTIFF copies), zarr "
+        "(Zarr v3, a shard's samples stacked per modality), ref (kerchunk references "
+        "into the source shards, no copy); e.g. cog,zarr",
+    )
+    c.add_argument(
+        "--format-for",
+        action="append",
+        type=_modality_formats,
+        metavar="MODALITY=FORMATS",
+        help="formats of one modality instead of --format (repeatable), e.g. "
+        "--format-for S1GRD=zarr --format-for DEM=ref",
+    )
     c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
     c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
     c.add_argument("--max-shards", type=int, help="only the first N shards")
     c.add_argument("--collection", help="collection id (default: terramesh)")
     c.add_argument("--revision", help="dataset revision to record (default: from the source URL)")
-    c.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 "
-                   "(default: TERRAMESH_SCHEDULER, else a LocalCluster on this machine)")
+    c.add_argument(
+        "--scheduler",
+        help="address of a running Dask scheduler, e.g. tcp://host:8786 "
+        "(default: TERRAMESH_SCHEDULER, else a LocalCluster on this machine)",
+    )
     c.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     c.add_argument("--force", action="store_true", help="convert shards again even if their manifest is current")
     c.add_argument("--load", action="store_true", help="load items into pgstac as shards finish")
@@ -206,13 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
     ld.set_defaults(func=_cmd_load)
 
-    va = sub.add_parser("validate", help="check a destination's or a STAC API's items and collections "
-                        "against the STAC JSON Schemas (offline: schemas shipped with terramesh-stac)")
-    va.add_argument("target", nargs="?", metavar="DEST|URL",
-                    help="what `convert` wrote (folder or s3://), or a STAC API root such as "
-                         "http://127.0.0.1:8000/stac (default: TERRAMESH_DEST)")
-    va.add_argument("--max-items", type=int, help="at most N items per collection (default: all of a "
-                    "destination, 10,000 per collection of an API)")
+    va = sub.add_parser(
+        "validate",
+        help="check a destination's or a STAC API's items and collections "
+        "against the STAC JSON Schemas (offline: schemas shipped with terramesh-stac)",
+    )
+    va.add_argument(
+        "target",
+        nargs="?",
+        metavar="DEST|URL",
+        help="what `convert` wrote (folder or s3://), or a STAC API root such as "
+        "http://127.0.0.1:8000/stac (default: TERRAMESH_DEST)",
+    )
+    va.add_argument(
+        "--max-items",
+        type=int,
+        help="at most N items per collection (default: all of a destination, 10,000 per collection of an API)",
+    )
     va.add_argument("--show", type=int, default=20, help="print the first N errors (default 20)")
     va.set_defaults(func=_cmd_validate)
 

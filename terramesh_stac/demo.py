@@ -39,11 +39,14 @@ def run_demo(settings: Settings, *, source: str | None = None, serve: bool = Tru
         collection_id, title, description = settings.collection_id, None, None
 
     dest = str(demo_dir / "output")
-    print(f"3/4 converting to COG assets + STAC items in {dest} (on Dask), loading them into "
-          "pgstac as shards finish")
-    options = ConvertOptions(dest=dest, collection_id=collection_id, collection_title=title,
-                             collection_description=description,
-                             s3_endpoint_url=settings.s3_endpoint_url)
+    print(f"3/4 converting to COG assets + STAC items in {dest} (on Dask), loading them into pgstac as shards finish")
+    options = ConvertOptions(
+        dest=dest,
+        collection_id=collection_id,
+        collection_title=title,
+        collection_description=description,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )
     with Publisher(database.dsn(settings, role="loader"), options.store()) as publisher:
         report = convert(source, options, split="val", progress=True, publisher=publisher)
     print(report.summary())

@@ -27,5 +27,6 @@ def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
         for key, value in open_kwargs.items():
             kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
         return xr.open_dataset(asset["href"], **kwargs).load()
-    raise KeyError(f"item {d['id']!r} has no Zarr or reference asset for {modality!r} "
-                   f"(assets: {', '.join(sorted(assets))})")
+    raise KeyError(
+        f"item {d['id']!r} has no Zarr or reference asset for {modality!r} (assets: {', '.join(sorted(assets))})"
+    )

@@ -30,12 +30,12 @@ class Settings(ServiceSettings, BaseSettings):
     state_dir: Path = Field(default_factory=_state_dir)
     # S3-compatible endpoint (MinIO, moto ...); AWS's own AWS_ENDPOINT_URL is honoured too
     s3_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("TERRAMESH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "s3_endpoint_url"))
+        None, validation_alias=AliasChoices("TERRAMESH_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "s3_endpoint_url")
+    )
     # Conversion (`terramesh-stac convert`).
     s3_public_url: str | None = None  # https base that serves the bucket, for asset alternates
     scheduler: str | None = None  # Dask scheduler address for `convert`; None: a LocalCluster
-    libpq_env: dict[str, str] = Field(default_factory=lambda: {
-        k: v for k in LIBPQ_ENV if (v := os.environ.get(k))})
+    libpq_env: dict[str, str] = Field(default_factory=lambda: {k: v for k in LIBPQ_ENV if (v := os.environ.get(k))})
 
 
 @lru_cache

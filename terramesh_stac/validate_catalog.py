@@ -44,8 +44,10 @@ class CatalogReport:
             self.catalogs += 1
 
     def summary(self, show: int = 20) -> str:
-        lines = [f"validated {self.source}: {self.catalogs} catalogs, {self.collections} collections, "
-                 f"{self.items} items; {len(self.problems) + len(self.failures)} errors"]
+        lines = [
+            f"validated {self.source}: {self.catalogs} catalogs, {self.collections} collections, "
+            f"{self.items} items; {len(self.problems) + len(self.failures)} errors"
+        ]
         if not self.collections and not self.items:
             lines.append("nothing to validate: no collection and no item found")
         lines += [f"could not read {f}" for f in self.failures]
@@ -55,8 +57,13 @@ class CatalogReport:
         return "\n".join(lines)
 
 
-def validate_destination(dest: str, *, endpoint_url: str | None = None, max_items: int | None = None,
-                         progress: Callable[[], None] | None = None) -> CatalogReport:
+def validate_destination(
+    dest: str,
+    *,
+    endpoint_url: str | None = None,
+    max_items: int | None = None,
+    progress: Callable[[], None] | None = None,
+) -> CatalogReport:
     """collection.json + items/**/*.ndjson of a conversion destination (folder or s3://)."""
     import orjson
 
@@ -85,8 +92,14 @@ def validate_destination(dest: str, *, endpoint_url: str | None = None, max_item
     return report
 
 
-def validate_api(url: str, *, max_items: int = API_MAX_ITEMS, page_size: int = 1000, timeout: float = 60.0,
-                 progress: Callable[[], None] | None = None) -> CatalogReport:
+def validate_api(
+    url: str,
+    *,
+    max_items: int = API_MAX_ITEMS,
+    page_size: int = 1000,
+    timeout: float = 60.0,
+    progress: Callable[[], None] | None = None,
+) -> CatalogReport:
     """A STAC API root (e.g. http://127.0.0.1:8000/stac): landing page, collections, items
     (`page_size` items per request)."""
     import httpx
@@ -106,8 +119,7 @@ def validate_api(url: str, *, max_items: int = API_MAX_ITEMS, page_size: int = 1
     return report
 
 
-def _check_items(client, items_url: str, max_items: int, page_size: int, report: CatalogReport,
-                 progress) -> None:
+def _check_items(client, items_url: str, max_items: int, page_size: int, report: CatalogReport, progress) -> None:
     seen = 0
     for page in _pages(client, items_url, params={"limit": min(max_items, page_size)}):
         for item in page.get("features", []):
@@ -127,8 +139,10 @@ def _get(client, url: str, params: dict | None = None) -> dict:
 
 def _link(d: dict, rel: str) -> str | None:
     # GET links only: a POST `next` link (search) needs its body, collections and items have none
-    return next((link["href"] for link in d.get("links", [])
-                 if link.get("rel") == rel and link.get("method", "GET") == "GET"), None)
+    return next(
+        (link["href"] for link in d.get("links", []) if link.get("rel") == rel and link.get("method", "GET") == "GET"),
+        None,
+    )
 
 
 def _pages(client, url: str, params: dict | None = None) -> Iterator[dict]:

@@ -72,8 +72,11 @@ def shipped_uris(folder=SCHEMAS, prefix: str = "https://"):
 # Every shipped schema registered and crawled up front (lookups are then dict hits, ~2x
 # faster than retrieving per $ref), plus the JSON Schema meta-schemas jsonschema bundles
 # (the collection schema $refs draft-07's); any other $ref goes to _retrieve: shipped files only.
-REGISTRY = SPECIFICATIONS.combine(Registry(retrieve=_retrieve).with_resources(
-    (uri, Resource.from_contents(load_schema(uri))) for uri in shipped_uris()).crawl())
+REGISTRY = SPECIFICATIONS.combine(
+    Registry(retrieve=_retrieve)
+    .with_resources((uri, Resource.from_contents(load_schema(uri))) for uri in shipped_uris())
+    .crawl()
+)
 
 
 @cache
@@ -91,8 +94,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return (f"{self.id}: {self.path or '(object)'}: {self.message} "
-                f"(schema {self.schema} at {self.schema_path or '(root)'})")
+        return (
+            f"{self.id}: {self.path or '(object)'}: {self.message} "
+            f"(schema {self.schema} at {self.schema_path or '(root)'})"
+        )
 
 
 class STACSchemaError(ValueError):
@@ -115,8 +120,7 @@ def _instance_path(error: jsonschema.ValidationError) -> str:
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     path = path.removeprefix(".")
     if error.validator == "required":  # point at the missing field, not at its parent
-        missing = [p for p in error.validator_value
-                   if p not in error.instance and error.message.startswith(repr(p))]
+        missing = [p for p in error.validator_value if p not in error.instance and error.message.startswith(repr(p))]
         if missing:
             path = f"{path}.{missing[0]}" if path else missing[0]
     return path
@@ -130,15 +134,31 @@ def problems(d: dict) -> list[Problem]:
     """
     stac_id, kind = d.get("id"), KINDS.get(d.get("type"))
     if kind is None:
-        return [Problem(stac_id, str(d.get("type")), "", "type", "",
-                        f"type {d.get('type')!r} is not a STAC Feature, Collection or Catalog")]
+        return [
+            Problem(
+                stac_id,
+                str(d.get("type")),
+                "",
+                "type",
+                "",
+                f"type {d.get('type')!r} is not a STAC Feature, Collection or Catalog",
+            )
+        ]
     found = []
     for uri in schema_uris(d):
         try:
             for error in _validator(uri).iter_errors(d):
                 best = best_match([error])
-                found.append(Problem(stac_id, kind, uri, _instance_path(best),
-                                     "/".join(map(str, best.absolute_schema_path)), best.message))
+                found.append(
+                    Problem(
+                        stac_id,
+                        kind,
+                        uri,
+                        _instance_path(best),
+                        "/".join(map(str, best.absolute_schema_path)),
+                        best.message,
+                    )
+                )
         except SchemaNotShipped as e:
             found.append(Problem(stac_id, kind, uri, "", "", str(e)))
         except Unresolvable as e:  # a $ref into a schema we do not ship

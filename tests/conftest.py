@@ -71,8 +71,11 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     with _pytest.MonkeyPatch.context() as mp:
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):
+        for name, value in (
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
             mp.setenv(name, value)
         try:
             yield f"http://127.0.0.1:{port}"
@@ -104,17 +107,29 @@ API_SAMPLES = [
 # Render presets as the collection carries them (render extension). `true_color` uses the
 # titiler `asset_bidx` convention, which terramesh_stac.catalog.links folds into `S2L2A|bidx=4,3,2`.
 API_RENDERS = {
-    "true_color": {"title": "True colour (S2 L2A)", "assets": ["S2L2A"], "asset_bidx": "S2L2A|4,3,2",
-                   "rescale": [[0, 3000], [0, 3000], [0, 3000]], "minmax_zoom": [8, 16]},
+    "true_color": {
+        "title": "True colour (S2 L2A)",
+        "assets": ["S2L2A"],
+        "asset_bidx": "S2L2A|4,3,2",
+        "rescale": [[0, 3000], [0, 3000], [0, 3000]],
+        "minmax_zoom": [8, 16],
+    },
     "rgb": {"title": "S2 RGB", "assets": ["S2RGB"], "rescale": [[0, 255]]},
-    "s1rtc_vv": {"title": "S1 RTC VV", "assets": ["S1RTC|bidx=1"], "rescale": [[-25, 0]],
-                 "colormap_name": "greys_r"},
-    "s1grd_vv": {"title": "S1 GRD VV", "assets": ["S1GRD"], "asset_bidx": "S1GRD|1",
-                 "rescale": [[-25, 0]], "colormap_name": "greys_r"},
+    "s1rtc_vv": {"title": "S1 RTC VV", "assets": ["S1RTC|bidx=1"], "rescale": [[-25, 0]], "colormap_name": "greys_r"},
+    "s1grd_vv": {
+        "title": "S1 GRD VV",
+        "assets": ["S1GRD"],
+        "asset_bidx": "S1GRD|1",
+        "rescale": [[-25, 0]],
+        "colormap_name": "greys_r",
+    },
     "dem": {"title": "Elevation", "assets": ["DEM"], "rescale": [[0, 2000]], "colormap_name": "terrain"},
     "ndvi": {"title": "NDVI", "assets": ["NDVI"], "rescale": [[-1, 1]], "colormap_name": "rdylgn"},
-    "lulc": {"title": "Land cover", "assets": ["LULC"],
-             "colormap": {"1": "#419bdf", "2": "#397d49", "4": "#e49635", "5": "#c4281b"}},
+    "lulc": {
+        "title": "Land cover",
+        "assets": ["LULC"],
+        "colormap": {"1": "#419bdf", "2": "#397d49", "4": "#e49635", "5": "#c4281b"},
+    },
 }
 
 # asset key -> (bands, dtype, role title)
@@ -134,8 +149,17 @@ def _api_write_cog(path, data, crs, transform):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(
-        path, "w", driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-        dtype=data.dtype, crs=crs, transform=transform, compress="deflate", blocksize=256,
+        path,
+        "w",
+        driver="COG",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        compress="deflate",
+        blocksize=256,
     ) as dst:
         dst.write(data)
 
@@ -184,13 +208,21 @@ def build_api_sample_catalog(dest):
         to_wgs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         footprint = shp_transform(lambda x, y: to_wgs.transform(x, y), utm_box)
         item = pystac.Item(
-            id=key, geometry=mapping(footprint), bbox=list(footprint.bounds),
+            id=key,
+            geometry=mapping(footprint),
+            bbox=list(footprint.bounds),
             datetime=_dt.datetime.fromisoformat(when.replace("Z", "+00:00")),
-            properties={"eo:cloud_cover": cloud, "terramesh:source": source,
-                        "terramesh:split": key.split("_")[1], "proj:code": crs},
+            properties={
+                "eo:cloud_cover": cloud,
+                "terramesh:source": source,
+                "terramesh:split": key.split("_")[1],
+                "proj:code": crs,
+            },
             collection=API_COLLECTION_ID,
-            stac_extensions=["https://stac-extensions.github.io/eo/v2.0.0/schema.json",
-                             "https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+            stac_extensions=[
+                "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+                "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            ],
         )
         s1 = "S1RTC" if source == "majortom" else "S1GRD"
         for akey, (bands, dtype) in _API_ASSETS.items():
@@ -198,25 +230,28 @@ def build_api_sample_catalog(dest):
                 continue
             path = dest / "assets" / key / f"{akey}.tif"
             _api_write_cog(path, _api_pixels(akey, bands, dtype, n), crs, transform)
-            item.add_asset(akey, pystac.Asset(href=str(path), media_type=pystac.MediaType.COG,
-                                              roles=["data"], title=akey))
+            item.add_asset(
+                akey, pystac.Asset(href=str(path), media_type=pystac.MediaType.COG, roles=["data"], title=akey)
+            )
         items.append(item.to_dict(include_self_link=False, transform_hrefs=False))
 
     collection = pystac.Collection(
-        id=API_COLLECTION_ID, description="TerraMesh API test collection",
-        title="TerraMesh (API test)", license="CC-BY-SA-4.0",
+        id=API_COLLECTION_ID,
+        description="TerraMesh API test collection",
+        title="TerraMesh (API test)",
+        license="CC-BY-SA-4.0",
         extent=pystac.Extent(
             pystac.SpatialExtent([[6.9, 44.9, 11.1, 50.1]]),
-            pystac.TemporalExtent([[_dt.datetime(2020, 1, 1, tzinfo=_dt.UTC),
-                                    _dt.datetime(2023, 12, 31, tzinfo=_dt.UTC)]]),
+            pystac.TemporalExtent(
+                [[_dt.datetime(2020, 1, 1, tzinfo=_dt.UTC), _dt.datetime(2023, 12, 31, tzinfo=_dt.UTC)]]
+            ),
         ),
         stac_extensions=["https://stac-extensions.github.io/render/v2.0.0/schema.json"],
     )
     cdict = collection.to_dict(include_self_link=False, transform_hrefs=False)
     cdict["links"] = [link for link in cdict["links"] if link["rel"] not in ("root", "self")]
     cdict["renders"] = API_RENDERS
-    cdict["item_assets"] = {k: {"type": pystac.MediaType.COG, "roles": ["data"], "title": k}
-                            for k in _API_ASSETS}
+    cdict["item_assets"] = {k: {"type": pystac.MediaType.COG, "roles": ["data"], "title": k} for k in _API_ASSETS}
     return cdict, items
 
 
@@ -278,15 +313,27 @@ def live_server(pgstac_db, api_catalog):
         "TERRAMESH_DEFAULT_RENDER": "true_color",
         "TERRAMESH_DB_POOL_MAX_SIZE": "3",
         # repo root importable: cwd is the asset folder (so no stray .env is read)
-        "PYTHONPATH": _os.pathsep.join(
-            [str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]
-        ),
+        "PYTHONPATH": _os.pathsep.join([str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]),
     }
     log = open(dest / "server.log", "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.asgi:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=str(dest), stdout=log, stderr=_subprocess.STDOUT,
+        [
+            _sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "terramesh_stac.asgi:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=str(dest),
+        stdout=log,
+        stderr=_subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -314,16 +361,28 @@ def start_service(env: dict, cwd, name: str = "server"):
     full_env = {
         **_os.environ,
         **env,
-        "PYTHONPATH": _os.pathsep.join(
-            [str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]
-        ),
+        "PYTHONPATH": _os.pathsep.join([str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]),
     }
     log_path = cwd / f"{name}.log"
     log = open(log_path, "wb")
     proc = _subprocess.Popen(
-        [_sys.executable, "-m", "uvicorn", "--factory", "terramesh_stac.asgi:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=full_env, cwd=str(cwd), stdout=log, stderr=_subprocess.STDOUT,
+        [
+            _sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "terramesh_stac.asgi:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=full_env,
+        cwd=str(cwd),
+        stdout=log,
+        stderr=_subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -473,8 +532,7 @@ def serve_directory(path, requests: list | None = None, ranges_only: bool = Fals
             self.end_headers()
             return _LimitedReader(f, end - start + 1)
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", port), functools.partial(Handler, directory=str(path)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=str(path)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -511,8 +569,7 @@ def serve_flaky_directory(path, fail_first=()):
                 return
             super().do_GET()
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(path)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(path)))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
 

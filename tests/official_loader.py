@@ -53,8 +53,13 @@ def official_venv() -> Path:
 
 def run_official(root: Path) -> list[dict]:
     """Run this file in the old venv over `root`; one dict per tar member."""
-    out = subprocess.run([str(official_venv()), __file__, str(root)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    out = subprocess.run(
+        [str(official_venv()), __file__, str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -67,12 +72,14 @@ def _read_member(value: bytes) -> dict:
 
     mapper = fsspec.filesystem("zip", fo=io.BytesIO(value), block_size=None).get_mapper("")
     data = zarr.open_consolidated(mapper, mode="r")
-    rec = {"bands": array_digest(data["bands"][...]),
-           "center_lon": float(data["center_lon"][...]),
-           "center_lat": float(data["center_lat"][...]),
-           "crs": int(data["crs"][...]),
-           "file_id": [str(x) for x in data["file_id"][...]],
-           "zarr_version": zarr.__version__}
+    rec = {
+        "bands": array_digest(data["bands"][...]),
+        "center_lon": float(data["center_lon"][...]),
+        "center_lat": float(data["center_lat"][...]),
+        "crs": int(data["crs"][...]),
+        "file_id": [str(x) for x in data["file_id"][...]],
+        "zarr_version": zarr.__version__,
+    }
     if "cloud_mask" in data:
         rec["cloud_mask"] = array_digest(data["cloud_mask"][...])
     if data["time"][...] > 1e6:  # the loader's rule: DEM has no valid timestamp (value = 0)
@@ -90,8 +97,7 @@ def main(root: str) -> None:
                 if not member.name.endswith(".zarr.zip"):
                     continue
                 rec = _read_member(tf.extractfile(member).read())
-                rec.update(split=split, modality=modality, shard=tar_path.name,
-                           key=member.name.split(".", 1)[0])
+                rec.update(split=split, modality=modality, shard=tar_path.name, key=member.name.split(".", 1)[0])
                 print(json.dumps(rec))
 
 

@@ -35,17 +35,18 @@ def _get(url: str, **kw) -> httpx.Response:
         ({"bbox": "8.9,44.9,9.1,45.1"}, {"majortom_val_0000001", "majortom_val_0000002"}),
         ({"bbox": "9.9,46.9,11.1,48.1"}, {"majortom_train_0000003", "ssl4eos12_val_0000004"}),
         ({"bbox": "0,0,1,1"}, set()),
-        ({"datetime": "2021-06-01T00:00:00Z/2021-06-30T23:59:59Z"},
-         {"majortom_val_0000001", "ssl4eos12_val_0000004"}),
+        ({"datetime": "2021-06-01T00:00:00Z/2021-06-30T23:59:59Z"}, {"majortom_val_0000001", "ssl4eos12_val_0000004"}),
         ({"datetime": "../2020-12-31T00:00:00Z"}, {"ssl4eos12_train_0000005"}),
-        ({"filter": "eo:cloud_cover < 10", "filter-lang": "cql2-text"},
-         {"majortom_val_0000001", "majortom_train_0000003", "ssl4eos12_train_0000005"}),
-        ({"filter": "\"terramesh:source\" = 'ssl4eos12'", "filter-lang": "cql2-text"},
-         {"ssl4eos12_val_0000004", "ssl4eos12_train_0000005", "ssl4eos12_train_0000006"}),
-        ({"filter": "terramesh:source = 'ssl4eos12' AND eo:cloud_cover < 10"},
-         {"ssl4eos12_train_0000005"}),
-        ({"ids": "majortom_val_0000002,ssl4eos12_train_0000006"},
-         {"majortom_val_0000002", "ssl4eos12_train_0000006"}),
+        (
+            {"filter": "eo:cloud_cover < 10", "filter-lang": "cql2-text"},
+            {"majortom_val_0000001", "majortom_train_0000003", "ssl4eos12_train_0000005"},
+        ),
+        (
+            {"filter": "\"terramesh:source\" = 'ssl4eos12'", "filter-lang": "cql2-text"},
+            {"ssl4eos12_val_0000004", "ssl4eos12_train_0000005", "ssl4eos12_train_0000006"},
+        ),
+        ({"filter": "terramesh:source = 'ssl4eos12' AND eo:cloud_cover < 10"}, {"ssl4eos12_train_0000005"}),
+        ({"ids": "majortom_val_0000002,ssl4eos12_train_0000006"}, {"majortom_val_0000002", "ssl4eos12_train_0000006"}),
     ],
 )
 def test_get_search_returns_exactly_the_expected_items(live_server, params, expected):
@@ -64,14 +65,21 @@ def test_post_search_cql2_json_and_sort(live_server):
     r = httpx.post(f"{live_server}/stac/search", json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert [f["id"] for f in r.json()["features"]] == [
-        "majortom_train_0000003", "majortom_val_0000001", "ssl4eos12_train_0000005"]
+        "majortom_train_0000003",
+        "majortom_val_0000001",
+        "ssl4eos12_train_0000005",
+    ]
 
 
 def test_post_search_cql2_text_is_converted_and_pages_keep_it(live_server):
     """cql2-text in POST (optional in the filter spec; GET has it, so POST takes it too)."""
-    body = {"collections": [API_COLLECTION_ID], "filter-lang": "cql2-text",
-            "filter": "eo:cloud_cover < 10 AND \"terramesh:source\" IN ('majortom', 'ssl4eos12')",
-            "sortby": [{"field": "properties.eo:cloud_cover", "direction": "asc"}], "limit": 2}
+    body = {
+        "collections": [API_COLLECTION_ID],
+        "filter-lang": "cql2-text",
+        "filter": "eo:cloud_cover < 10 AND \"terramesh:source\" IN ('majortom', 'ssl4eos12')",
+        "sortby": [{"field": "properties.eo:cloud_cover", "direction": "asc"}],
+        "limit": 2,
+    }
     url, seen = f"{live_server}/stac/search", []
     r = httpx.post(url, json=body, timeout=30)
     for _ in range(5):
@@ -82,8 +90,7 @@ def test_post_search_cql2_text_is_converted_and_pages_keep_it(live_server):
         if not nxt:
             break
         link = nxt[0]
-        r = httpx.post(link["href"], json={**(body if link.get("merge") else {}), **link.get("body", {})},
-                       timeout=30)
+        r = httpx.post(link["href"], json={**(body if link.get("merge") else {}), **link.get("body", {})}, timeout=30)
     assert seen == ["majortom_train_0000003", "majortom_val_0000001", "ssl4eos12_train_0000005"]
 
 
@@ -94,9 +101,14 @@ def test_filter_on_an_unknown_property_is_400_naming_it(live_server, method):
     if method == "GET":
         r = _get(f"{live_server}/stac/search", params={"filter": text, "filter-lang": "cql2-text"})
     elif method == "POST":
-        r = httpx.post(f"{live_server}/stac/search", timeout=30, json={
-            "collections": [API_COLLECTION_ID],
-            "filter": {"op": "=", "args": [{"property": "nosuch:prop"}, "x"]}})
+        r = httpx.post(
+            f"{live_server}/stac/search",
+            timeout=30,
+            json={
+                "collections": [API_COLLECTION_ID],
+                "filter": {"op": "=", "args": [{"property": "nosuch:prop"}, "x"]},
+            },
+        )
     else:
         r = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/items", params={"filter": text})
     assert r.status_code == 400, r.text
@@ -108,8 +120,10 @@ def test_filter_on_an_unknown_property_is_400_naming_it(live_server, method):
 
 
 def test_fields_extension_and_item_collection(live_server):
-    r = _get(f"{live_server}/stac/collections/{API_COLLECTION_ID}/items",
-             params={"limit": 100, "fields": "id,properties.eo:cloud_cover,-assets"})
+    r = _get(
+        f"{live_server}/stac/collections/{API_COLLECTION_ID}/items",
+        params={"limit": 100, "fields": "id,properties.eo:cloud_cover,-assets"},
+    )
     assert r.status_code == 200, r.text
     feats = r.json()["features"]
     assert {f["id"] for f in feats} == ALL_IDS
@@ -120,8 +134,11 @@ def test_fields_extension_and_item_collection(live_server):
 def test_pagination_walks_all_items(live_server, method):
     seen: list[str] = []
     url, body = f"{live_server}/stac/search", {"collections": [API_COLLECTION_ID], "limit": 2}
-    r = (_get(url, params={"collections": API_COLLECTION_ID, "limit": 2}) if method == "GET"
-         else httpx.post(url, json=body, timeout=30))
+    r = (
+        _get(url, params={"collections": API_COLLECTION_ID, "limit": 2})
+        if method == "GET"
+        else httpx.post(url, json=body, timeout=30)
+    )
     for _ in range(10):
         assert r.status_code == 200, r.text
         page = r.json()
@@ -132,8 +149,9 @@ def test_pagination_walks_all_items(live_server, method):
         link = nxt[0]
         assert link["href"].startswith(f"{live_server}/stac/")
         if link.get("method", "GET") == "POST":
-            r = httpx.post(link["href"], json={**(body if link.get("merge") else {}),
-                                               **link.get("body", {})}, timeout=30)
+            r = httpx.post(
+                link["href"], json={**(body if link.get("merge") else {}), **link.get("body", {})}, timeout=30
+            )
         else:
             r = _get(link["href"])
     assert sorted(seen) == sorted(ALL_IDS)  # each item exactly once
@@ -284,8 +302,12 @@ BAD_REQUESTS = [
     ("POST", "/stac/search", 400, {"token": "x"}),
     ("POST", "/stac/search", 400, {"filter-lang": "cql2-text", "filter": "eo:cloud_cover <<< 10"}),
     ("POST", "/stac/search", 400, {"filter": "eo:cloud_cover < 10"}),  # text without filter-lang
-    ("POST", "/stac/search", 400, {"filter-lang": "cql2-text",
-                                   "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]}}),
+    (
+        "POST",
+        "/stac/search",
+        400,
+        {"filter-lang": "cql2-text", "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]}},
+    ),
     ("POST", "/stac/search", 400, {"filter-lang": "cql3", "filter": "x = 1"}),
     ("GET", "/stac/collections/nope", 404),
     ("GET", "/stac/collections/nope/items", 404),
@@ -313,9 +335,14 @@ def test_map_page_is_served_and_uses_the_api_paths(live_server, path):
     r = _get(live_server + path)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ('new URL("stac/"', 'new URL("raster/"', "searches/register",
-                   "tiles/WebMercatorQuad/{z}/{x}/{y}.png?render=", "${STAC}search",
-                   "${STAC}collections"):
+    for needle in (
+        'new URL("stac/"',
+        'new URL("raster/"',
+        "searches/register",
+        "tiles/WebMercatorQuad/{z}/{x}/{y}.png?render=",
+        "${STAC}search",
+        "${STAC}collections",
+    ):
         assert needle in html
 
 
@@ -350,8 +377,10 @@ def _node_check(source: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
     node = shutil.which("node")
     if node is None:  # a failure, not a skip: the check must run where the tests run
-        pytest.fail("node (Node.js) is not installed: it is needed to syntax-check the map page's "
-                    "JavaScript (`node --check`); install it, e.g. `apt-get install nodejs`")
+        pytest.fail(
+            "node (Node.js) is not installed: it is needed to syntax-check the map page's "
+            "JavaScript (`node --check`); install it, e.g. `apt-get install nodejs`"
+        )
     path = tmp_path / "script.js"
     path.write_text(source)
     return subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
@@ -424,8 +453,9 @@ def _run_validator(live_server, conformance: list[str], **extra):
         root_url=f"{live_server}/stac/",
         ccs_to_validate=conformance,
         collection=API_COLLECTION_ID,
-        geometry=json.dumps({"type": "Polygon", "coordinates": [[
-            [8.9, 44.9], [9.1, 44.9], [9.1, 45.1], [8.9, 45.1], [8.9, 44.9]]]}),
+        geometry=json.dumps(
+            {"type": "Polygon", "coordinates": [[[8.9, 44.9], [9.1, 44.9], [9.1, 45.1], [8.9, 45.1], [8.9, 44.9]]]}
+        ),
         auth_bearer_token=None,
         auth_query_parameter=None,
         fields_nested_property=None,
@@ -439,15 +469,16 @@ def _run_validator(live_server, conformance: list[str], **extra):
 
 def test_stac_api_validator_reports_no_errors(live_server, offline_schemas):
     served, refused = offline_schemas
-    (warnings, errors) = _run_validator(
-        live_server, ["core", "collections", "features", "item-search", "filter"])
+    (warnings, errors) = _run_validator(live_server, ["core", "collections", "features", "item-search", "filter"])
     print("\n".join(["stac-api-validator warnings:", *list(warnings), "shipped schemas read:", *sorted(set(served))]))
     assert list(errors) == [], list(errors)
     assert refused == []
     # the extension schemas really were validated, from the shipped copies (not skipped)
-    assert {"https://stac-extensions.github.io/eo/v2.0.0/schema.json",
-            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-            "https://stac-extensions.github.io/render/v2.0.0/schema.json"} <= set(served), served
+    assert {
+        "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+        "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+        "https://stac-extensions.github.io/render/v2.0.0/schema.json",
+    } <= set(served), served
 
 
 def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_schemas):
@@ -459,8 +490,11 @@ def test_stac_api_validator_sort_only_fails_on_its_own_bug(live_server, offline_
     errors = list(errors)
     assert errors, "validator bug fixed? then run item-search#sort in the main validator test"
     for e in errors:
-        assert e.startswith("[Item Search - Sort Ext] : POST") and \
-            f'"collections": "{API_COLLECTION_ID}"' in e and "400 instead of 200" in e, e
+        assert (
+            e.startswith("[Item Search - Sort Ext] : POST")
+            and f'"collections": "{API_COLLECTION_ID}"' in e
+            and "400 instead of 200" in e
+        ), e
 
 
 # --- database roles: API DSN errors, transactions with the loader role ---------------------
@@ -476,8 +510,7 @@ _NO_TERRAMESH_DB_ENV = {"TERRAMESH_API_DSN": "", "TERRAMESH_DSN": "", "TERRAMESH
 
 @pytest.fixture
 def no_libpq_env(monkeypatch):
-    for name in ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPORT",
-                 *_NO_TERRAMESH_DB_ENV):
+    for name in ("PGHOST", "PGHOSTADDR", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPORT", *_NO_TERRAMESH_DB_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -523,16 +556,23 @@ def test_api_dsn_never_falls_back_to_the_admin_dsn(tmp_path, no_libpq_env, pgsta
     with pytest.raises(DatabaseError, match="no credentials at .*TERRAMESH_API_DSN"):
         api_dsn(settings)
     # With the state dir of the running cluster: the pgstac_read role.
-    assert api_dsn(_settings(state_dir=pgstac_db.settings.state_dir, db_port=pgstac_db.settings.db_port)) \
-        == pgstac_db.api
+    assert (
+        api_dsn(_settings(state_dir=pgstac_db.settings.state_dir, db_port=pgstac_db.settings.db_port)) == pgstac_db.api
+    )
 
 
 @pytest.mark.subprocess
 def test_serve_with_a_misconfigured_database_exits_with_a_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TERRAMESH_"))}
     env.update(TERRAMESH_STATE_DIR=str(tmp_path / "state"), TERRAMESH_PORT="1")
-    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "serve"], cwd=tmp_path, env={
-        **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "terramesh_stac.cli", "serve"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "error: no database to serve from" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -568,38 +608,59 @@ def test_transactions_write_with_the_loader_role(tx_server, pgstac_db):
     from terramesh_stac.catalog.api import WRITE_APPLICATION_NAME
 
     collection = {
-        "type": "Collection", "stac_version": "1.1.0", "id": TX_COLLECTION_ID,
-        "description": "transactions test", "license": "CC-BY-SA-4.0", "links": [],
-        "extent": {"spatial": {"bbox": [[30.0, 10.0, 30.1, 10.1]]},
-                   "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]}},
+        "type": "Collection",
+        "stac_version": "1.1.0",
+        "id": TX_COLLECTION_ID,
+        "description": "transactions test",
+        "license": "CC-BY-SA-4.0",
+        "links": [],
+        "extent": {
+            "spatial": {"bbox": [[30.0, 10.0, 30.1, 10.1]]},
+            "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
+        },
     }
     r = httpx.post(f"{tx_server}/stac/collections", json=collection, timeout=30)
     assert r.status_code in (200, 201), r.text
     item = {
-        "type": "Feature", "stac_version": "1.1.0", "id": "tx-item-1", "collection": TX_COLLECTION_ID,
-        "geometry": {"type": "Polygon", "coordinates": [[[30.0, 10.0], [30.1, 10.0], [30.1, 10.1],
-                                                         [30.0, 10.1], [30.0, 10.0]]]},
-        "bbox": [30.0, 10.0, 30.1, 10.1], "properties": {"datetime": "2024-08-01T00:00:00Z"},
-        "links": [], "assets": {},
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "tx-item-1",
+        "collection": TX_COLLECTION_ID,
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[30.0, 10.0], [30.1, 10.0], [30.1, 10.1], [30.0, 10.1], [30.0, 10.0]]],
+        },
+        "bbox": [30.0, 10.0, 30.1, 10.1],
+        "properties": {"datetime": "2024-08-01T00:00:00Z"},
+        "links": [],
+        "assets": {},
     }
     r = httpx.post(f"{tx_server}/stac/collections/{TX_COLLECTION_ID}/items", json=item, timeout=30)
     assert r.status_code in (200, 201), r.text
     r = _get(f"{tx_server}/stac/collections/{TX_COLLECTION_ID}/items/tx-item-1")
     assert r.status_code == 200 and r.json()["id"] == "tx-item-1"
     with psycopg.connect(pgstac_db.admin) as conn:
-        users = {row[0] for row in conn.execute(
-            "SELECT usename FROM pg_stat_activity WHERE application_name = %s", (WRITE_APPLICATION_NAME,))}
+        users = {
+            row[0]
+            for row in conn.execute(
+                "SELECT usename FROM pg_stat_activity WHERE application_name = %s", (WRITE_APPLICATION_NAME,)
+            )
+        }
     assert users == {"terramesh_loader"}  # pgstac_ingest member; not the read role, not the admin
 
 
-@pytest.mark.parametrize("role, message", [("api", "is not a member of pgstac_ingest"),
-                                           ("admin", "is a superuser")])
+@pytest.mark.parametrize("role, message", [("api", "is not a member of pgstac_ingest"), ("admin", "is a superuser")])
 def test_transactions_refuse_to_start_with_a_wrong_write_role(pgstac_db, tmp_path, role, message):
     from terramesh_stac.catalog.api import create_stac_api
     from terramesh_stac.catalog.database import DatabaseError
 
-    settings = _settings(api_dsn=pgstac_db.api, write_dsn=getattr(pgstac_db, role),
-                         enable_transactions=True, dest=str(tmp_path), db_pool_max_size=1)
+    settings = _settings(
+        api_dsn=pgstac_db.api,
+        write_dsn=getattr(pgstac_db, role),
+        enable_transactions=True,
+        dest=str(tmp_path),
+        db_pool_max_size=1,
+    )
     api = create_stac_api(settings, pgstac_db.api)
 
     async def start():

@@ -55,16 +55,18 @@ def rewrite_tar(path: Path, edit) -> None:
 
 def replace_member(index: int, damage):
     """An `edit` for rewrite_tar: member `index`'s bytes become damage(bytes)."""
+
     def edit(members):
         name, data = members[index]
-        return [*members[:index], (name, damage(data)), *members[index + 1:]]
+        return [*members[:index], (name, damage(data)), *members[index + 1 :]]
+
     return edit
 
 
 def garbage_inside(data: bytes) -> bytes:
     """Same length, same zip structure, 256 bytes of the pixel data overwritten."""
     at = len(data) // 3
-    return data[:at] + bytes(range(256)) + data[at + 256:]
+    return data[:at] + bytes(range(256)) + data[at + 256 :]
 
 
 def source_of(name: str) -> str:
@@ -88,8 +90,9 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
     shard = majortom[1]
     key = shard_keys[shard][1]
     rewrite_tar(tar("DEM", shard), replace_member(1, lambda data: data[: len(data) // 2]))
-    cases.append(Damage("truncated zip member", shard, [(key, "DEM", "corrupt member: not a readable zip")],
-                        {key: {"DEM"}}))
+    cases.append(
+        Damage("truncated zip member", shard, [(key, "DEM", "corrupt member: not a readable zip")], {key: {"DEM"}})
+    )
 
     shard = majortom[2]
     keys = shard_keys[shard]
@@ -99,9 +102,14 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
     assert [key_of_member(m.name) for m in members] == keys
     cut = members[1].offset_data + members[1].size // 2
     path.write_bytes(path.read_bytes()[:cut])
-    cases.append(Damage("truncated tar", shard,
-                        [(None, S1_MODALITY["majortom"], f"tar unreadable after {keys[0]}.zarr.zip")],
-                        {k: {S1_MODALITY["majortom"]} for k in keys[1:]}))
+    cases.append(
+        Damage(
+            "truncated tar",
+            shard,
+            [(None, S1_MODALITY["majortom"], f"tar unreadable after {keys[0]}.zarr.zip")],
+            {k: {S1_MODALITY["majortom"]} for k in keys[1:]},
+        )
+    )
 
     shard = majortom[3]
     extra = f"majortom_{SPLIT}_9999999"
@@ -109,16 +117,28 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
     host = "NDVI"  # dated by the S2 time: with no metadata row, a DEM-only sample has no datetime
     rewrite_tar(tar(host, shard), lambda ms: [*ms, (f"{extra}.zarr.zip", ms[-1][1])])
     others = [m for m in modalities_for_source("majortom") if m != host]
-    cases.append(Damage("extra key in one modality tar", shard,
-                        [(extra, m, f"sample missing from {m} tar (present in {host})") for m in others]
-                        + [(extra, None, f"no row in {SPLIT}_metadata.parquet")],
-                        {extra: set(others)}, [extra]))
+    cases.append(
+        Damage(
+            "extra key in one modality tar",
+            shard,
+            [(extra, m, f"sample missing from {m} tar (present in {host})") for m in others]
+            + [(extra, None, f"no row in {SPLIT}_metadata.parquet")],
+            {extra: set(others)},
+            [extra],
+        )
+    )
 
     shard = majortom[4]
     key = shard_keys[shard][1]
     rewrite_tar(tar("LULC", shard), lambda ms: [m for m in ms if key_of_member(m[0]) != key])
-    cases.append(Damage("sample missing from one modality tar", shard,
-                        [(key, "LULC", "sample missing from LULC tar")], {key: {"LULC"}}))
+    cases.append(
+        Damage(
+            "sample missing from one modality tar",
+            shard,
+            [(key, "LULC", "sample missing from LULC tar")],
+            {key: {"LULC"}},
+        )
+    )
 
     shard = majortom[5]
     rewrite_tar(tar("NDVI", shard), lambda ms: [ms[0], ("foo.txt", b"not a sample\n"), *ms[1:]])
@@ -127,16 +147,23 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
     shard = ssl[0]
     s1 = S1_MODALITY["ssl4eos12"]
     tar(s1, shard).unlink()
-    cases.append(Damage("modality tar missing", shard, [(None, s1, "modality tar missing for this shard")],
-                        {k: {s1} for k in shard_keys[shard]}))
+    cases.append(
+        Damage(
+            "modality tar missing",
+            shard,
+            [(None, s1, "modality tar missing for this shard")],
+            {k: {s1} for k in shard_keys[shard]},
+        )
+    )
 
     shard = ssl[1]
     key = shard_keys[shard][1]
     path = root / f"{SPLIT}_metadata.parquet"
     table = pq.read_table(path)
     pq.write_table(table.filter(pc.not_equal(table["zarr"], f"{key}.zarr.zip")), path)
-    cases.append(Damage("sample missing from the metadata parquet", shard,
-                        [(key, None, f"no row in {SPLIT}_metadata.parquet")]))
+    cases.append(
+        Damage("sample missing from the metadata parquet", shard, [(key, None, f"no row in {SPLIT}_metadata.parquet")])
+    )
 
     assert len({c.shard for c in cases}) == len(cases)  # each case in its own shard
     return cases
@@ -144,9 +171,14 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
 
 def run_convert(src: Path, dest: Path, report: Path) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
-    proc = subprocess.run([*CLI, "convert", str(src), "--dest", str(dest), "--workers", "2",
-                           "--report", str(report), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=report.parent, timeout=600)
+    proc = subprocess.run(
+        [*CLI, "convert", str(src), "--dest", str(dest), "--workers", "2", "--report", str(report), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=report.parent,
+        timeout=600,
+    )
     assert report.exists(), f"no report; exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc, json.loads(report.read_text())
 
@@ -238,8 +270,10 @@ def test_damaged_samples_keep_their_intact_modalities(run):
         assert key in items, f"{key} lost {modalities} but should keep an item with the rest"
         assets = set(items[key]["assets"])
         if key in extra:  # only the modality the key was added to
-            assert assets <= full[source_of(key)] and assets & set(MODALITIES) == \
-                set(modalities_for_source(source_of(key))) - modalities, (key, assets)
+            assert (
+                assets <= full[source_of(key)]
+                and assets & set(MODALITIES) == set(modalities_for_source(source_of(key))) - modalities
+            ), (key, assets)
         else:
             assert assets == full[source_of(key)] - modalities, (key, assets)
         for m in modalities:
@@ -263,8 +297,11 @@ def test_shard_reports_agree_with_the_run_report(run):
 
 def snapshot(dest: Path) -> dict[str, tuple[bytes, int]]:
     """{relative path: (bytes, mtime_ns)} of the destination, minus the run's own report."""
-    return {p.relative_to(dest).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(dest.rglob("*")) if p.is_file() and p.relative_to(dest).as_posix() != "reports/run.json"}
+    return {
+        p.relative_to(dest).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(dest.rglob("*"))
+        if p.is_file() and p.relative_to(dest).as_posix() != "reports/run.json"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +326,8 @@ def test_second_run_converts_nothing(run, second_run):
 def test_second_run_is_still_partial(run, second_run):
     _, _, proc, report = second_run
     assert proc.returncode == PARTIAL, _summary(proc)
-    problems = lambda r: sorted((e["key"] or "", e["shard"], e["modality"] or "", e["reason"])  # noqa: E731
-                                for e in r["errors"])
+
+    def problems(r):
+        return sorted((e["key"] or "", e["shard"], e["modality"] or "", e["reason"]) for e in r["errors"])
+
     assert problems(report) == problems(run.report)

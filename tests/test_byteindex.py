@@ -58,9 +58,16 @@ def converted(tmp_path_factory):
         options = ConvertOptions(dest=str(dest), collection_id="terramesh-test")
         reports = [convert_shard(url + "/", SPLIT, shard, options) for shard in shards]
         write_collection(options, options.store())
-        yield {"src": src, "dest": dest, "url": url, "shards": shards, "reports": reports,
-               "broken": broken, "requests": requests,
-               "rows": {s: read_index(str(dest / index_path(SPLIT, s))) for s in shards}}
+        yield {
+            "src": src,
+            "dest": dest,
+            "url": url,
+            "shards": shards,
+            "reports": reports,
+            "broken": broken,
+            "requests": requests,
+            "rows": {s: read_index(str(dest / index_path(SPLIT, s))) for s in shards},
+        }
     finally:
         stop()
 
@@ -87,7 +94,7 @@ def test_every_member_of_every_tar_is_indexed_at_its_offset(converted):
                     expected.add((modality, m.name))
                     row = by_place[(modality, m.name)]
                     assert (row["offset"], row["size"]) == (m.offset_data, m.size), (shard, m.name)
-                    assert data[row["offset"]:row["offset"] + row["size"]] == tar.extractfile(m).read()
+                    assert data[row["offset"] : row["offset"] + row["size"]] == tar.extractfile(m).read()
                     assert row["tar_url"] == f"{url}/{SPLIT}/{modality}/{shard}"
                     assert (row["split"], row["shard"]) == (SPLIT, shard)
         assert set(by_place) == expected, shard
@@ -101,12 +108,12 @@ def test_zip_entries_sit_where_the_index_says(converted):
             if row["problem"]:
                 continue
             tar_bytes = (src / SPLIT / row["modality"] / row["shard"]).read_bytes()
-            member = tar_bytes[row["offset"]:row["offset"] + row["size"]]
+            member = tar_bytes[row["offset"] : row["offset"] + row["size"]]
             with zipfile.ZipFile(io.BytesIO(member)) as zf:
                 names = zf.namelist()
                 assert [e["name"] for e in row["entries"]] == names
                 for e in row["entries"]:
-                    raw = tar_bytes[e["offset"]:e["offset"] + e["size"]]
+                    raw = tar_bytes[e["offset"] : e["offset"] + e["size"]]
                     assert e["compression"] == "stored"
                     assert raw == zf.read(e["name"]), (row["member"], e["name"])
                     assert zlib.crc32(raw) == e["crc32"]
@@ -168,11 +175,11 @@ def test_deflated_entries_are_indexed_as_deflated(tmp_path):
     rows = read_index(str(tmp_path / "dest" / index_path(SPLIT, shard)))
     row = next(r for r in rows if r["modality"] == "DEM")
     tar_bytes = (src / SPLIT / "DEM" / shard).read_bytes()
-    member = tar_bytes[row["offset"]:row["offset"] + row["size"]]
+    member = tar_bytes[row["offset"] : row["offset"] + row["size"]]
     with zipfile.ZipFile(io.BytesIO(member)) as zf:
         for e in row["entries"]:
             assert e["compression"] == "deflated"
-            raw = tar_bytes[e["offset"]:e["offset"] + e["size"]]
+            raw = tar_bytes[e["offset"] : e["offset"] + e["size"]]
             assert zlib.decompress(raw, -15) == zf.read(e["name"])
             assert e["uncompressed_size"] == len(zf.read(e["name"]))
 
@@ -208,5 +215,7 @@ def test_the_index_of_a_copied_tree_points_at_the_copy(converted, tmp_path):
     rows = read_index(str(tmp_path / "dest" / index_path(SPLIT, shard)))
     for row in rows:
         assert Path(row["tar_url"]) == src / SPLIT / row["modality"] / shard
-        assert fetch_member(row) == (src / SPLIT / row["modality"] / shard).read_bytes()[
-            row["offset"]:row["offset"] + row["size"]]
+        assert (
+            fetch_member(row)
+            == (src / SPLIT / row["modality"] / shard).read_bytes()[row["offset"] : row["offset"] + row["size"]]
+        )

@@ -80,9 +80,7 @@ def make_ds(
     # centre lat/lon from the grid, as TerraMesh records it
     from pyproj import Transformer
 
-    lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(
-        (x[0] + x[-1]) / 2, (y[0] + y[-1]) / 2
-    )
+    lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform((x[0] + x[-1]) / 2, (y[0] + y[-1]) / 2)
     ds["center_lat"] = ds["center_lat"] * 0 + lat
     ds["center_lon"] = ds["center_lon"] * 0 + lon
     if with_mask is None:
@@ -154,8 +152,9 @@ def test_nodata_per_modality(modality, expected):
         assert nodata == expected
 
 
-@pytest.mark.parametrize("time,expected", [("2021-12-31T23:59:59", 0), ("2022-01-25T00:00:00", -1000),
-                                           ("2023-07-01T10:00:00", -1000)])
+@pytest.mark.parametrize(
+    "time,expected", [("2021-12-31T23:59:59", 0), ("2022-01-25T00:00:00", -1000), ("2023-07-01T10:00:00", -1000)]
+)
 def test_s2_nodata_follows_the_baseline_change(time, expected):
     ds = make_ds("S2L2A", time=time, size=32)
     assert s2_nodata(ds) == expected

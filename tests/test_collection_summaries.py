@@ -96,7 +96,7 @@ def test_collection_extent_from_items(runs):
     """The extent of collection.json as a conversion writes it: the items' bboxes and times."""
     _, (collection, items), _, _, _ = runs
     items = list(items.values())
-    (west, south, east, north), = collection["extent"]["spatial"]["bbox"]
+    ((west, south, east, north),) = collection["extent"]["spatial"]["bbox"]
     assert south == min(i["bbox"][1] for i in items) and north == max(i["bbox"][3] for i in items)
     if any(i["bbox"][0] > i["bbox"][2] for i in items):  # one crosses the antimeridian: all longitudes
         assert (west, east) == (-180.0, 180.0)
@@ -132,8 +132,20 @@ def test_an_empty_destination_invents_nothing(tmp_path):
 def test_only_the_converted_modalities_and_formats_are_described(source, tmp_path, monkeypatch):
     monkeypatch.delenv("TERRAMESH_SCHEDULER", raising=False)
     dest = tmp_path / "out"
-    _convert(source, dest, "--split", "val", "--modalities", "S2L2A,S1GRD,S1RTC", "--format", "cog",
-             "--format-for", "S1GRD=ref", "--format-for", "S1RTC=ref")
+    _convert(
+        source,
+        dest,
+        "--split",
+        "val",
+        "--modalities",
+        "S2L2A,S1GRD,S1RTC",
+        "--format",
+        "cog",
+        "--format-for",
+        "S1GRD=ref",
+        "--format-for",
+        "S1RTC=ref",
+    )
     collection = json.loads((dest / "collection.json").read_text())
     validate(collection)
     s = collection["summaries"]

@@ -128,14 +128,20 @@ def test_run_to_s3_and_second_run_skips_everything(source, client, s3_server):
 
 
 def _run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "terramesh_stac.cli", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "terramesh_stac.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _count_db(dsn, collection):
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT id, count(*) FROM pgstac.items WHERE collection = %s GROUP BY id",
-                            (collection,)).fetchall()
+        rows = conn.execute(
+            "SELECT id, count(*) FROM pgstac.items WHERE collection = %s GROUP BY id", (collection,)
+        ).fetchall()
     return dict(rows)
 
 
@@ -146,13 +152,24 @@ def test_kill_and_resume_converges_to_the_uninterrupted_state(source, tmp_path, 
     the end: the destination and pgstac equal what one uninterrupted run gives."""
     collection = f"kill-{seed}"
     reference = tmp_path / "reference"
-    ref = convert(str(source), ConvertOptions(dest=str(reference), collection_id=collection),
-                  workers=2)
+    ref = convert(str(source), ConvertOptions(dest=str(reference), collection_id=collection), workers=2)
     assert not ref.errors
 
     dest = tmp_path / "killed"
-    args = ["convert", source, "--dest", dest, "--collection", collection, "--workers", 2,
-            "--quiet", "--load", "--dsn", pgstac_db.loader]
+    args = [
+        "convert",
+        source,
+        "--dest",
+        dest,
+        "--collection",
+        collection,
+        "--workers",
+        2,
+        "--quiet",
+        "--load",
+        "--dsn",
+        pgstac_db.loader,
+    ]
     rng = random.Random(seed)
     kills = 0
     for _ in range(3):
@@ -173,8 +190,9 @@ def test_kill_and_resume_converges_to_the_uninterrupted_state(source, tmp_path, 
     want = normalised(tree(reference), reference)
     assert sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == []
-    assert not list(dest.rglob(".tmp-*")) and not (dest / ".staging").exists() or \
-        not any((dest / ".staging").rglob("*"))
+    assert (
+        not list(dest.rglob(".tmp-*")) and not (dest / ".staging").exists() or not any((dest / ".staging").rglob("*"))
+    )
     # pgstac: every item exactly once
     assert _count_db(pgstac_db.admin, collection) == {i: 1 for i in read_items(reference)}
 
@@ -192,8 +210,9 @@ def test_killed_worker_is_replaced_and_the_result_is_the_same(source, tmp_path):
         pids = list(client.run(os.getpid).values())
         victim = random.Random(3).choice(pids)
         killed_at = []
-        killer = threading.Timer(0.25 * work_seconds, lambda: (os.kill(victim, signal.SIGKILL),
-                                                               killed_at.append(time.monotonic())))
+        killer = threading.Timer(
+            0.25 * work_seconds, lambda: (os.kill(victim, signal.SIGKILL), killed_at.append(time.monotonic()))
+        )
         killer.start()
         report = convert(str(source), ConvertOptions(dest=str(tmp_path / "out")), client=client)
         finished_at = time.monotonic()
@@ -236,8 +255,10 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
     mtimes = {p: p.stat().st_mtime_ns for p in (dest / "assets").rglob("*.tif")}
     old_dem = (dest / "assets" / moved_key / "DEM.tif").read_bytes()
     # pgstac keys (and partitions) an item by its start_datetime when it has one, else datetime
-    partition_time = lambda item: (item["properties"].get("start_datetime")  # noqa: E731
-                                   or item["properties"]["datetime"])[:19]
+
+    def partition_time(item):
+        return (item["properties"].get("start_datetime") or item["properties"]["datetime"])[:19]
+
     old_datetime = partition_time(items[moved_key])
 
     # the new revision: every DEM of the shard +1 m; one sample's acquisitions 40 days later
@@ -279,16 +300,18 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
     # pgstac: the moved item is there once, at its new datetime
     assert partition_time(new_items[moved_key]) != old_datetime
     with psycopg.connect(pgstac_db.admin) as conn:
-        rows = conn.execute("SELECT datetime, content->'properties'->>'terramesh:revision' FROM pgstac.items "
-                            "WHERE collection = 'revisions' AND id = %s", (moved_key,)).fetchall()
+        rows = conn.execute(
+            "SELECT datetime, content->'properties'->>'terramesh:revision' FROM pgstac.items "
+            "WHERE collection = 'revisions' AND id = %s",
+            (moved_key,),
+        ).fetchall()
     assert len(rows) == 1
     assert rows[0][0].isoformat()[:19] == partition_time(new_items[moved_key])
     assert rows[0][1] == new_manifest["revision"]
     assert _count_db(pgstac_db.admin, "revisions") == {i: 1 for i in new_items}
 
     # prune deletes the superseded copies and nothing current
-    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "prune", dest],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "prune", dest], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not kept.exists()
     assert json.loads((dest / manifest_path("val", changed_shard)).read_text())["superseded"] == {}
@@ -308,7 +331,6 @@ def test_transient_http_errors_are_retried(source, client, tmp_path):
     assert report.items == 2 * PER_SHARD and not report.errors
     assert any(s.retries for s in report.shards)
     assert all("503" in r or "Service Unavailable" in r for s in report.shards for r in s.retries)
-
 
 
 def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retired(source, client, tmp_path, pgstac_db):

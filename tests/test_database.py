@@ -16,8 +16,7 @@ COLLECTION = {
     "id": "terramesh-test-db",
     "description": "test",
     "license": "CC-BY-4.0",
-    "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
-               "temporal": {"interval": [["2020-01-01T00:00:00Z", None]]}},
+    "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2020-01-01T00:00:00Z", None]]}},
     "links": [],
 }
 
@@ -57,13 +56,16 @@ def test_password_required(pgstac_db):
 
 def test_api_role_searches_but_cannot_write(pgstac_db):
     with psycopg.connect(pgstac_db.api, autocommit=True) as conn:
-        assert conn.execute("SELECT 1 FROM pg_roles r WHERE pg_has_role(current_user, 'pgstac_read', 'member')"
-                            ).fetchone()
+        assert conn.execute(
+            "SELECT 1 FROM pg_roles r WHERE pg_has_role(current_user, 'pgstac_read', 'member')"
+        ).fetchone()
         result = conn.execute("SELECT * FROM pgstac.search('{}')").fetchone()[0]
         assert result["type"] == "FeatureCollection"
         # A filtered search writes pgstac's caches (searches, search_wheres): allowed.
-        conn.execute("SELECT * FROM pgstac.search(%s)",
-                     (Jsonb({"filter": {"op": "=", "args": [{"property": "terramesh:split"}, "val"]}}),))
+        conn.execute(
+            "SELECT * FROM pgstac.search(%s)",
+            (Jsonb({"filter": {"op": "=", "args": [{"property": "terramesh:split"}, "val"]}}),),
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("INSERT INTO pgstac.collections (content) VALUES (%s)", (Jsonb(COLLECTION),))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -85,8 +87,9 @@ def test_prepare_collection_sets_partitioning_and_queryables(pgstac_db):
         conn.execute("SELECT pgstac.upsert_collection(%s)", (Jsonb(COLLECTION),))
         database.prepare_collection(conn, COLLECTION["id"], partition="year")
         database.prepare_collection(conn, COLLECTION["id"], partition="year")  # idempotent
-        trunc = conn.execute("SELECT partition_trunc FROM pgstac.collections WHERE id = %s",
-                             (COLLECTION["id"],)).fetchone()[0]
+        trunc = conn.execute(
+            "SELECT partition_trunc FROM pgstac.collections WHERE id = %s", (COLLECTION["id"],)
+        ).fetchone()[0]
         assert trunc == "year"
         rows = conn.execute(
             "SELECT name, property_index_type FROM pgstac.queryables WHERE %s = ANY(collection_ids)",

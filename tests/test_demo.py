@@ -13,10 +13,14 @@ def test_demo_loads_a_generated_collection_that_says_so(pgstac_db):
     assert run_demo(pgstac_db.settings, serve=False) == EXIT_OK
     with psycopg.connect(pgstac_db.api) as conn:
         collection = conn.execute("SELECT pgstac.get_collection(%s)", (DEMO_COLLECTION,)).fetchone()[0]
-        count = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s",
-                             (DEMO_COLLECTION,)).fetchone()[0]
-        search = {"collections": [DEMO_COLLECTION], "limit": 100,
-                  "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 101]}}
+        count = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (DEMO_COLLECTION,)).fetchone()[
+            0
+        ]
+        search = {
+            "collections": [DEMO_COLLECTION],
+            "limit": 100,
+            "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 101]},
+        }
         found = conn.execute("SELECT pgstac.search(%s::jsonb)", (json.dumps(search),)).fetchone()[0]
     assert "GENERATED" in collection["title"] and "not real observations" in collection["title"]
     assert "synthetic" in collection["description"]

@@ -27,8 +27,9 @@ COLLECTION = "terramesh-e2e"
 
 
 def run_cli(*args, env=None, check=True):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    proc = subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -122,10 +123,12 @@ def test_item_footprint_matches_the_sample_grid(converted, samples):
         geom = shape(item["geometry"])
         assert geom.is_valid
         # antimeridian-split parts joined again on a 0..360 longitude axis
-        joined = shapely.unary_union([
-            shapely.transform(p, lambda c: np.column_stack([np.mod(c[:, 0], 360), c[:, 1]]))
-            for p in getattr(geom, "geoms", [geom])
-        ])
+        joined = shapely.unary_union(
+            [
+                shapely.transform(p, lambda c: np.column_stack([np.mod(c[:, 0], 360), c[:, 1]]))
+                for p in getattr(geom, "geoms", [geom])
+            ]
+        )
         meta = samples[key].metadata
         assert joined.buffer(1e-9).contains(shapely.Point(meta["center_lon"] % 360, meta["center_lat"]))
         assert shapely.hausdorff_distance(joined.exterior, true_outline(ds)) < 1e-6, key
@@ -170,8 +173,9 @@ def test_convert_to_s3_and_from_https_and_s3(synth_root, http_server, s3_server,
     assert asset["alternate"]["https"]["href"] == f"{s3_server}/e2e/from-s3/assets/{key}/S2L2A.tif"
     # GDAL reads the asset from the S3-compatible server: same pixels as the source
     host = s3_server.removeprefix("http://")
-    gdal_env = dict(AWS_S3_ENDPOINT=host, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE",
-                    GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    gdal_env = dict(
+        AWS_S3_ENDPOINT=host, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"
+    )
     with rasterio.Env(**gdal_env), rasterio.open(asset["href"]) as cog:
         assert np.array_equal(cog.read(), samples[key].modalities["S2L2A"]["bands"].values[0])
     # and over plain HTTP through the alternate, once the object is public (as published ones
@@ -224,8 +228,7 @@ def count_rows(dsn) -> int:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s",
-                            (COLLECTION,)).fetchone()[0]
+        return conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (COLLECTION,)).fetchone()[0]
 
 
 def test_load_twice_gives_the_same_rows(loaded, pgstac_db):
@@ -240,10 +243,19 @@ def served(loaded, pgstac_db):
     dest, _, _ = loaded
     port = _free_port()
     settings = pgstac_db.settings
-    env = {**os.environ, "TERRAMESH_STATE_DIR": str(settings.state_dir),
-           "TERRAMESH_DB_PORT": str(settings.db_port), "TERRAMESH_DB_POOL_MAX_SIZE": "3"}
-    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--dest", str(dest)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=dest)
+    env = {
+        **os.environ,
+        "TERRAMESH_STATE_DIR": str(settings.state_dir),
+        "TERRAMESH_DB_PORT": str(settings.db_port),
+        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
+    }
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--dest", str(dest)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=dest,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/raster/healthz", proc)
@@ -264,23 +276,26 @@ def test_searches_return_exactly_the_expected_ids(served, converted, samples):
     dest, _ = converted
     items = read_items(dest)
     # by source (CQL2 text)
-    assert search_ids(served, filter="\"terramesh:source\" = 'ssl4eos12'") == \
-        sorted(k for k in samples if k.startswith("ssl4eos12_"))
+    assert search_ids(served, filter="\"terramesh:source\" = 'ssl4eos12'") == sorted(
+        k for k in samples if k.startswith("ssl4eos12_")
+    )
     # by cloud cover (CQL2 JSON), expected from the metadata parquet
-    assert search_ids(served, filter={"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]},
-                      filter_lang="cql2-json") == \
-        sorted(k for k, s in samples.items() if s.metadata["cloud_cover"] < 10)
+    assert search_ids(
+        served, filter={"op": "<", "args": [{"property": "eo:cloud_cover"}, 10]}, filter_lang="cql2-json"
+    ) == sorted(k for k, s in samples.items() if s.metadata["cloud_cover"] < 10)
     # by bbox around one sample's centre, expected from the metadata footprints
     key = sorted(samples)[0]
     lon, lat = samples[key].metadata["center_lon"], samples[key].metadata["center_lat"]
     bbox = [lon - 0.001, lat - 0.001, lon + 0.001, lat + 0.001]
-    assert search_ids(served, bbox=bbox) == \
-        sorted(k for k, s in samples.items() if s.metadata["geometry"].intersects(box(*bbox)))
+    assert search_ids(served, bbox=bbox) == sorted(
+        k for k, s in samples.items() if s.metadata["geometry"].intersects(box(*bbox))
+    )
     # by datetime, expected from the items' time ranges
     times = sorted(datetime.fromisoformat(i["properties"]["datetime"]) for i in items.values())
     lo, hi = times[2], times[-3]
     expected = sorted(
-        k for k, i in items.items()
+        k
+        for k, i in items.items()
         if datetime.fromisoformat(i["properties"]["start_datetime"]) <= hi
         and datetime.fromisoformat(i["properties"]["end_datetime"]) >= lo
     )
@@ -305,9 +320,12 @@ def test_every_preset_renders_at_the_sample(served, converted):
     for render_id, render in collection["renders"].items():
         if not all(a.split("|")[0] in item["assets"] for a in render["assets"]):
             continue  # e.g. S1GRD presets on a majortom (S1RTC) sample
-        r = httpx.get(f"{served}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/"
-                      f"WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png", params={"render": render_id},
-                      timeout=60)
+        r = httpx.get(
+            f"{served}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/"
+            f"WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
+            params={"render": render_id},
+            timeout=60,
+        )
         assert r.status_code == 200, (render_id, r.text)
         img = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
         assert (img[..., 3] > 0).mean() > 0.05, f"{render_id}: empty tile"

@@ -30,8 +30,16 @@ S1_ID = "S1A_IW_GRDH_1SDV_20210603T050031_20210603T050056_038182_048183_3B1C"
 
 
 def make_sample(
-    source="majortom", *, size=64, epsg=32633, x0=500_005.0, y0=4_200_005.0,
-    metadata=None, key=None, s2_time="2021-06-01T09:50:31", s1_time="2021-06-03T05:00:31",
+    source="majortom",
+    *,
+    size=64,
+    epsg=32633,
+    x0=500_005.0,
+    y0=4_200_005.0,
+    metadata=None,
+    key=None,
+    s2_time="2021-06-01T09:50:31",
+    s1_time="2021-06-03T05:00:31",
 ) -> Sample:
     mods = {}
     for m in modalities_for_source(source):
@@ -39,8 +47,7 @@ def make_sample(
         fid = S2_ID if m == "S2L2A" else S1_ID if m.startswith("S1") else None
         mods[m] = make_ds(m, size=size, epsg=epsg, x0=x0, y0=y0, time=t, file_id=fid, seed=len(mods))
     key = key or f"{source}_val_0000001"
-    return Sample(key=key, split="val", shard=f"{source}_shard_000001.tar", modalities=mods,
-                  metadata=metadata)
+    return Sample(key=key, split="val", shard=f"{source}_shard_000001.tar", modalities=mods, metadata=metadata)
 
 
 def write_assets(sample: Sample, root, *, s3=False) -> dict[str, WrittenAsset]:
@@ -58,8 +65,14 @@ def write_assets(sample: Sample, root, *, s3=False) -> dict[str, WrittenAsset]:
             p.write_bytes(e.data)
             href, alt = str(p), None
         out[e.key] = WrittenAsset(
-            key=e.key, href=href, media_type=e.media_type, roles=e.roles, size=len(e.data),
-            checksum="1220" + hashlib.sha256(e.data).hexdigest(), fields=e.fields, alternate_href=alt,
+            key=e.key,
+            href=href,
+            media_type=e.media_type,
+            roles=e.roles,
+            size=len(e.data),
+            checksum="1220" + hashlib.sha256(e.data).hexdigest(),
+            fields=e.fields,
+            alternate_href=alt,
         )
     return out
 
@@ -96,10 +109,12 @@ def test_item_content(item_and_sample):
     assert p["terramesh:sample_id"] == "0194630_1"
     assert p["terramesh:s2_product_id"] == S2_ID[:-5] and p["terramesh:s1_product_id"] == S1_ID
     derived = sorted(link["href"] for link in d["links"] if link["rel"] == "derived_from")
-    assert derived == sorted([
-        f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-2-l2a/items/{S2_ID[:-5]}",
-        f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-1-grd/items/{S1_ID}",
-    ])
+    assert derived == sorted(
+        [
+            f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-2-l2a/items/{S2_ID[:-5]}",
+            f"https://stac.dataspace.copernicus.eu/v1/collections/sentinel-1-grd/items/{S1_ID}",
+        ]
+    )
     a = d["assets"]
     assert set(a) == {*sample.modalities, "cloud_mask", "thumbnail"}
     assert a["S2L2A"]["bands"][3]["eo:common_name"] == "red"
@@ -121,8 +136,7 @@ def test_item_content(item_and_sample):
 
 def test_s3_assets_get_alternate_https(tmp_path):
     sample = make_sample(size=16)
-    item = create_item(sample, write_assets(sample, tmp_path, s3=True), collection_id="terramesh",
-                       revision=None)
+    item = create_item(sample, write_assets(sample, tmp_path, s3=True), collection_id="terramesh", revision=None)
     d = item.to_dict()
     validate(d)
     a = d["assets"]["S2L2A"]
@@ -215,7 +229,8 @@ def test_ssl4eos12_sample_and_non_esa_ids():
     assert item.properties["terramesh:s2_product_id"] == "20200401T101559_20200401T101843_T32UPU"
     assert all("sentinel-2" not in link.href for link in item.links if link.rel == "derived_from")
     assert cdse_item_url("S2B_MSIL1C_20200115T100309_N0208_R122_T33TUF_20200115T102339").endswith(
-        "/sentinel-2-l1c/items/S2B_MSIL1C_20200115T100309_N0208_R122_T33TUF_20200115T102339")
+        "/sentinel-2-l1c/items/S2B_MSIL1C_20200115T100309_N0208_R122_T33TUF_20200115T102339"
+    )
 
 
 def test_gdal_stacit_reads_our_items(item_and_sample, tmp_path):

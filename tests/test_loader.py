@@ -26,26 +26,35 @@ def _item(cid: str, n: int, when: dt.datetime, split: str = "val") -> dict:
     lon, lat = 10 + n * 0.01, 45.0
     item = pystac.Item(
         id=f"majortom_{split}_{n:07d}",
-        geometry={"type": "Polygon", "coordinates": [[[lon, lat], [lon + 0.02, lat], [lon + 0.02, lat + 0.02],
-                                                      [lon, lat + 0.02], [lon, lat]]]},
+        geometry={
+            "type": "Polygon",
+            "coordinates": [[[lon, lat], [lon + 0.02, lat], [lon + 0.02, lat + 0.02], [lon, lat + 0.02], [lon, lat]]],
+        },
         bbox=[lon, lat, lon + 0.02, lat + 0.02],
         datetime=when,
-        properties={"terramesh:source": "majortom", "terramesh:split": split,
-                    "terramesh:shard": f"{split}-000", "terramesh:sample_id": f"majortom_{split}_{n:07d}",
-                    "terramesh:revision": "test", "eo:cloud_cover": float(n)},
+        properties={
+            "terramesh:source": "majortom",
+            "terramesh:split": split,
+            "terramesh:shard": f"{split}-000",
+            "terramesh:sample_id": f"majortom_{split}_{n:07d}",
+            "terramesh:revision": "test",
+            "eo:cloud_cover": float(n),
+        },
         collection=cid,
     )
-    item.add_asset("S2L2A", pystac.Asset(href=f"/data/{n}/S2L2A.tif", media_type=pystac.MediaType.COG,
-                                         roles=["data"]))
+    item.add_asset("S2L2A", pystac.Asset(href=f"/data/{n}/S2L2A.tif", media_type=pystac.MediaType.COG, roles=["data"]))
     return item.to_dict(include_self_link=False)
 
 
 def write_output(root: Path, cid: str, shards: dict[str, list[dict]]):
     """What a conversion writes: collection.json and items/<split>/<shard>.ndjson."""
     collection = pystac.Collection(
-        id=cid, description="TerraMesh test collection",
-        extent=pystac.Extent(pystac.SpatialExtent([[-180, -90, 180, 90]]),
-                             pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.UTC), None]])),
+        id=cid,
+        description="TerraMesh test collection",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[-180, -90, 180, 90]]),
+            pystac.TemporalExtent([[dt.datetime(2020, 1, 1, tzinfo=dt.UTC), None]]),
+        ),
         license="CC-BY-4.0",
     )
     root.mkdir(parents=True, exist_ok=True)
@@ -60,16 +69,21 @@ def write_output(root: Path, cid: str, shards: dict[str, list[dict]]):
 def _sample_output(root: Path, cid: str) -> Path:
     jan = dt.datetime(2021, 1, 15, tzinfo=dt.UTC)
     feb = dt.datetime(2021, 2, 15, tzinfo=dt.UTC)
-    return write_output(root, cid, {
-        "val/val-000.ndjson": [_item(cid, n, jan) for n in range(3)],
-        "train/train-000.ndjson": [_item(cid, n, feb, "train") for n in range(2)],
-    })
+    return write_output(
+        root,
+        cid,
+        {
+            "val/val-000.ndjson": [_item(cid, n, jan) for n in range(3)],
+            "train/train-000.ndjson": [_item(cid, n, feb, "train") for n in range(2)],
+        },
+    )
 
 
 def _rows(dsn: str, cid: str) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT id, datetime, content FROM pgstac.items WHERE collection = %s ORDER BY id",
-                            (cid,)).fetchall()
+        return conn.execute(
+            "SELECT id, datetime, content FROM pgstac.items WHERE collection = %s ORDER BY id", (cid,)
+        ).fetchall()
 
 
 def test_load_as_loader_role(pgstac_db, tmp_path):
@@ -127,8 +141,9 @@ def test_partitioning_set_before_items(pgstac_db, tmp_path):
     loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
     with psycopg.connect(pgstac_db.admin) as conn:
         trunc = conn.execute("SELECT partition_trunc FROM pgstac.collections WHERE id = %s", (cid,)).fetchone()[0]
-        partitions = conn.execute("SELECT partition FROM pgstac.partitions_view WHERE collection = %s",
-                                  (cid,)).fetchall()
+        partitions = conn.execute(
+            "SELECT partition FROM pgstac.partitions_view WHERE collection = %s", (cid,)
+        ).fetchall()
     assert trunc == "month"
     assert len(partitions) == 2  # January and February 2021: one sub-partition per month
 
@@ -138,15 +153,32 @@ def test_queryables_listed_and_filterable(pgstac_db, tmp_path):
     loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
     with psycopg.connect(pgstac_db.api) as conn:
         props = conn.execute("SELECT pgstac.get_queryables(%s::text)", (cid,)).fetchone()[0]["properties"]
-        assert {"terramesh:source", "terramesh:split", "terramesh:shard", "terramesh:sample_id",
-                "terramesh:revision", "eo:cloud_cover"} <= set(props)
-        found = conn.execute("SELECT pgstac.search(%s)", (Jsonb({
-            "collections": [cid], "filter-lang": "cql2-json",
-            "filter": {"op": "and", "args": [
-                {"op": "=", "args": [{"property": "terramesh:split"}, "val"]},
-                {"op": ">=", "args": [{"property": "eo:cloud_cover"}, 1]},
-            ]},
-        }),)).fetchone()[0]
+        assert {
+            "terramesh:source",
+            "terramesh:split",
+            "terramesh:shard",
+            "terramesh:sample_id",
+            "terramesh:revision",
+            "eo:cloud_cover",
+        } <= set(props)
+        found = conn.execute(
+            "SELECT pgstac.search(%s)",
+            (
+                Jsonb(
+                    {
+                        "collections": [cid],
+                        "filter-lang": "cql2-json",
+                        "filter": {
+                            "op": "and",
+                            "args": [
+                                {"op": "=", "args": [{"property": "terramesh:split"}, "val"]},
+                                {"op": ">=", "args": [{"property": "eo:cloud_cover"}, 1]},
+                            ],
+                        },
+                    }
+                ),
+            ),
+        ).fetchone()[0]
     assert sorted(f["id"] for f in found["features"]) == ["majortom_val_0000001", "majortom_val_0000002"]
 
 

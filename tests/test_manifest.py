@@ -55,8 +55,9 @@ def test_its_typed_parts_say_what_the_shard_wrote(converted):
     assert isinstance(manifest.summary, Summary) and manifest.summary == report.summary
     assert manifest.summary.source == ["ssl4eos12"] and "S1GRD" in manifest.summary.modalities
     assert manifest.summary.proj_code == sorted({i["properties"]["proj:code"] for i in items.values()})
-    assert set(manifest.assets) == {f"assets/{key}/{a['href'].rsplit('/', 1)[1]}"
-                                    for key, item in items.items() for a in item["assets"].values()}
+    assert set(manifest.assets) == {
+        f"assets/{key}/{a['href'].rsplit('/', 1)[1]}" for key, item in items.items() for a in item["assets"].values()
+    }
     # a skipped shard reports from its manifest what the conversion reported
     skipped = ShardReport.from_manifest(manifest)
     assert skipped.skipped and skipped.extent == report.extent and skipped.summary == report.summary
@@ -83,7 +84,8 @@ def test_write_manifest_takes_a_manifest(converted, tmp_path):
     _, options, _ = converted
     manifest = read_manifest(options.store(), "val", SHARD)
     other = ConvertOptions(dest=str(tmp_path)).store()
-    changed = dataclasses.replace(manifest, superseded={"revisions/x/a.tif": {
-        "size": 1, "checksum": "1220ab", "of": "a.tif", "content_id": "x"}})
+    changed = dataclasses.replace(
+        manifest, superseded={"revisions/x/a.tif": {"size": 1, "checksum": "1220ab", "of": "a.tif", "content_id": "x"}}
+    )
     assert write_manifest(other, changed) == manifest_path("val", SHARD)
     assert read_manifest(other, "val", SHARD) == changed

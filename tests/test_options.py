@@ -38,29 +38,46 @@ def test_upper_case_formats_are_normalised_and_write_cogs(one_shard, tmp_path):
 
 def test_content_id_settings_are_the_plain_lower_case_strings(one_shard, tmp_path):
     """Existing destinations keep their content ids: settings are what they were before the enum."""
-    options = ConvertOptions(dest=str(tmp_path), formats=("Cog", "ZARR"),
-                             modality_formats=(("s1rtc", ("REF",)),), modalities=("s2l2a", "S1RTC"))
+    options = ConvertOptions(
+        dest=str(tmp_path),
+        formats=("Cog", "ZARR"),
+        modality_formats=(("s1rtc", ("REF",)),),
+        modalities=("s2l2a", "S1RTC"),
+    )
     settings = shard_settings(options, limit=None)
-    assert settings == {"collection": "terramesh", "formats": ["cog", "zarr"],
-                        "modality_formats": {"S1RTC": ["ref"]}, "modalities": ["S1RTC", "S2L2A"],
-                        "revision": None, "limit": None, "s3_public_url": None}
+    assert settings == {
+        "collection": "terramesh",
+        "formats": ["cog", "zarr"],
+        "modality_formats": {"S1RTC": ["ref"]},
+        "modalities": ["S1RTC", "S2L2A"],
+        "revision": None,
+        "limit": None,
+        "s3_public_url": None,
+    }
     assert all(type(f) is str for f in settings["formats"] + settings["modality_formats"]["S1RTC"])
     fingerprint = source_fingerprint(open_source(str(one_shard)), "val", SHARD, options.modalities)
-    spelled = ConvertOptions(dest=str(tmp_path), formats=("cog", "zarr"),
-                             modality_formats=(("S1RTC", ("ref",)),), modalities=("S1RTC", "S2L2A"))
+    spelled = ConvertOptions(
+        dest=str(tmp_path),
+        formats=("cog", "zarr"),
+        modality_formats=(("S1RTC", ("ref",)),),
+        modalities=("S1RTC", "S2L2A"),
+    )
     assert content_id(fingerprint, settings) == content_id(fingerprint, shard_settings(spelled, None))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"formats": ("tiff",)}, "unknown format 'tiff'; choose from cog, zarr, ref"),
-    ({"formats": ("cog", "geotiff")}, "unknown format 'geotiff'"),
-    ({"formats": ()}, "no format given"),
-    ({"modality_formats": (("S1GRD", ("kerchunk",)),)}, "unknown format 'kerchunk'"),
-    ({"modality_formats": (("S1GRD", ()),)}, "no format given"),
-    ({"modality_formats": (("S3OLCI", ("cog",)),)}, "unknown modality 'S3OLCI'; choose from S2L1C"),
-    ({"modalities": ("S2L2A", "S2L3")}, "unknown modality 'S2L3'"),
-    ({"modalities": ()}, "no modality given"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"formats": ("tiff",)}, "unknown format 'tiff'; choose from cog, zarr, ref"),
+        ({"formats": ("cog", "geotiff")}, "unknown format 'geotiff'"),
+        ({"formats": ()}, "no format given"),
+        ({"modality_formats": (("S1GRD", ("kerchunk",)),)}, "unknown format 'kerchunk'"),
+        ({"modality_formats": (("S1GRD", ()),)}, "no format given"),
+        ({"modality_formats": (("S3OLCI", ("cog",)),)}, "unknown modality 'S3OLCI'; choose from S2L1C"),
+        ({"modalities": ("S2L2A", "S2L3")}, "unknown modality 'S2L3'"),
+        ({"modalities": ()}, "no modality given"),
+    ],
+)
 def test_unknown_or_missing_values_are_refused(kwargs, message, tmp_path):
     with pytest.raises(ValueError) as e:
         ConvertOptions(dest=str(tmp_path), **kwargs)
@@ -68,8 +85,9 @@ def test_unknown_or_missing_values_are_refused(kwargs, message, tmp_path):
 
 
 def test_modality_names_and_formats_are_normalised():
-    options = ConvertOptions(dest="out", formats="ZARR", modality_formats={"s1grd": ["Ref", "ref"]},
-                             modalities=("s2l2a", "S2L2A", "dem"))
+    options = ConvertOptions(
+        dest="out", formats="ZARR", modality_formats={"s1grd": ["Ref", "ref"]}, modalities=("s2l2a", "S2L2A", "dem")
+    )
     assert options.formats == (Format.ZARR,)  # one string is one format, not its letters
     assert options.modality_formats == (("S1GRD", (Format.REF,)),)
     assert options.formats_for("S1GRD") == (Format.REF,) and options.formats_for("DEM") == (Format.ZARR,)
@@ -93,8 +111,7 @@ def test_cli_parses_formats_into_the_enum():
 
 
 def test_cli_refuses_an_unknown_modality_before_converting(capsys, tmp_path):
-    code = cli.main(["convert", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "out"),
-                     "--modalities", "S2L2A,S9"])
+    code = cli.main(["convert", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "out"), "--modalities", "S2L2A,S9"])
     assert code == cli.EXIT_FAILED
     assert "unknown modality 'S9'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

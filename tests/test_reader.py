@@ -91,8 +91,11 @@ def tree(synth_root, tmp_path):
 
 def test_reads_every_sample_as_written(synth_root):
     source = open_source(synth_root)
-    assert source.list_shards("val") == ["majortom_shard_000001.tar", "majortom_shard_000002.tar",
-                                         "ssl4eos12_shard_000003.tar"]
+    assert source.list_shards("val") == [
+        "majortom_shard_000001.tar",
+        "majortom_shard_000002.tar",
+        "ssl4eos12_shard_000003.tar",
+    ]
     results = read_all(source, metadata=source.read_metadata("val"))
     assert errors_of(results) == []
     expected = expected_datasets()
@@ -139,8 +142,7 @@ def test_metadata_normalised(synth_root):
 def test_metadata_variants_normalise_the_same(synth_root, tmp_path):
     rows = read_metadata(synth_root / "val_metadata.parquet")
     base = [{**r, "zarr": f"{k}.zarr.zip"} for k, r in rows.items()]
-    write_metadata(base, tmp_path / "v.parquet", geometry_as="wkt", bounds_as="string",
-                   cloud_cover_as="fraction")
+    write_metadata(base, tmp_path / "v.parquet", geometry_as="wkt", bounds_as="string", cloud_cover_as="fraction")
     assert pq.read_table(tmp_path / "v.parquet").schema.field("geometry").type == "string"
     again = read_metadata(tmp_path / "v.parquet")
     for k, r in rows.items():
@@ -157,12 +159,16 @@ def test_metadata_variants_normalise_the_same(synth_root, tmp_path):
 def _small_variant(tmp_path, **kw):
     root = tmp_path / "variant"
     synth.generate(root, shards=1, samples_per_shard=2, seed=5, **kw)
-    return root, expected_datasets(shards=1, samples_per_shard=2, seed=5,
-                                   **{k: v for k, v in kw.items() if k in ("scalar_shape", "cloud_mask")})
+    return root, expected_datasets(
+        shards=1, samples_per_shard=2, seed=5, **{k: v for k, v in kw.items() if k in ("scalar_shape", "cloud_mask")}
+    )
 
 
-@pytest.mark.parametrize("variant", [{"deflate": True}, {"scalar_shape": (1,)}, {"cloud_mask": False}],
-                         ids=["deflated-zip", "metadata-shape-1", "no-cloud-mask"])
+@pytest.mark.parametrize(
+    "variant",
+    [{"deflate": True}, {"scalar_shape": (1,)}, {"cloud_mask": False}],
+    ids=["deflated-zip", "metadata-shape-1", "no-cloud-mask"],
+)
 def test_encoding_variants(tmp_path, variant):
     root, expected = _small_variant(tmp_path, **variant)
     results = read_all(open_source(root))
@@ -183,10 +189,13 @@ def test_encoding_variants(tmp_path, variant):
 def test_corrupt_bytes_raise_clear_errors(synth_root):
     with tarfile.open(synth_root / "val" / "S2RGB" / SHARD) as tf:
         good = tf.extractfile(tf.getmembers()[0]).read()
-    for bad, why in [(b"not a zip at all", "not a readable zip"), (good[: len(good) // 2], "zip"),
-                     (_zip_without(good, ".zmetadata"), ".zmetadata"),
-                     (_zip_without(good, "bands/0.0.0.0"), "chunk bands/0.0.0.0 missing"),
-                     (_zip_without(good, "bands/0.0.0.0", b"\0" * 64), "unreadable")]:
+    for bad, why in [
+        (b"not a zip at all", "not a readable zip"),
+        (good[: len(good) // 2], "zip"),
+        (_zip_without(good, ".zmetadata"), ".zmetadata"),
+        (_zip_without(good, "bands/0.0.0.0"), "chunk bands/0.0.0.0 missing"),
+        (_zip_without(good, "bands/0.0.0.0", b"\0" * 64), "unreadable"),
+    ]:
         with pytest.raises(CorruptSampleError, match=why) as e:
             decode_zarr_zip(bad)
         assert isinstance(e.value, ValueError) and e.value.reason
@@ -250,8 +259,7 @@ def test_corrupt_and_foreign_members(tree):
     results = list(iter_samples(open_source(tree), "val", SHARD))
     errs = errors_of(results)
     reasons = {(e.key, e.modality, e.reason.split(":")[0]) for e in errs}
-    assert reasons == {("majortom_val_0000001", "NDVI", "corrupt member"),
-                       ("README", "NDVI", "not a zarr.zip member")}
+    assert reasons == {("majortom_val_0000001", "NDVI", "corrupt member"), ("README", "NDVI", "not a zarr.zip member")}
     got = samples_of(results)
     assert len(got) == 4 and "NDVI" not in got[0].modalities and "NDVI" in got[1].modalities
     # the errors of a key come right before its sample
@@ -297,8 +305,9 @@ def test_missing_modality_tar_reported_once(tree):
     assert len(errs) == 1 and errs[0].modality == "NDVI" and errs[0].key is None
     assert "missing" in errs[0].reason
     got = samples_of(results)
-    assert len(got) == 4 and all(sorted(s.modalities) == ["DEM", "LULC", "S1RTC", "S2L1C", "S2L2A", "S2RGB"]
-                                 for s in got)
+    assert len(got) == 4 and all(
+        sorted(s.modalities) == ["DEM", "LULC", "S1RTC", "S2L1C", "S2L2A", "S2RGB"] for s in got
+    )
 
 
 def test_missing_metadata_row_gives_none(tree):
@@ -321,21 +330,31 @@ def test_hub_urls_and_revision():
     loc = parse_hub_url("https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/refs%2Fpr%2F7/")
     assert loc == HubLocation("https://huggingface.co", "ibm-esa-geospatial/TerraMesh", "refs/pr/7")
     assert hub_tree_url(loc, "val/S2L2A") == (
-        "https://huggingface.co/api/datasets/ibm-esa-geospatial/TerraMesh/tree/refs%2Fpr%2F7/val/S2L2A")
+        "https://huggingface.co/api/datasets/ibm-esa-geospatial/TerraMesh/tree/refs%2Fpr%2F7/val/S2L2A"
+    )
     assert hub_tree_url(loc, "val/S2L2A", cursor="abc=").endswith("/val/S2L2A?cursor=abc%3D")
-    assert parse_hub_tree([
-        {"type": "file", "path": "val/S2L2A/majortom_shard_000001.tar", "size": 1},
-        {"type": "directory", "path": "val/S2L2A/sub"},
-        {"type": "file", "path": "val/S2L2A/.gitattributes"},
-    ]) == ["majortom_shard_000001.tar"]
-    assert next_page_url('<https://huggingface.co/api/x?cursor=Z>; rel="next"') == "https://huggingface.co/api/x?cursor=Z"
+    assert parse_hub_tree(
+        [
+            {"type": "file", "path": "val/S2L2A/majortom_shard_000001.tar", "size": 1},
+            {"type": "directory", "path": "val/S2L2A/sub"},
+            {"type": "file", "path": "val/S2L2A/.gitattributes"},
+        ]
+    ) == ["majortom_shard_000001.tar"]
+    assert (
+        next_page_url('<https://huggingface.co/api/x?cursor=Z>; rel="next"') == "https://huggingface.co/api/x?cursor=Z"
+    )
     assert next_page_url(None) is None
     src = open_source("https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/main/")
     assert src.revision == "main" and src.hub.repo == "ibm-esa-geospatial/TerraMesh"
-    assert open_source("https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/main",
-                       revision="abc123").revision == "abc123"
+    assert (
+        open_source(
+            "https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/main", revision="abc123"
+        ).revision
+        == "abc123"
+    )
     assert src.shard_url("val", "S2L2A", SHARD) == (
-        "https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/main/val/S2L2A/" + SHARD)
+        "https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/resolve/main/val/S2L2A/" + SHARD
+    )
     assert open_source("/tmp").revision is None
     assert open_source("/tmp", revision="2026-03-06").revision == "2026-03-06"
 

@@ -105,10 +105,14 @@ def test_items_link_the_original_bytes_and_validate(over_http, synth_root):
             assert member["href"] == f"{over_http['url']}/{SPLIT}/{modality}/{shard}"
             data = (synth_root / SPLIT / modality / shard).read_bytes()
             with tarfile.open(synth_root / SPLIT / modality / shard) as tar:
-                assert data[member["offset"]:member["offset"] + member["size"]] == \
-                    tar.extractfile(f"{item['id']}.zarr.zip").read()
-            assert via[member["href"]]["terramesh:byte_range"] == [member["offset"],
-                                                                  member["offset"] + member["size"] - 1]
+                assert (
+                    data[member["offset"] : member["offset"] + member["size"]]
+                    == tar.extractfile(f"{item['id']}.zarr.zip").read()
+                )
+            assert via[member["href"]]["terramesh:byte_range"] == [
+                member["offset"],
+                member["offset"] + member["size"] - 1,
+            ]
             assert asset["type"] == "application/json" and "references" in asset["roles"]
             assert key.removesuffix("_ref") in item["assets"]  # the COG is there too (cog,ref)
     collection = json.loads((over_http["dest"] / "collection.json").read_text())
@@ -199,8 +203,13 @@ def test_cli_format_option(synth_root, tmp_path):
     bad = subprocess.run([*cli, "--format", "cog,zarrr"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown format" in bad.stderr and "zarrr" in bad.stderr
     env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
-    ok = subprocess.run([*cli, "--format", "ref", "--workers", "1", "--max-shards", "1", "--limit", "1", "--quiet"],
-                        capture_output=True, text=True, env=env, timeout=300)
+    ok = subprocess.run(
+        [*cli, "--format", "ref", "--workers", "1", "--max-shards", "1", "--limit", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     item = items_of(tmp_path / "d")[0]
     assert any(k.endswith("_ref") for k in item["assets"])
@@ -214,10 +223,30 @@ def test_formats_chosen_per_modality(synth_root, tmp_path):
     collection's item_assets and summaries say so."""
     env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
     dest = tmp_path / "d"
-    proc = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root),
-                           "--dest", str(dest), "--format", "cog", "--format-for", "S1GRD=ref",
-                           "--format-for", "S1RTC=ref", "--workers", "1", "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "terramesh_stac.cli",
+            "convert",
+            str(synth_root),
+            "--dest",
+            str(dest),
+            "--format",
+            "cog",
+            "--format-for",
+            "S1GRD=ref",
+            "--format-for",
+            "S1RTC=ref",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     items = items_of(dest)
     s1_seen = set()
@@ -240,10 +269,28 @@ def test_formats_chosen_per_modality(synth_root, tmp_path):
     assert refs == {"S1GRD_ref", "S1RTC_ref"}
     assert collection["summaries"]["terramesh:formats"] == ["cog", "ref"]
     # the choice is part of each shard's settings: another choice converts the shards again
-    again = subprocess.run([sys.executable, "-m", "terramesh_stac.cli", "convert", str(synth_root),
-                            "--dest", str(dest), "--format", "cog", "--workers", "1", "--quiet",
-                            "--report", str(tmp_path / "r.json")],
-                           capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "terramesh_stac.cli",
+            "convert",
+            str(synth_root),
+            "--dest",
+            str(dest),
+            "--format",
+            "cog",
+            "--workers",
+            "1",
+            "--quiet",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert not any(s["skipped"] for s in report["shard_reports"])

@@ -21,8 +21,7 @@ ITEM_ID = "majortom_val_0900001"
 BUCKET = "terramesh-s3test"
 PREFIX = "out"
 LON, LAT = 20.0, 60.0  # far from the other test collections' items
-RENDERS = {"dem": {"title": "Elevation", "assets": ["DEM"], "rescale": [[0, 2000]],
-                   "colormap_name": "terrain"}}
+RENDERS = {"dem": {"title": "Elevation", "assets": ["DEM"], "rescale": [[0, 2000]], "colormap_name": "terrain"}}
 WMQ = morecantile.tms.get("WebMercatorQuad")
 
 
@@ -41,11 +40,16 @@ def _item_and_cog(workdir: Path):
     cog = workdir / "DEM.tif"
     _api_write_cog(cog, _api_pixels("DEM", 1, "int16", 0), crs, from_origin(x0, y0, 10, 10))
     item = {
-        "type": "Feature", "stac_version": "1.1.0", "id": ITEM_ID, "collection": S3_COLLECTION_ID,
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": ITEM_ID,
+        "collection": S3_COLLECTION_ID,
         "stac_extensions": ["https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"],
-        "geometry": mapping(footprint), "bbox": list(footprint.bounds),
+        "geometry": mapping(footprint),
+        "bbox": list(footprint.bounds),
         "properties": {"datetime": "2024-08-01T10:00:00Z", "proj:code": crs},
-        "links": [], "assets": {},
+        "links": [],
+        "assets": {},
     }
     return item, cog
 
@@ -67,18 +71,29 @@ def s3_catalog(s3_server, pgstac_db):
     data = cog.read_bytes()
     relpath = f"assets/{ITEM_ID}/DEM.tif"
     item["assets"]["DEM"] = {
-        "href": store.put(relpath, data), "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-        "roles": ["data"], "title": "DEM", "alternate": {"https": {"href": store.https_href(relpath)}},
+        "href": store.put(relpath, data),
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "title": "DEM",
+        "alternate": {"https": {"href": store.https_href(relpath)}},
     }
     # a bucket published for anonymous https readers (what the alternate is for)
     boto3.client("s3", endpoint_url=s3_server).put_object_acl(
-        Bucket=BUCKET, Key=f"{PREFIX}/{relpath}", ACL="public-read")
+        Bucket=BUCKET, Key=f"{PREFIX}/{relpath}", ACL="public-read"
+    )
     collection = {
-        "type": "Collection", "stac_version": "1.1.0", "id": S3_COLLECTION_ID,
-        "description": "assets on S3", "license": "CC-BY-SA-4.0", "links": [], "renders": RENDERS,
+        "type": "Collection",
+        "stac_version": "1.1.0",
+        "id": S3_COLLECTION_ID,
+        "description": "assets on S3",
+        "license": "CC-BY-SA-4.0",
+        "links": [],
+        "renders": RENDERS,
         "stac_extensions": ["https://stac-extensions.github.io/render/v2.0.0/schema.json"],
-        "extent": {"spatial": {"bbox": [item["bbox"]]},
-                   "temporal": {"interval": [["2024-08-01T00:00:00Z", "2024-08-31T00:00:00Z"]]}},
+        "extent": {
+            "spatial": {"bbox": [item["bbox"]]},
+            "temporal": {"interval": [["2024-08-01T00:00:00Z", "2024-08-31T00:00:00Z"]]},
+        },
     }
     with database.pgstac_db(pgstac_db.loader) as db:
         loader = Loader(db=db)
@@ -118,7 +133,10 @@ def test_tile_of_an_s3_item_has_pixels(s3_live_server):
     tile = WMQ.tile(LON + 0.02, LAT - 0.012, 14)
     r = httpx.get(
         f"{s3_live_server}/raster/collections/{S3_COLLECTION_ID}/items/{ITEM_ID}/tiles/WebMercatorQuad/"
-        f"{tile.z}/{tile.x}/{tile.y}.png", params={"render": "dem"}, timeout=60)
+        f"{tile.z}/{tile.x}/{tile.y}.png",
+        params={"render": "dem"},
+        timeout=60,
+    )
     img = _png(r)
     alpha = img[..., 3] > 0
     assert alpha.mean() > 0.5, f"only {alpha.mean():.0%} of the tile has data"
@@ -142,13 +160,30 @@ def test_api_keeps_s3_hrefs_and_the_https_alternate(s3_live_server, s3_catalog, 
     assert httpx.get(f"{s3_live_server}/assets/{ITEM_ID}/DEM.tif", timeout=30).status_code == 404
 
 
-@pytest.mark.parametrize("url, expected", [
-    (None, {}),
-    ("http://127.0.0.1:9000", {"AWS_S3_ENDPOINT": "127.0.0.1:9000", "AWS_HTTPS": "NO",
-                               "AWS_VIRTUAL_HOSTING": "FALSE", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}),
-    ("https://s3.example.org/", {"AWS_S3_ENDPOINT": "s3.example.org", "AWS_HTTPS": "YES",
-                                 "AWS_VIRTUAL_HOSTING": "FALSE", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (None, {}),
+        (
+            "http://127.0.0.1:9000",
+            {
+                "AWS_S3_ENDPOINT": "127.0.0.1:9000",
+                "AWS_HTTPS": "NO",
+                "AWS_VIRTUAL_HOSTING": "FALSE",
+                "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            },
+        ),
+        (
+            "https://s3.example.org/",
+            {
+                "AWS_S3_ENDPOINT": "s3.example.org",
+                "AWS_HTTPS": "YES",
+                "AWS_VIRTUAL_HOSTING": "FALSE",
+                "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            },
+        ),
+    ],
+)
 def test_gdal_s3_config_from_the_endpoint_url(url, expected):
     from terramesh_stac.catalog.tiles import gdal_s3_config
 
@@ -161,4 +196,3 @@ def test_gdal_s3_config_rejects_what_gdal_cannot_use(url):
 
     with pytest.raises(ValueError, match="TERRAMESH_S3_ENDPOINT_URL"):
         gdal_s3_config(url)
-

@@ -38,7 +38,10 @@ def test_tree_layout(synth_root):
     folders = sorted(p.name for p in (synth_root / "val").iterdir())
     assert folders == sorted(MODALITIES)
     assert sorted(p.name for p in (synth_root / "val" / "S2L2A").iterdir()) == [
-        "majortom_shard_000001.tar", "majortom_shard_000002.tar", "ssl4eos12_shard_000003.tar"]
+        "majortom_shard_000001.tar",
+        "majortom_shard_000002.tar",
+        "ssl4eos12_shard_000003.tar",
+    ]
     # one S1 version per source: S1RTC only majortom, S1GRD only ssl4eos12
     assert all(p.name.startswith("majortom") for p in (synth_root / "val" / "S1RTC").iterdir())
     assert [p.name for p in (synth_root / "val" / "S1GRD").iterdir()] == ["ssl4eos12_shard_000003.tar"]

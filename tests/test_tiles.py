@@ -54,7 +54,8 @@ def test_item_tile_for_each_preset_has_pixels_at_the_item(live_server, preset):
     tile = WMQ.tile(*_centre(item_id), 14)
     r = httpx.get(
         f"{_item_base(live_server, item_id)}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
-        params={"render": preset}, timeout=60,
+        params={"render": preset},
+        timeout=60,
     )
     img = _png(r)
     alpha = img[..., 3] > 0
@@ -76,8 +77,9 @@ def test_preset_params_are_those_of_the_collection_and_explicit_params_win(live_
 
 def test_tilejson_for_a_preset(live_server):
     item_id = "ssl4eos12_train_0000005"
-    r = httpx.get(f"{_item_base(live_server, item_id)}/WebMercatorQuad/tilejson.json",
-                  params={"render": "dem"}, timeout=60)
+    r = httpx.get(
+        f"{_item_base(live_server, item_id)}/WebMercatorQuad/tilejson.json", params={"render": "dem"}, timeout=60
+    )
     assert r.status_code == 200, r.text
     tj = r.json()
     _, lon, lat, _, _ = SAMPLE[item_id]
@@ -101,8 +103,11 @@ def test_renders_endpoint_lists_the_collection_presets(live_server):
 
 
 def test_preview_png_for_a_preset(live_server):
-    r = httpx.get(f"{_item_base(live_server, 'majortom_val_0000001')}/preview.png",
-                  params={"render": "ndvi", "max_size": 128}, timeout=60)
+    r = httpx.get(
+        f"{_item_base(live_server, 'majortom_val_0000001')}/preview.png",
+        params={"render": "ndvi", "max_size": 128},
+        timeout=60,
+    )
     img = _png(r)
     assert max(img.shape[:2]) == 128 and (img[..., 3] > 0).mean() > 0.9
 
@@ -110,7 +115,8 @@ def test_preview_png_for_a_preset(live_server):
 def test_mosaic_tile_over_several_items(live_server):
     reg = httpx.post(
         f"{live_server}/raster/searches/register",
-        json={"collections": [API_COLLECTION_ID], "bbox": [8.9, 44.9, 9.2, 45.1]}, timeout=60,
+        json={"collections": [API_COLLECTION_ID], "bbox": [8.9, 44.9, 9.2, 45.1]},
+        timeout=60,
     )
     assert reg.status_code == 200, reg.text
     search_id = reg.json()["id"]
@@ -119,7 +125,8 @@ def test_mosaic_tile_over_several_items(live_server):
     tile = WMQ.tile(seam_lon, lat, 12)
     r = httpx.get(
         f"{live_server}/raster/searches/{search_id}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
-        params={"render": "true_color"}, timeout=60,
+        params={"render": "true_color"},
+        timeout=60,
     )
     img = _png(r)
     b = WMQ.bounds(tile)
@@ -128,20 +135,25 @@ def test_mosaic_tile_over_several_items(live_server):
     left, right = img[row, max(col - 20, 0), 3], img[row, min(col + 20, img.shape[1] - 1), 3]
     assert left > 0 and right > 0, "the mosaic should draw both neighbouring items"
     # and the search's TileJSON points back into /raster
-    tj = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
-                   params={"render": "true_color"}, timeout=60).json()
+    tj = httpx.get(
+        f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
+        params={"render": "true_color"},
+        timeout=60,
+    ).json()
     assert tj["tiles"][0].startswith(f"{live_server}/raster/searches/{search_id}/tiles/")
     # the whole-collection mosaic draws the same tile
     r = httpx.get(
-        f"{live_server}/raster/collections/{API_COLLECTION_ID}/tiles/WebMercatorQuad/"
-        f"{tile.z}/{tile.x}/{tile.y}.png", params={"render": "true_color"}, timeout=60,
+        f"{live_server}/raster/collections/{API_COLLECTION_ID}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
+        params={"render": "true_color"},
+        timeout=60,
     )
     assert np.array_equal(_png(r)[..., 3] > 0, img[..., 3] > 0)
 
 
 OTHER_COLLECTION_ID = "terramesh-apitest-other"
-OTHER_RENDERS = {"elevation": {"title": "Elevation (other)", "assets": ["DEM"], "rescale": [[0, 2000]],
-                               "colormap_name": "viridis"}}
+OTHER_RENDERS = {
+    "elevation": {"title": "Elevation (other)", "assets": ["DEM"], "rescale": [[0, 2000]], "colormap_name": "viridis"}
+}
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +199,9 @@ def test_search_render_presets_come_from_the_searchs_collections(live_server, ot
     # a search over both: the first collection that has the preset gives it
     both = _register(live_server, {"collections": [API_COLLECTION_ID, OTHER_COLLECTION_ID]})
     for preset in ("elevation", "dem"):
-        r = httpx.get(f"{live_server}/raster/searches/{both}/WebMercatorQuad/tilejson.json",
-                      params={"render": preset}, timeout=60)
+        r = httpx.get(
+            f"{live_server}/raster/searches/{both}/WebMercatorQuad/tilejson.json", params={"render": preset}, timeout=60
+        )
         assert r.status_code == 200, r.text
         q = parse_qs(urlsplit(r.json()["tiles"][0]).query)
         assert q["colormap_name"] == [{"elevation": "viridis", "dem": "terrain"}[preset]]
@@ -196,11 +209,15 @@ def test_search_render_presets_come_from_the_searchs_collections(live_server, ot
 
 def test_search_without_collections_has_no_presets(live_server):
     search_id = _register(live_server, {"bbox": [8.9, 44.9, 9.2, 45.1]})
-    r = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
-                  params={"render": "true_color"}, timeout=60)
+    r = httpx.get(
+        f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
+        params={"render": "true_color"},
+        timeout=60,
+    )
     assert r.status_code == 400 and "has no collections" in r.json()["detail"], r.text
-    r = httpx.get(f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json",
-                  params={"assets": "DEM"}, timeout=60)
+    r = httpx.get(
+        f"{live_server}/raster/searches/{search_id}/WebMercatorQuad/tilejson.json", params={"assets": "DEM"}, timeout=60
+    )
     assert r.status_code == 200, r.text
 
 

@@ -28,8 +28,7 @@ from tests.conftest import API_COLLECTION_ID, read_items
 
 PROJECTION = EXTENSIONS["proj:"]
 UNSHIPPED = "https://stac-extensions.github.io/mlm/v1.0.0/schema.json"
-CORE = [f"https://schemas.stacspec.org/v1.1.0/{k}-spec/json-schema/{k}.json"
-        for k in ("item", "collection", "catalog")]
+CORE = [f"https://schemas.stacspec.org/v1.1.0/{k}-spec/json-schema/{k}.json" for k in ("item", "collection", "catalog")]
 # the STAC API landing page: stac-fastapi (stac-pydantic's STAC_VERSION) declares STAC 1.0.0
 LANDING = "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.json"
 
@@ -37,6 +36,7 @@ LANDING = "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test (validation must never fetch)."""
+
     def refuse(self, address):
         raise AssertionError(f"network access to {address}")
 
@@ -49,8 +49,9 @@ def converted(synth_root, tmp_path_factory):
     """`terramesh-stac convert` of the generated sample with every asset format (so every
     extension our items and collection can declare appears)."""
     dest = tmp_path_factory.mktemp("validate") / "out"
-    rc = main(["convert", str(synth_root), "--dest", str(dest), "--format", "cog,zarr,ref",
-               "--workers", "1", "--quiet"])
+    rc = main(
+        ["convert", str(synth_root), "--dest", str(dest), "--format", "cog,zarr,ref", "--workers", "1", "--quiet"]
+    )
     assert rc == EXIT_OK
     return dest
 
@@ -126,12 +127,12 @@ def test_a_schema_that_is_not_shipped_is_a_problem_not_a_download(converted, no_
     item = next(iter(read_items(converted).values()))
     item["stac_extensions"].append(UNSHIPPED)
     assert [str(p) for p in problems(item)] == [
-        f"{item['id']}: (object): schema {UNSHIPPED} is not shipped with terramesh-stac "
-        f"(schema {UNSHIPPED} at (root))"]
+        f"{item['id']}: (object): schema {UNSHIPPED} is not shipped with terramesh-stac (schema {UNSHIPPED} at (root))"
+    ]
     old = dict(item, stac_version="1.0.0", stac_extensions=[])
     assert [p.message for p in problems(old)] == [
-        "schema https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json "
-        "is not shipped with terramesh-stac"]
+        "schema https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json is not shipped with terramesh-stac"
+    ]
     assert problems({"type": "FeatureCollection"})[0].path == "type"
 
 
@@ -192,10 +193,14 @@ def test_validate_reports_a_broken_item_with_its_faults(converted, tmp_path, cap
     assert main(["validate", str(broken)]) == EXIT_FAILED
     out = capsys.readouterr().out
     assert "1 collections, 12 items; 2 errors" in out, out
-    assert (f"{item['id']}: properties.proj:code: 12345 is not of type 'string', 'null' (schema "
-            f"{PROJECTION} at oneOf/0/allOf/1/properties/properties/properties/proj:code/type)") in out
-    assert (f"{item['id']}: assets.DEM.href: 'href' is a required property (schema {CORE[0]} at "
-            "allOf/0/allOf/2/properties/assets/additionalProperties/allOf/0/required)") in out
+    assert (
+        f"{item['id']}: properties.proj:code: 12345 is not of type 'string', 'null' (schema "
+        f"{PROJECTION} at oneOf/0/allOf/1/properties/properties/properties/proj:code/type)"
+    ) in out
+    assert (
+        f"{item['id']}: assets.DEM.href: 'href' is a required property (schema {CORE[0]} at "
+        "allOf/0/allOf/2/properties/assets/additionalProperties/allOf/0/required)"
+    ) in out
 
     assert main(["validate", str(broken), "--show", "1"]) == EXIT_FAILED
     assert "... and 1 more errors" in capsys.readouterr().out

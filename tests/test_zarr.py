@@ -186,8 +186,9 @@ def test_a_new_revision_keeps_the_previous_store_whole(synth_root, tmp_path):
     np.testing.assert_array_equal(after["bands"].values, before["bands"].values + 1)
     store = Path(items[key]["assets"]["DEM_zarr"]["href"])
     kept = tmp_path / "dest" / "revisions" / first.content_id / store.relative_to(tmp_path / "dest")
-    assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == \
-        sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(store) for p in store.rglob("*") if p.is_file()
+    )
     xr.testing.assert_identical(zarrstack.open_sample(str(kept), key), before)
     assert second.assets["superseded"] == sum(1 for p in kept.rglob("*") if p.is_file())
     # the other modalities' stores did not change: nothing of theirs kept
@@ -219,9 +220,12 @@ def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
             assert_equal_to_source(open_as_user(asset, **endpoint), want, item, asset)
             seen.add(modality)
-        assert_equal_to_source(open_sample(item, "DEM", **endpoint),
-                               read_original(synth_root, "DEM", shard, item["id"], tmp_path),
-                               item, item["assets"]["DEM_zarr"])
+        assert_equal_to_source(
+            open_sample(item, "DEM", **endpoint),
+            read_original(synth_root, "DEM", shard, item["id"], tmp_path),
+            item,
+            item["assets"]["DEM_zarr"],
+        )
     assert seen == ALL
 
 
@@ -261,16 +265,38 @@ def run_cli(*args):
 def zarr_served(synth_root, pgstac_db, tmp_path_factory):
     """convert (COG + Zarr, DEM as Zarr only), load, serve."""
     dest = tmp_path_factory.mktemp("zarr-served") / "out"
-    run_cli("convert", synth_root, "--dest", dest, "--collection", COLLECTION, "--workers", "1",
-            "--format", "cog,zarr", "--format-for", "DEM=zarr", "--quiet")
+    run_cli(
+        "convert",
+        synth_root,
+        "--dest",
+        dest,
+        "--collection",
+        COLLECTION,
+        "--workers",
+        "1",
+        "--format",
+        "cog,zarr",
+        "--format-for",
+        "DEM=zarr",
+        "--quiet",
+    )
     run_cli("load", dest, "--dsn", pgstac_db.loader)
     port = _free_port()
     settings = pgstac_db.settings
-    env = {**os.environ, "TERRAMESH_STATE_DIR": str(settings.state_dir),
-           "TERRAMESH_DB_PORT": str(settings.db_port), "TERRAMESH_DB_POOL_MAX_SIZE": "3",
-           "TERRAMESH_COLLECTION_ID": COLLECTION}
-    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--dest", str(dest)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=dest)
+    env = {
+        **os.environ,
+        "TERRAMESH_STATE_DIR": str(settings.state_dir),
+        "TERRAMESH_DB_PORT": str(settings.db_port),
+        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
+        "TERRAMESH_COLLECTION_ID": COLLECTION,
+    }
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--dest", str(dest)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=dest,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/raster/healthz", proc)
@@ -282,8 +308,12 @@ def zarr_served(synth_root, pgstac_db, tmp_path_factory):
 
 
 def tile_png(base: str, item: dict, tile, **params) -> np.ndarray:
-    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
-                  f"{tile.z}/{tile.x}/{tile.y}.png", params=params, timeout=60)
+    r = httpx.get(
+        f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
+        f"{tile.z}/{tile.x}/{tile.y}.png",
+        params=params,
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
 
@@ -298,8 +328,10 @@ def test_zarr_tiles_equal_the_cog_tiles_at_the_item(zarr_served):
     items = read_items(dest)
     item = next(i for k, i in sorted(items.items()) if k.startswith("majortom") and i["bbox"][0] < i["bbox"][2])
     tile = centre_tile(item)
-    for cog, zarr_asset, extra in (("S2L2A|bidx=4,3,2", "S2L2A_zarr|bidx=4,3,2", {"rescale": ["0,3000"] * 3}),
-                                   ("S1RTC", "S1RTC_zarr", {"expression": "b1", "rescale": "-25,0"})):
+    for cog, zarr_asset, extra in (
+        ("S2L2A|bidx=4,3,2", "S2L2A_zarr|bidx=4,3,2", {"rescale": ["0,3000"] * 3}),
+        ("S1RTC", "S1RTC_zarr", {"expression": "b1", "rescale": "-25,0"}),
+    ):
         from_cog = tile_png(base, item, tile, assets=cog, **extra)
         from_zarr = tile_png(base, item, tile, assets=zarr_asset, **extra)
         covered = from_zarr[..., 3] > 0
@@ -322,14 +354,20 @@ def test_a_render_preset_reads_a_zarr_only_modality(zarr_served):
     img = tile_png(base, item, tile, render="dem")
     assert (img[..., 3] > 0).mean() > 0.5 and img[..., :3][img[..., 3] > 0].std() > 0
     # the collection mosaic reads the Zarr asset too: same pixels where only this item lies
-    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
-                  params={"render": "dem"}, timeout=60)
+    r = httpx.get(
+        f"{base}/raster/collections/{COLLECTION}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png",
+        params={"render": "dem"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA")), img)
     # a tile next to the patch (2.6 km wide) has no DEM pixels: the pixels are placed, not smeared
     far = morecantile.Tile(tile.x + 3, tile.y, tile.z)
-    r = httpx.get(f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/"
-                  f"{far.z}/{far.x}/{far.y}.png", params={"render": "dem"}, timeout=60)
+    r = httpx.get(
+        f"{base}/raster/collections/{COLLECTION}/items/{item['id']}/tiles/WebMercatorQuad/{far.z}/{far.x}/{far.y}.png",
+        params={"render": "dem"},
+        timeout=60,
+    )
     assert r.status_code == 404, r.text
     # the item served by the STAC API opens with xarray over HTTP (the API serves the store)
     served = httpx.get(f"{base}/stac/collections/{COLLECTION}/items/{item['id']}", timeout=60).json()

@@ -143,8 +143,9 @@ async def check_write_role(pool) -> None:
         )
 
 
-def stac_postgres_settings(dsn: str, pool_max: int, application_name: str = "pgstac",
-                           env: dict[str, str] | None = None) -> PostgresSettings:
+def stac_postgres_settings(
+    dsn: str, pool_max: int, application_name: str = "pgstac", env: dict[str, str] | None = None
+) -> PostgresSettings:
     """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from libpq's PG* `env`)."""
     u = urlsplit(dsn)
     env = env or {}
@@ -173,9 +174,11 @@ class Cql2TextOrJsonPostRequest(FilterExtensionPostRequest):
     too. `cql2_text_to_json` turns it into CQL2 JSON before pgstac sees it."""
 
     filter_expr: dict[str, Any] | str | None = Field(
-        None, alias="filter", description="A CQL2 filter: a JSON object (cql2-json) or text (cql2-text).")
+        None, alias="filter", description="A CQL2 filter: a JSON object (cql2-json) or text (cql2-text)."
+    )
     filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(
-        "cql2-json", alias="filter-lang", description="The CQL2 encoding of `filter` (default cql2-json).")
+        "cql2-json", alias="filter-lang", description="The CQL2 encoding of `filter` (default cql2-json)."
+    )
 
 
 def search_filter_extension() -> SearchFilterExtension:
@@ -198,7 +201,8 @@ def cql2_text_to_json(search_request) -> None:
         if lang != "cql2-text":
             raise InvalidQueryParameter(
                 'filter is a string but filter-lang is cql2-json: send "filter-lang": "cql2-text" '
-                "with a CQL2 text filter, or the filter as a CQL2 JSON object")
+                "with a CQL2 text filter, or the filter as a CQL2 JSON object"
+            )
         try:
             parsed = Expr(expr)
             parsed.validate()
@@ -209,7 +213,8 @@ def cql2_text_to_json(search_request) -> None:
     elif lang == "cql2-text":
         raise InvalidQueryParameter(
             'filter-lang is cql2-text but filter is a JSON object: send "filter-lang": "cql2-json" '
-            "(or leave it out), or the filter as CQL2 text")
+            "(or leave it out), or the filter as CQL2 text"
+        )
 
 
 def filter_properties(node: Any) -> set[str]:
@@ -245,13 +250,15 @@ async def check_queryables(request: Request, search_request) -> None:
         unknown = await conn.fetchval(
             "SELECT array_agg(p ORDER BY p) FROM unnest($1::text[]) p"
             " WHERE NOT coalesce((pgstac.queryable(p, $2::text[])).registered, false)",
-            names, collections,
+            names,
+            collections,
         )
     if unknown:
         where = f"collection(s) {', '.join(collections)}" if collections else "any collection"
         raise InvalidQueryParameter(
             f"unknown queryable(s) in filter: {', '.join(unknown)} (not a queryable of {where}; "
-            "see the `queryables` link of the landing page or collection)")
+            "see the `queryables` link of the landing page or collection)"
+        )
 
 
 class TerraMeshFiltersClient(FiltersClient):
@@ -285,9 +292,7 @@ class TerraMeshClient(CoreCrudClient):
         renders = await self._collection_renders(cid, request)
         render_id = default_render_id(renders, conf["default_render"])
         if render_id is not None:
-            item["links"] += item_render_links(
-                f"{root}{RASTER_PATH}/", cid, iid, render_id, renders[render_id]
-            )
+            item["links"] += item_render_links(f"{root}{RASTER_PATH}/", cid, iid, render_id, renders[render_id])
 
     async def _search_base(self, search_request, request: Request):  # type: ignore[override]
         await check_queryables(request, search_request)
@@ -336,9 +341,7 @@ def _version() -> str:
 
 
 def _bad_request(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"code": "BadRequest", "description": f"{type(exc).__name__}: {exc}"}, status_code=400
-    )
+    return JSONResponse({"code": "BadRequest", "description": f"{type(exc).__name__}: {exc}"}, status_code=400)
 
 
 # Client input errors that stac-fastapi-pgstac 7.2 lets through as 500s:
@@ -368,8 +371,11 @@ def create_stac_api(settings: ServiceSettings, dsn: str) -> StacApi:
     """The STAC API (its `.app` is the FastAPI application to mount at /stac)."""
     pg = stac_postgres_settings(dsn, settings.db_pool_max_size, env=settings.libpq_env)
     # Transactions write with the loader role (pgstac_ingest), never with the read role.
-    write_pg = (stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME, settings.libpq_env)
-                if settings.enable_transactions else None)
+    write_pg = (
+        stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME, settings.libpq_env)
+        if settings.enable_transactions
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

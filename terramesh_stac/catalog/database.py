@@ -110,8 +110,11 @@ def pg_major(bindir: Path) -> int:
 
 
 def _extension_dirs(bindir: Path, major: int) -> list[Path]:
-    dirs = [Path(f"/usr/share/postgresql/{major}/extension"), bindir.parent / "share" / "extension",
-            bindir.parent / "share" / "postgresql" / "extension"]
+    dirs = [
+        Path(f"/usr/share/postgresql/{major}/extension"),
+        bindir.parent / "share" / "extension",
+        bindir.parent / "share" / "postgresql" / "extension",
+    ]
     pg_config = bindir / "pg_config"
     if pg_config.exists():
         share = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True).stdout.strip()
@@ -188,8 +191,11 @@ def _prepare_dirs(settings: DatabaseSettings) -> None:
         # Every parent must be traversable by the postgres user.
         probe = subprocess.run(["runuser", "-u", SYSTEM_USER, "--", "test", "-w", str(cdir)])
         if probe.returncode != 0:
-            blocked = [str(p) for p in reversed(cdir.parents)
-                       if subprocess.run(["runuser", "-u", SYSTEM_USER, "--", "test", "-x", str(p)]).returncode]
+            blocked = [
+                str(p)
+                for p in reversed(cdir.parents)
+                if subprocess.run(["runuser", "-u", SYSTEM_USER, "--", "test", "-x", str(p)]).returncode
+            ]
             raise DatabaseError(
                 f"the `{SYSTEM_USER}` user cannot reach {cdir}"
                 + (f" (no search permission on {blocked[0]})" if blocked else "")
@@ -244,8 +250,13 @@ def dsn(settings: DatabaseSettings, role: Role = "loader") -> str:
         if role == "admin":
             return settings.dsn
         ext = conninfo_to_dict(settings.dsn)
-        return _url(ROLE_USERS[role], _credentials(settings)[role], ext.get("host") or "localhost",
-                    ext.get("port") or 5432, ext.get("dbname") or settings.db_name)
+        return _url(
+            ROLE_USERS[role],
+            _credentials(settings)[role],
+            ext.get("host") or "localhost",
+            ext.get("port") or 5432,
+            ext.get("dbname") or settings.db_name,
+        )
     creds = _credentials(settings)
     user = ADMIN_USER if role == "admin" else ROLE_USERS[role]
     return _url(user, creds[role], settings.db_host, settings.db_port, settings.db_name)
@@ -257,8 +268,9 @@ def dsn(settings: DatabaseSettings, role: Role = "loader") -> str:
 def _pg_ctl_status(settings: DatabaseSettings, bindir: Path) -> int:
     if not (data_dir(settings) / "PG_VERSION").exists():
         return 4
-    return subprocess.run(_as_owner([str(bindir / "pg_ctl"), "status", "-D", str(data_dir(settings))]),
-                          capture_output=True).returncode
+    return subprocess.run(
+        _as_owner([str(bindir / "pg_ctl"), "status", "-D", str(data_dir(settings))]), capture_output=True
+    ).returncode
 
 
 def _running_port(settings: DatabaseSettings) -> int | None:
@@ -274,8 +286,20 @@ def _initdb(settings: DatabaseSettings, bindir: Path, admin_password: str) -> No
     pwfile.write_text(admin_password + "\n")
     _give_to_owner(pwfile, 0o600)
     try:
-        _run([str(bindir / "initdb"), "-D", str(data_dir(settings)), "-U", ADMIN_USER, f"--pwfile={pwfile}",
-              "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"], "initdb")
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data_dir(settings)),
+                "-U",
+                ADMIN_USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            "initdb",
+        )
     finally:
         pwfile.unlink(missing_ok=True)
 
@@ -304,8 +328,10 @@ def start(settings: DatabaseSettings) -> None:
             log.touch()
             _give_to_owner(log, 0o600)
             try:
-                _run([str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir(settings)),
-                      "-l", str(log)], "pg_ctl start")
+                _run(
+                    [str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir(settings)), "-l", str(log)],
+                    "pg_ctl start",
+                )
             except DatabaseError as e:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
                 raise DatabaseError(f"{e}\nlast lines of {log}:\n{tail}") from None
@@ -363,13 +389,15 @@ def bootstrap(settings: DatabaseSettings) -> None:
             ident = sql.Identifier(user)
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
-                         .format(ident, sql.Literal(creds[role])))
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                    ident, sql.Literal(creds[role])
+                )
+            )
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(ROLE_GROUPS[role]), ident))
             # Role settings are not inherited from pgstac_read/pgstac_ingest: set them on the user.
             conn.execute(sql.SQL("ALTER ROLE {} SET search_path TO pgstac, public").format(ident))
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}")
-                         .format(sql.Identifier(conn.info.dbname), ident))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), ident))
         for name, value in PGSTAC_SETTINGS.items():
             conn.execute(
                 "INSERT INTO pgstac.pgstac_settings (name, value) VALUES (%s, %s) "
@@ -393,9 +421,15 @@ def status(settings: DatabaseSettings) -> dict:
     if not settings.dsn:
         bindir = pg_bin_dir()
         code = _pg_ctl_status(settings, bindir)
-        info.update(cluster_dir=str(cluster_dir(settings)), bindir=str(bindir),
-                    host=settings.db_host, port=settings.db_port,
-                    initialized=code != 4, running=code == 0, log=str(log_file(settings)))
+        info.update(
+            cluster_dir=str(cluster_dir(settings)),
+            bindir=str(bindir),
+            host=settings.db_host,
+            port=settings.db_port,
+            initialized=code != 4,
+            running=code == 0,
+            log=str(log_file(settings)),
+        )
         pidfile = data_dir(settings) / "postmaster.pid"
         if code == 0 and pidfile.exists():
             info["pid"] = int(pidfile.read_text().split()[0])
@@ -431,9 +465,10 @@ def prepare_collection(conn: psycopg.Connection, collection_id: str, partition: 
         "UPDATE pgstac.collections SET partition_trunc = %s WHERE id = %s AND partition_trunc IS DISTINCT FROM %s",
         (partition, collection_id, partition),
     )
-    if cur.rowcount == 0 and not conn.execute(
-        "SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)
-    ).fetchone():
+    if (
+        cur.rowcount == 0
+        and not conn.execute("SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()
+    ):
         raise DatabaseError(f"collection {collection_id!r} is not in pgstac: load it first")
     apply_queryables(conn, collection_id)
 
@@ -448,8 +483,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def temporary_cluster(make_settings: Callable[..., DatabaseSettings] = DatabaseSettings,
-                      prefix: str = "terramesh-pgstac-") -> Iterator[DatabaseSettings]:
+def temporary_cluster(
+    make_settings: Callable[..., DatabaseSettings] = DatabaseSettings, prefix: str = "terramesh-pgstac-"
+) -> Iterator[DatabaseSettings]:
     """An embedded cluster on a free port in a fresh folder, stopped and removed on exit.
 
     `make_settings(state_dir=, db_port=, dsn=None)` builds its settings (a settings class,

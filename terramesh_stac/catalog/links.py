@@ -161,10 +161,7 @@ def item_render_links(
     raster_base: str, collection_id: str, item_id: str, render_id: str, render: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """TileJSON and PNG preview links of one item for one render preset."""
-    base = (
-        f"{raster_base}collections/{quote(collection_id, safe='')}"
-        f"/items/{quote(item_id, safe='')}"
-    )
+    base = f"{raster_base}collections/{quote(collection_id, safe='')}/items/{quote(item_id, safe='')}"
     query = urlencode(render_query(render))
     title = render.get("title") or render_id
     return [

@@ -79,10 +79,12 @@ class LoadResult:
         return self.written / self.items_seconds if self.items_seconds else 0.0
 
     def summary(self) -> str:
-        text = (f"loaded {self.written} items from {len(self.files)} files into collection "
-                f"{self.collection_id!r} ({self.in_db} in pgstac) in {self.total_seconds:.1f} s "
-                f"(collection {self.collection_seconds:.2f} s, items {self.items_seconds:.2f} s "
-                f"= {self.items_per_second:.0f}/s, check {self.check_seconds:.2f} s)")
+        text = (
+            f"loaded {self.written} items from {len(self.files)} files into collection "
+            f"{self.collection_id!r} ({self.in_db} in pgstac) in {self.total_seconds:.1f} s "
+            f"(collection {self.collection_seconds:.2f} s, items {self.items_seconds:.2f} s "
+            f"= {self.items_per_second:.0f}/s, check {self.check_seconds:.2f} s)"
+        )
         return text if self.ok else text + "\nERRORS:\n  " + "\n  ".join(self.errors)
 
 
@@ -227,8 +229,9 @@ class Publisher:
 
     def _delete(self, ids: list[str]) -> None:
         if ids:
-            self._conn.execute("DELETE FROM pgstac.items WHERE collection = %s AND id = ANY(%s)",
-                               (self.collection_id, list(ids)))
+            self._conn.execute(
+                "DELETE FROM pgstac.items WHERE collection = %s AND id = ANY(%s)", (self.collection_id, list(ids))
+            )
             self._conn.commit()
 
     def publish_shards(self, manifests: list[Manifest]) -> None:
@@ -238,8 +241,12 @@ class Publisher:
         pending = []  # (manifest, marker path, marker) of shards to load, in one call
         for m in manifests:
             marker_path = published_path(m.split, m.shard)
-            marker = {"items_sha256": m.items.sha256, "content_id": m.content_id,
-                      "database": self.database, "collection": self.collection_id}
+            marker = {
+                "items_sha256": m.items.sha256,
+                "content_id": m.content_id,
+                "database": self.database,
+                "collection": self.collection_id,
+            }
             try:
                 if orjson.loads(self.store.get(marker_path)) == marker:
                     continue  # this very content is in this database already
@@ -251,18 +258,25 @@ class Publisher:
         counts = self.load_files([(m.items.path, set(m.items.ids)) for m, _, _ in pending])
         for (m, marker_path, marker), count in zip(pending, counts):
             if count is None or count.in_db != m.items.count:
-                self.errors.append(f"{m.split}/{m.shard}: manifest says {m.items.count} items, "
-                                   f"pgstac holds {count.in_db if count else 0}")
+                self.errors.append(
+                    f"{m.split}/{m.shard}: manifest says {m.items.count} items, "
+                    f"pgstac holds {count.in_db if count else 0}"
+                )
                 continue
             self.store.put(marker_path, orjson.dumps(marker, option=orjson.OPT_SORT_KEYS))
             self.shards += 1
 
     def summary(self) -> dict:
         written = sum(f.written for f in self.files)
-        return {"items": written, "in_db": sum(f.in_db for f in self.files), "shards": self.shards,
-                "batches": self.batches, "seconds": self.items_seconds + self.check_seconds,
-                "items_per_second": written / self.items_seconds if self.items_seconds else 0.0,
-                "errors": list(self.errors)}
+        return {
+            "items": written,
+            "in_db": sum(f.in_db for f in self.files),
+            "shards": self.shards,
+            "batches": self.batches,
+            "seconds": self.items_seconds + self.check_seconds,
+            "items_per_second": written / self.items_seconds if self.items_seconds else 0.0,
+            "errors": list(self.errors),
+        }
 
 
 def load(
@@ -287,8 +301,9 @@ def load(
     if collection_path is None:
         collection = orjson.loads(store.get("collection.json"))
     elif "://" in collection_path or collection_path.startswith("/"):
-        collection = orjson.loads(Store(collection_path.rsplit("/", 1)[0], endpoint_url=endpoint_url)
-                                  .get(collection_path.rsplit("/", 1)[1]))
+        collection = orjson.loads(
+            Store(collection_path.rsplit("/", 1)[0], endpoint_url=endpoint_url).get(collection_path.rsplit("/", 1)[1])
+        )
     else:
         collection = orjson.loads(store.get(collection_path))
     result = LoadResult(dest=dest, collection_id=collection["id"], expected=expected_count)

@@ -19,17 +19,21 @@ def _indexed(title: str, description: str, **schema) -> tuple[dict, str]:
 
 # name -> (JSON Schema definition, pgstac property_index_type)
 QUERYABLES: dict[str, tuple[dict, str | None]] = {
-    "terramesh:source": _indexed("TerraMesh source", "Dataset the sample comes from",
-                                 type="string", enum=list(SOURCES)),
-    "terramesh:split": _indexed("TerraMesh split", "Training or validation split",
-                                type="string", enum=list(SPLITS)),
+    "terramesh:source": _indexed(
+        "TerraMesh source", "Dataset the sample comes from", type="string", enum=list(SOURCES)
+    ),
+    "terramesh:split": _indexed("TerraMesh split", "Training or validation split", type="string", enum=list(SPLITS)),
     "terramesh:shard": _indexed("TerraMesh shard", "WebDataset shard the sample is stored in", type="string"),
     "terramesh:sample_id": _indexed("TerraMesh sample id", "Sample key in the source dataset", type="string"),
     "terramesh:revision": _indexed("TerraMesh revision", "Revision of the source dataset", type="string"),
     "eo:cloud_cover": _indexed(
-        "Cloud cover", "Cloud cover of the optical image, in percent",
+        "Cloud cover",
+        "Cloud cover of the optical image, in percent",
         **{"$ref": "https://stac-extensions.github.io/eo/v1.1.0/schema.json#/definitions/eo:cloud_cover"},
-        type="number", minimum=0, maximum=100),
+        type="number",
+        minimum=0,
+        maximum=100,
+    ),
 }
 
 

@@ -191,8 +191,10 @@ class RenderPresetMiddleware:
             if collection_ids is None:
                 return 404, f"search {search_id!r} not found"
             if not collection_ids:
-                return 400, (f"search {search_id!r} has no collections, so no render presets: "
-                             "give the tile parameters (assets, rescale, ...) explicitly")
+                return 400, (
+                    f"search {search_id!r} has no collections, so no render presets: "
+                    "give the tile parameters (assets, rescale, ...) explicitly"
+                )
         else:
             m = _COLLECTION_IN_PATH.match(path)
             collection_ids = [m.group("cid") if m else self.default_collection]
@@ -206,10 +208,14 @@ class RenderPresetMiddleware:
             if render_id in renders:
                 return renders[render_id]
             available.update(renders)
-        where = ("collection " + repr(collection_ids[0]) if len(collection_ids) == 1
-                 else "collections " + ", ".join(repr(c) for c in collection_ids))
-        return 404, (f"render preset {render_id!r} not found in {where} "
-                     f"(available: {', '.join(sorted(available)) or 'none'})")
+        where = (
+            "collection " + repr(collection_ids[0])
+            if len(collection_ids) == 1
+            else "collections " + ", ".join(repr(c) for c in collection_ids)
+        )
+        return 404, (
+            f"render preset {render_id!r} not found in {where} (available: {', '.join(sorted(available)) or 'none'})"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or b"render=" not in scope.get("query_string", b""):
@@ -254,9 +260,7 @@ def gdal_s3_config(endpoint_url: str | None) -> dict[str, str]:
         return {}
     u = urlsplit(endpoint_url)
     if u.scheme not in ("http", "https") or not u.hostname or u.path.strip("/"):
-        raise ValueError(
-            f"TERRAMESH_S3_ENDPOINT_URL must look like http(s)://host[:port], not {endpoint_url!r}"
-        )
+        raise ValueError(f"TERRAMESH_S3_ENDPOINT_URL must look like http(s)://host[:port], not {endpoint_url!r}")
     host = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
     return {
         "AWS_S3_ENDPOINT": f"{host}:{u.port}" if u.port else host,
@@ -294,9 +298,17 @@ def postgres_settings(dsn: str, settings: ServiceSettings) -> PostgresSettings:
 def _mosaic_factory(reader, path_dependency, prefix: str, **options) -> MosaicTilerFactory:
     """titiler-pgstac's mosaic endpoints of a registered search or a collection, with the
     options of titiler-pgstac's own main.py (no statistics, viewer or OGC maps)."""
-    return MosaicTilerFactory(dataset_reader=reader, path_dependency=path_dependency, router_prefix=prefix,
-                              add_statistics=False, add_viewer=False, add_part=True, add_ogc_maps=False,
-                              extensions=[searchInfoExtension()], **options)
+    return MosaicTilerFactory(
+        dataset_reader=reader,
+        path_dependency=path_dependency,
+        router_prefix=prefix,
+        add_statistics=False,
+        add_viewer=False,
+        add_part=True,
+        add_ogc_maps=False,
+        extensions=[searchInfoExtension()],
+        **options,
+    )
 
 
 def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
@@ -358,11 +370,10 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     )
 
     # Collection mosaics (all items of a collection, as in titiler-pgstac's main.py).
-    collections = _mosaic_factory(mosaic_item_reader, CollectionIdParams, "/collections/{collection_id}",
-                                  get_renders=_collection_mosaic_renders)
-    app.include_router(
-        collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}"
+    collections = _mosaic_factory(
+        mosaic_item_reader, CollectionIdParams, "/collections/{collection_id}", get_renders=_collection_mosaic_renders
     )
+    app.include_router(collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}")
 
     # Items.
     items = MultiBaseTilerFactory(
@@ -373,9 +384,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
         get_renders=renders.for_item,
         extensions=[stacRenderExtension()],
     )
-    app.include_router(
-        items.router, tags=["STAC Item"], prefix="/collections/{collection_id}/items/{item_id}"
-    )
+    app.include_router(items.router, tags=["STAC Item"], prefix="/collections/{collection_id}/items/{item_id}")
 
     app.include_router(TMSFactory().router, tags=["Tiling Schemes"])
     app.include_router(ColorMapFactory().router, tags=["ColorMaps"])
@@ -393,7 +402,5 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
             "versions": {"titiler.pgstac": titiler_pgstac_version, "gdal": rasterio.__gdal_version__},
         }
 
-    app.add_middleware(
-        RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id
-    )
+    app.add_middleware(RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id)
     return app

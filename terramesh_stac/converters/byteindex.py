@@ -25,19 +25,37 @@ import pyarrow.parquet as pq
 
 ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes; name and extra lengths last
 ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
-COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated",
-                     zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+COMPRESSION_NAMES = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflated",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 
-ENTRY_TYPE = pa.struct([
-    ("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
-    ("uncompressed_size", pa.int64()), ("compression", pa.string()), ("crc32", pa.uint32()),
-])
-SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
-    ("modality", pa.string()), ("tar_url", pa.string()), ("member", pa.string()),
-    ("offset", pa.int64()), ("size", pa.int64()), ("problem", pa.string()),
-    ("entries", pa.list_(ENTRY_TYPE)),
-])
+ENTRY_TYPE = pa.struct(
+    [
+        ("name", pa.string()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("uncompressed_size", pa.int64()),
+        ("compression", pa.string()),
+        ("crc32", pa.uint32()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("modality", pa.string()),
+        ("tar_url", pa.string()),
+        ("member", pa.string()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("problem", pa.string()),
+        ("entries", pa.list_(ENTRY_TYPE)),
+    ]
+)
 
 
 class RangeRequestError(OSError):
@@ -50,7 +68,7 @@ def zip_entries(data: bytes, base_offset: int = 0) -> list[dict]:
     entries = []
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for info in archive.infolist():
-            header = data[info.header_offset:info.header_offset + ZIP_LOCAL_HEADER.size]
+            header = data[info.header_offset : info.header_offset + ZIP_LOCAL_HEADER.size]
             if len(header) < ZIP_LOCAL_HEADER.size:
                 raise zipfile.BadZipFile(f"local header of {info.filename} cut short")
             fields = ZIP_LOCAL_HEADER.unpack(header)
@@ -60,12 +78,16 @@ def zip_entries(data: bytes, base_offset: int = 0) -> list[dict]:
             start = info.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length
             if start + info.compress_size > len(data):
                 raise zipfile.BadZipFile(f"entry {info.filename} runs past the end of the zip")
-            entries.append({
-                "name": info.filename, "offset": base_offset + start, "size": info.compress_size,
-                "uncompressed_size": info.file_size,
-                "compression": COMPRESSION_NAMES.get(info.compress_type, str(info.compress_type)),
-                "crc32": info.CRC,
-            })
+            entries.append(
+                {
+                    "name": info.filename,
+                    "offset": base_offset + start,
+                    "size": info.compress_size,
+                    "uncompressed_size": info.file_size,
+                    "compression": COMPRESSION_NAMES.get(info.compress_type, str(info.compress_type)),
+                    "crc32": info.CRC,
+                }
+            )
     return entries
 
 
@@ -76,8 +98,18 @@ class ShardIndex:
         self.split, self.shard = split, shard
         self.rows: list[dict] = []
 
-    def add(self, *, key: str, modality: str, tar_url: str, member: str, offset: int,
-            size: int, data: bytes | None = None, problem: str | None = None) -> None:
+    def add(
+        self,
+        *,
+        key: str,
+        modality: str,
+        tar_url: str,
+        member: str,
+        offset: int,
+        size: int,
+        data: bytes | None = None,
+        problem: str | None = None,
+    ) -> None:
         """One tar member. With its bytes, the zip's entries are indexed too; a zip that
         does not parse is indexed with the reason and no entries."""
         entries = []
@@ -86,9 +118,20 @@ class ShardIndex:
                 entries = zip_entries(data, offset)
             except (zipfile.BadZipFile, ValueError, struct.error) as e:
                 problem = f"not a readable zip: {e}"
-        self.rows.append({"key": key, "split": self.split, "shard": self.shard,
-                          "modality": modality, "tar_url": tar_url, "member": member,
-                          "offset": offset, "size": size, "problem": problem, "entries": entries})
+        self.rows.append(
+            {
+                "key": key,
+                "split": self.split,
+                "shard": self.shard,
+                "modality": modality,
+                "tar_url": tar_url,
+                "member": member,
+                "offset": offset,
+                "size": size,
+                "problem": problem,
+                "entries": entries,
+            }
+        )
 
     def to_parquet(self) -> bytes:
         buffer = io.BytesIO()
@@ -108,8 +151,9 @@ def fetch_range(url: str, offset: int, size: int, **storage_options) -> bytes:
     fs, path = fsspec.core.url_to_fs(url, **storage_options)
     data = fs.cat_file(path, start=offset, end=offset + size)
     if len(data) != size:
-        raise RangeRequestError(f"asked {url} for {size} bytes at {offset}, got {len(data)} "
-                                "(does the server support range requests?)")
+        raise RangeRequestError(
+            f"asked {url} for {size} bytes at {offset}, got {len(data)} (does the server support range requests?)"
+        )
     return data
 
 

@@ -73,9 +73,7 @@ class CogProfile:
             "compress": self.compress,
         }
         if self.level is not None:
-            key = {"ZSTD": "zstd_level", "DEFLATE": "zlevel", "LERC_ZSTD": "zstd_level"}.get(
-                self.compress
-            )
+            key = {"ZSTD": "zstd_level", "DEFLATE": "zlevel", "LERC_ZSTD": "zstd_level"}.get(self.compress)
             if key:
                 opts[key] = self.level
         if self.compress.startswith("LERC"):
@@ -93,6 +91,7 @@ DEFAULT_PROFILE = CogProfile()
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def sample_time(ds: xr.Dataset) -> pd.Timestamp | None:
     """The acquisition time of a modality Dataset; None for DEM's 1970-01-01 'no time'."""
@@ -143,8 +142,10 @@ def _stats(band: np.ndarray, nodata) -> dict:
     if n:
         v = band[valid].astype("float64")
         out.update(
-            minimum=float(v.min()), maximum=float(v.max()),
-            mean=round(float(v.mean()), 4), stddev=round(float(v.std()), 4),
+            minimum=float(v.min()),
+            maximum=float(v.max()),
+            mean=round(float(v.mean()), 4),
+            stddev=round(float(v.std()), 4),
         )
     return out
 
@@ -160,8 +161,14 @@ def write_cog(
     """COG bytes of a (bands, rows, cols) array on `grid`, via rio-cogeo's cog_translate."""
     count, h, w = data.shape
     src_profile = {
-        "driver": "GTiff", "width": w, "height": h, "count": count, "dtype": data.dtype.name,
-        "crs": grid.proj_code, "transform": grid.transform, "nodata": nodata,
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": grid.proj_code,
+        "transform": grid.transform,
+        "nodata": nodata,
     }
     with MemoryFile() as src_mem:
         with src_mem.open(**src_profile) as src:
@@ -170,14 +177,20 @@ def write_cog(
                 src.set_band_description(i, d)
         with src_mem.open() as src, MemoryFile() as dst_mem:
             cog_translate(
-                src, dst_mem.name, profile.creation_options(data.dtype),
-                in_memory=True, quiet=True, overview_level=profile.overview_level,
-                add_mask=False, use_cog_driver=False,
+                src,
+                dst_mem.name,
+                profile.creation_options(data.dtype),
+                in_memory=True,
+                quiet=True,
+                overview_level=profile.overview_level,
+                add_mask=False,
+                use_cog_driver=False,
             )
             return bytes(dst_mem.read())
 
 
 # --------------------------------------------------------------------------- encoders
+
 
 def _pixels(ds: xr.Dataset, var: str) -> np.ndarray:
     a = ds[var]
@@ -225,9 +238,7 @@ def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = No
     return fields
 
 
-def encode_cog(
-    ds: xr.Dataset, modality: str, *, profile: CogProfile = DEFAULT_PROFILE
-) -> EncodedAsset:
+def encode_cog(ds: xr.Dataset, modality: str, *, profile: CogProfile = DEFAULT_PROFILE) -> EncodedAsset:
     """Lossless COG of `ds["bands"]` with its STAC asset fields (see module docstring)."""
     data = _pixels(ds, "bands")  # (band, y, x)
     src_dtype = data.dtype
@@ -236,11 +247,20 @@ def encode_cog(
     fields = raster_fields(ds, modality, data.dtype)
     if src_dtype != data.dtype:
         fields["terramesh:source_data_type"] = src_dtype.name
-    cog = write_cog(data, grid_of(ds), nodata=nodata_for(ds, modality),
-                    descriptions=[b["name"] for b in fields["bands"]], profile=profile)
+    cog = write_cog(
+        data,
+        grid_of(ds),
+        nodata=nodata_for(ds, modality),
+        descriptions=[b["name"] for b in fields["bands"]],
+        profile=profile,
+    )
     return EncodedAsset(
-        key=modality, data=cog, media_type=COG_MEDIA_TYPE, roles=list(MODALITY_INFO[modality].roles),
-        filename=f"{modality}.tif", fields=fields,
+        key=modality,
+        data=cog,
+        media_type=COG_MEDIA_TYPE,
+        roles=list(MODALITY_INFO[modality].roles),
+        filename=f"{modality}.tif",
+        fields=fields,
     )
 
 
@@ -255,9 +275,7 @@ def classes_field(table: dict, *, nodata_value: int | None = None) -> list[dict]
     return out
 
 
-def encode_cloud_mask(
-    ds: xr.Dataset, *, profile: CogProfile = DEFAULT_PROFILE
-) -> EncodedAsset:
+def encode_cloud_mask(ds: xr.Dataset, *, profile: CogProfile = DEFAULT_PROFILE) -> EncodedAsset:
     """uint8 COG of `ds["cloud_mask"]` (classes 0..6, nodata 6) with classification fields."""
     mask = _pixels(ds, "cloud_mask")
     if mask.ndim != 2:
@@ -267,8 +285,7 @@ def encode_cloud_mask(
             raise ValueError("cloud_mask values outside uint8")
         mask = mask.astype(np.uint8)
     grid = grid_of(ds)
-    cog = write_cog(mask[None], grid, nodata=CLOUD_MASK_NODATA, descriptions=["cloud_mask"],
-                    profile=profile)
+    cog = write_cog(mask[None], grid, nodata=CLOUD_MASK_NODATA, descriptions=["cloud_mask"], profile=profile)
     fields = {
         "title": "Sentinel-2 cloud mask",
         **grid.stac_proj_fields(),
@@ -282,6 +299,10 @@ def encode_cloud_mask(
     if t is not None:
         fields["datetime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return EncodedAsset(
-        key="cloud_mask", data=cog, media_type=COG_MEDIA_TYPE,
-        roles=["data", "cloud"], filename="cloud_mask.tif", fields=fields,
+        key="cloud_mask",
+        data=cog,
+        media_type=COG_MEDIA_TYPE,
+        roles=["data", "cloud"],
+        filename="cloud_mask.tif",
+        fields=fields,
     )

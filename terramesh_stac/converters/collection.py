@@ -61,14 +61,11 @@ DESCRIPTION = (
 
 
 def _rgba(hex6: str, alpha: int = 255) -> list[int]:
-    return [int(hex6[i:i + 2], 16) for i in (0, 2, 4)] + [alpha]
+    return [int(hex6[i : i + 2], 16) for i in (0, 2, 4)] + [alpha]
 
 
 def _colormap(table: dict, nodata_value: int | None) -> dict[str, list[int]]:
-    return {
-        str(v): _rgba(colour, 0 if v == nodata_value else 255)
-        for v, (_, _, colour) in sorted(table.items())
-    }
+    return {str(v): _rgba(colour, 0 if v == nodata_value else 255) for v, (_, _, colour) in sorted(table.items())}
 
 
 RENDERS: dict[str, dict] = {
@@ -193,7 +190,8 @@ def item_assets(summary: Summary) -> dict[str, dict]:
         if Format.REF in formats:
             out[references.asset_key(m)] = {
                 "title": f"{m}: kerchunk references into the original shard (no copy)",
-                "type": references.MEDIA_TYPE, "roles": list(references.ROLES),
+                "type": references.MEDIA_TYPE,
+                "roles": list(references.ROLES),
                 "xarray:open_kwargs": {"engine": "kerchunk"},
             }
     out.update({k: v for k, v in AUXILIARY_ASSETS.items() if k in summary.auxiliary})
@@ -226,40 +224,64 @@ def create_collection(
         description=description or DESCRIPTION,
         extent=extent.to_stac(),
         license="CC-BY-SA-4.0",
-        keywords=["TerraMesh", "Sentinel-1", "Sentinel-2", "Copernicus DEM", "NDVI",
-                  "land cover", "multimodal", "foundation models", "Major TOM", "SSL4EO-S12"],
+        keywords=[
+            "TerraMesh",
+            "Sentinel-1",
+            "Sentinel-2",
+            "Copernicus DEM",
+            "NDVI",
+            "land cover",
+            "multimodal",
+            "foundation models",
+            "Major TOM",
+            "SSL4EO-S12",
+        ],
         providers=[
-            pystac.Provider("IBM Research Europe", roles=[pystac.ProviderRole.PRODUCER,
-                                                          pystac.ProviderRole.LICENSOR],
-                            url="https://research.ibm.com/"),
-            pystac.Provider("ESA Φ-lab", roles=[pystac.ProviderRole.PRODUCER],
-                            url="https://philab.esa.int/"),
-            pystac.Provider("Hugging Face (ibm-esa-geospatial/TerraMesh)",
-                            roles=[pystac.ProviderRole.HOST], url=HF_DATASET),
-            pystac.Provider("terramesh-stac", roles=[pystac.ProviderRole.PROCESSOR],
-                            description="Converted the WebDataset shards to COGs and STAC."),
+            pystac.Provider(
+                "IBM Research Europe",
+                roles=[pystac.ProviderRole.PRODUCER, pystac.ProviderRole.LICENSOR],
+                url="https://research.ibm.com/",
+            ),
+            pystac.Provider("ESA Φ-lab", roles=[pystac.ProviderRole.PRODUCER], url="https://philab.esa.int/"),
+            pystac.Provider(
+                "Hugging Face (ibm-esa-geospatial/TerraMesh)", roles=[pystac.ProviderRole.HOST], url=HF_DATASET
+            ),
+            pystac.Provider(
+                "terramesh-stac",
+                roles=[pystac.ProviderRole.PROCESSOR],
+                description="Converted the WebDataset shards to COGs and STAC.",
+            ),
         ],
         summaries=pystac.Summaries(summary.to_stac()),
         extra_fields=extra_fields,
     )
     coll.add_link(pystac.Link("cite-as", f"https://doi.org/{DOI}", title="TerraMesh paper"))
-    coll.add_link(pystac.Link("license", "https://creativecommons.org/licenses/by-sa/4.0/",
-                              media_type="text/html", title="CC-BY-SA-4.0"))
-    coll.add_link(pystac.Link("via", HF_DATASET, media_type="text/html",
-                              title="TerraMesh on Hugging Face"))
+    coll.add_link(
+        pystac.Link(
+            "license", "https://creativecommons.org/licenses/by-sa/4.0/", media_type="text/html", title="CC-BY-SA-4.0"
+        )
+    )
+    coll.add_link(pystac.Link("via", HF_DATASET, media_type="text/html", title="TerraMesh on Hugging Face"))
     if index_href:
-        coll.add_asset("byte-index", pystac.Asset(
-            index_href, title="Byte-range index of the source shards",
-            description=("Parquet files `<split>/<shard>.parquet` (read the folder as one dataset, "
-                         "e.g. pyarrow.dataset or DuckDB `read_parquet('.../*/*.parquet')`): per "
-                         "tar member its key, modality, tar URL, byte offset and size, and the "
-                         "offsets of the zip entries inside it, so one HTTP range request fetches "
-                         "a sample's original .zarr.zip (terramesh_stac.converters.byteindex.fetch_member)."),
-            media_type="application/vnd.apache.parquet", roles=["metadata", "index"]))
+        coll.add_asset(
+            "byte-index",
+            pystac.Asset(
+                index_href,
+                title="Byte-range index of the source shards",
+                description=(
+                    "Parquet files `<split>/<shard>.parquet` (read the folder as one dataset, "
+                    "e.g. pyarrow.dataset or DuckDB `read_parquet('.../*/*.parquet')`): per "
+                    "tar member its key, modality, tar URL, byte offset and size, and the "
+                    "offsets of the zip entries inside it, so one HTTP range request fetches "
+                    "a sample's original .zarr.zip (terramesh_stac.converters.byteindex.fetch_member)."
+                ),
+                media_type="application/vnd.apache.parquet",
+                roles=["metadata", "index"],
+            ),
+        )
     d = coll.to_dict(include_self_link=False, transform_hrefs=False)
     coll.stac_extensions = stac_extensions_for(d)
     return coll
 
 
-__all__ = ["create_collection", "item_assets", "RENDERS", "EXTENSIONS",
-           "STAC_VERSION"]
+__all__ = ["create_collection", "item_assets", "RENDERS", "EXTENSIONS", "STAC_VERSION"]

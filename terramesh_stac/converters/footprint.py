@@ -103,10 +103,12 @@ def outline(grid: Grid, densify: int = DENSIFY) -> tuple[np.ndarray, np.ndarray]
     """Lon/lat of the pixel-edge outline, counter-clockwise in the grid CRS, closed."""
     xmin, ymin, xmax, ymax = grid.bounds
     t = np.linspace(0.0, 1.0, densify)[:-1]
-    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax),
-                         xmax - (xmax - xmin) * t, np.full_like(t, xmin)])
-    ys = np.concatenate([np.full_like(t, ymin), ymin + (ymax - ymin) * t,
-                         np.full_like(t, ymax), ymax - (ymax - ymin) * t])
+    xs = np.concatenate(
+        [xmin + (xmax - xmin) * t, np.full_like(t, xmax), xmax - (xmax - xmin) * t, np.full_like(t, xmin)]
+    )
+    ys = np.concatenate(
+        [np.full_like(t, ymin), ymin + (ymax - ymin) * t, np.full_like(t, ymax), ymax - (ymax - ymin) * t]
+    )
     lon, lat = _to_wgs84(grid.epsg).transform(xs, ys)
     lon, lat = np.append(lon, lon[0]), np.append(lat, lat[0])
     return np.asarray(lon), np.asarray(lat)

@@ -166,8 +166,12 @@ def _asset(wa: WrittenAsset, modality_ds: xr.Dataset | None) -> pystac.Asset:
     if wa.alternate_href:
         extra["alternate"] = {"https": {"href": wa.alternate_href}}
     return pystac.Asset(
-        href=wa.href, title=title, description=description, media_type=wa.media_type,
-        roles=list(wa.roles), extra_fields=extra,
+        href=wa.href,
+        title=title,
+        description=description,
+        media_type=wa.media_type,
+        roles=list(wa.roles),
+        extra_fields=extra,
     )
 
 
@@ -226,13 +230,15 @@ def create_item(
     if "sample" in ref.coords:
         sample_id = str(np.asarray(ref["sample"].values).reshape(-1)[0])
     md = sample.metadata or {}
-    props.update({
-        "terramesh:source": sample.source,
-        "terramesh:split": sample.split,
-        "terramesh:shard": sample.shard,
-        "terramesh:sample_id": sample_id or md.get("sample_id"),
-        "terramesh:revision": revision,
-    })
+    props.update(
+        {
+            "terramesh:source": sample.source,
+            "terramesh:split": sample.split,
+            "terramesh:shard": sample.shard,
+            "terramesh:sample_id": sample_id or md.get("sample_id"),
+            "terramesh:revision": revision,
+        }
+    )
     # centre as recorded by TerraMesh (handy for ML users filtering by location)
     try:
         props["terramesh:center"] = [float(scalar(ref, "center_lon")), float(scalar(ref, "center_lat"))]
@@ -250,11 +256,20 @@ def create_item(
     for key, pid in ids.items():
         props[f"terramesh:{key}_product_id"] = pid
         if url := cdse_item_url(pid):
-            links.append(pystac.Link("derived_from", url, media_type="application/geo+json",
-                                     title=f"Source product {pid} (Copernicus Data Space STAC)"))
+            links.append(
+                pystac.Link(
+                    "derived_from",
+                    url,
+                    media_type="application/geo+json",
+                    title=f"Source product {pid} (Copernicus Data Space STAC)",
+                )
+            )
 
     item = pystac.Item(
-        id=sample.key, geometry=geometry, bbox=bbox, datetime=_iso(main_time),
+        id=sample.key,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=_iso(main_time),
         properties={k: v for k, v in props.items() if v is not None},
         collection=collection_id,
     )
@@ -272,10 +287,15 @@ def create_item(
     for key in sorted(assets):  # the original bytes, where references point into
         if member := assets[key].fields.get("terramesh:source_member"):
             end = member["offset"] + member["size"] - 1
-            item.add_link(pystac.Link(
-                "via", member["href"], media_type="application/x-tar",
-                title=f"Original shard holding this sample's {key.removesuffix('_ref')} .zarr.zip "
-                      f"(bytes {member['offset']}-{end})",
-                extra_fields={"terramesh:byte_range": [member["offset"], end]}))
+            item.add_link(
+                pystac.Link(
+                    "via",
+                    member["href"],
+                    media_type="application/x-tar",
+                    title=f"Original shard holding this sample's {key.removesuffix('_ref')} .zarr.zip "
+                    f"(bytes {member['offset']}-{end})",
+                    extra_fields={"terramesh:byte_range": [member["offset"], end]},
+                )
+            )
     item.stac_extensions = stac_extensions_for(item.to_dict(include_self_link=False, transform_hrefs=False))
     return item

@@ -1,15 +1,15 @@
 """Where things go under a conversion destination (read by the loader and the server too).
 
-    collection.json
-    items/<split>/<shard>.ndjson      one STAC item per line
-    assets/<key>/<asset file>         COGs, cloud mask, thumbnail, reference files
-    assets/zarr/<split>/<shard>/<MODALITY>.zarr   Zarr v3: the shard's samples stacked
-    reports/<split>/<shard>.json      counts, timings, problems of one shard
-    index/<split>/<shard>.parquet     byte ranges of every member of the original shard tars
-    manifests/<split>/<shard>.json    what a finished shard wrote; written last (resume, skip)
-    revisions/<id>/assets/...         superseded assets of an older source revision (until prune)
-    published/<split>/<shard>.json    which content of the shard was loaded into which pgstac
-    reports/run.json                  the last run's report (every problem, per shard)
+collection.json
+items/<split>/<shard>.ndjson      one STAC item per line
+assets/<key>/<asset file>         COGs, cloud mask, thumbnail, reference files
+assets/zarr/<split>/<shard>/<MODALITY>.zarr   Zarr v3: the shard's samples stacked
+reports/<split>/<shard>.json      counts, timings, problems of one shard
+index/<split>/<shard>.parquet     byte ranges of every member of the original shard tars
+manifests/<split>/<shard>.json    what a finished shard wrote; written last (resume, skip)
+revisions/<id>/assets/...         superseded assets of an older source revision (until prune)
+published/<split>/<shard>.json    which content of the shard was loaded into which pgstac
+reports/run.json                  the last run's report (every problem, per shard)
 """
 
 COLLECTION_FILE = "collection.json"

@@ -82,16 +82,28 @@ class Manifest:
 
     def to_json(self) -> bytes:
         d = {
-            "format": MANIFEST_FORMAT, "split": self.split, "shard": self.shard,
-            "content_id": self.content_id, "revision": self.revision,
+            "format": MANIFEST_FORMAT,
+            "split": self.split,
+            "shard": self.shard,
+            "content_id": self.content_id,
+            "revision": self.revision,
             "source": {"url": self.source.url, "revision": self.source.revision, "tars": self.source.tars},
             "settings": self.settings,
-            "items": {"path": self.items.path, "count": self.items.count, "ids": self.items.ids,
-                      "sha256": self.items.sha256, "removed": self.items.removed},
+            "items": {
+                "path": self.items.path,
+                "count": self.items.count,
+                "ids": self.items.ids,
+                "sha256": self.items.sha256,
+                "removed": self.items.removed,
+            },
             "extent": {"bbox": self.extent.bbox, "start": self.extent.start, "end": self.extent.end},
             "summary": self.summary.to_dict(),
-            "errors": self.errors, "notes": self.notes, "assets": self.assets,
-            "superseded": self.superseded, "index": self.index, "report": self.report,
+            "errors": self.errors,
+            "notes": self.notes,
+            "assets": self.assets,
+            "superseded": self.superseded,
+            "index": self.index,
+            "report": self.report,
         }
         return json.dumps(d, indent=1, sort_keys=True).encode()
 
@@ -102,11 +114,21 @@ class Manifest:
         if d.get("format") != MANIFEST_FORMAT:
             raise OutdatedManifest(f"manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT}")
         return cls(
-            split=d["split"], shard=d["shard"], content_id=d["content_id"], revision=d["revision"],
-            source=SourceRecord(**d["source"]), settings=d["settings"], items=ItemsRecord(**d["items"]),
-            extent=Extent.from_dict(d["extent"]), summary=Summary.from_dict(d["summary"]),
-            index=d["index"], report=d["report"], errors=d["errors"], notes=d["notes"],
-            assets=d["assets"], superseded=d["superseded"],
+            split=d["split"],
+            shard=d["shard"],
+            content_id=d["content_id"],
+            revision=d["revision"],
+            source=SourceRecord(**d["source"]),
+            settings=d["settings"],
+            items=ItemsRecord(**d["items"]),
+            extent=Extent.from_dict(d["extent"]),
+            summary=Summary.from_dict(d["summary"]),
+            index=d["index"],
+            report=d["report"],
+            errors=d["errors"],
+            notes=d["notes"],
+            assets=d["assets"],
+            superseded=d["superseded"],
         )
 
 
@@ -121,8 +143,7 @@ def tar_fingerprint(source, split: str, modality: str, shard: str) -> dict:
         info = source.fs.info(url)
     except FileNotFoundError:
         return {"missing": True}
-    version = {k.lower(): str(info[k]).strip('"') for k in ("ETag", "etag", "VersionId")
-               if info.get(k)}
+    version = {k.lower(): str(info[k]).strip('"') for k in ("ETag", "etag", "VersionId") if info.get(k)}
     if not version and info.get("mtime") is not None:
         version = {"mtime": repr(float(info["mtime"]))}
     elif not version and info.get("LastModified") is not None:

@@ -23,8 +23,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-COLUMNS = ("tar", "zarr", "sample_id", "split", "center_lon", "center_lat", "crs", "bounds",
-           "geometry", "S2_time", "S1_time", "cloud_cover")
+COLUMNS = (
+    "tar",
+    "zarr",
+    "sample_id",
+    "split",
+    "center_lon",
+    "center_lat",
+    "crs",
+    "bounds",
+    "geometry",
+    "S2_time",
+    "S1_time",
+    "cloud_cover",
+)
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -114,14 +126,16 @@ def read_metadata(file, *, shard: str | None = None) -> dict[str, dict]:
     return normalise(table.to_pandas())
 
 
-def write_metadata(rows: list[dict], path, *, geometry_as: str = "wkb", bounds_as: str = "list",
-                   cloud_cover_as: str = "percent") -> None:
+def write_metadata(
+    rows: list[dict], path, *, geometry_as: str = "wkb", bounds_as: str = "list", cloud_cover_as: str = "percent"
+) -> None:
     """Write rows (keys = COLUMNS; geometry shapely, times Timestamp/None, cloud_cover percent)
     as a GeoParquet-style file like SSL4EO-S12's: WKB geometry, timestamp[ns] columns.
 
     The keyword options write the other plausible variants the reader accepts:
     geometry_as "wkb" | "wkt", bounds_as "list" | "string", cloud_cover_as "percent" | "fraction".
     """
+
     def geom(g):
         return shapely.to_wkb(g) if geometry_as == "wkb" else shapely.to_wkt(g, rounding_precision=-1)
 
@@ -141,22 +155,24 @@ def write_metadata(rows: list[dict], path, *, geometry_as: str = "wkb", bounds_a
         "center_lon": pa.array([r["center_lon"] for r in rows], pa.float64()),
         "center_lat": pa.array([r["center_lat"] for r in rows], pa.float64()),
         "crs": pa.array([r["crs"] for r in rows], pa.int64()),
-        "bounds": pa.array([bounds(r["bounds"]) for r in rows],
-                           pa.list_(pa.float64()) if bounds_as == "list" else pa.string()),
-        "geometry": pa.array([geom(r["geometry"]) for r in rows],
-                             pa.binary() if geometry_as == "wkb" else pa.string()),
+        "bounds": pa.array(
+            [bounds(r["bounds"]) for r in rows], pa.list_(pa.float64()) if bounds_as == "list" else pa.string()
+        ),
+        "geometry": pa.array([geom(r["geometry"]) for r in rows], pa.binary() if geometry_as == "wkb" else pa.string()),
         "S2_time": pa.array([ts(r.get("S2_time")) for r in rows], pa.timestamp("ns")),
         "S1_time": pa.array([ts(r.get("S1_time")) for r in rows], pa.timestamp("ns")),
-        "cloud_cover": pa.array([None if r.get("cloud_cover") is None else r["cloud_cover"] * scale
-                                 for r in rows], pa.float64()),
+        "cloud_cover": pa.array(
+            [None if r.get("cloud_cover") is None else r["cloud_cover"] * scale for r in rows], pa.float64()
+        ),
     }
     table = pa.table(cols)
     if geometry_as == "wkb":
         types = sorted({shapely.get_type_id(r["geometry"]) for r in rows})
         names = {3: "Polygon", 6: "MultiPolygon"}
-        geo = {"version": "1.0.0", "primary_column": "geometry",
-               "columns": {"geometry": {"encoding": "WKB",
-                                        "geometry_types": [names.get(t, "Unknown") for t in types]}}}
+        geo = {
+            "version": "1.0.0",
+            "primary_column": "geometry",
+            "columns": {"geometry": {"encoding": "WKB", "geometry_types": [names.get(t, "Unknown") for t in types]}},
+        }
         table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     pq.write_table(table, path)
-

@@ -37,8 +37,11 @@ class Band:
     def stac_fields(self) -> dict:
         """The band as an asset's `bands` entry (STAC 1.1 with eo: fields), no statistics."""
         band: dict = {"name": self.name, "description": self.description}
-        for key, value in (("eo:common_name", self.common_name), ("eo:center_wavelength", self.center_wavelength),
-                           ("eo:full_width_half_max", self.full_width_half_max)):
+        for key, value in (
+            ("eo:common_name", self.common_name),
+            ("eo:center_wavelength", self.center_wavelength),
+            ("eo:full_width_half_max", self.full_width_half_max),
+        ):
             if value:
                 band[key] = value
         return band
@@ -72,8 +75,16 @@ def _s2_bands(names, means, stds):
     # Sentinel-2 MSI bands: STAC eo common name, centre and width (um), native gsd (m)
     table = {r["band"]: r for r in _data_rows("sentinel2_bands.csv")}
     return tuple(
-        Band(n, f"{table[n]['description']} ({n})", table[n]["common_name"], float(table[n]["center_wavelength_um"]),
-             float(table[n]["full_width_half_max_um"]), int(table[n]["gsd_m"]), m, s)
+        Band(
+            n,
+            f"{table[n]['description']} ({n})",
+            table[n]["common_name"],
+            float(table[n]["center_wavelength_um"]),
+            float(table[n]["full_width_half_max_um"]),
+            int(table[n]["gsd_m"]),
+            m,
+            s,
+        )
         for n, m, s in zip(names, means, stds)
     )
 
@@ -81,12 +92,16 @@ def _s2_bands(names, means, stds):
 _L1C = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
 _L2A = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()
 
+
 # Class tables, value -> (name, title, colour), from data/classes.csv: LULC (the
 # ESRI/Impact Observatory 10-class scheme as used by TerraMesh) and the cloud mask stored
 # in S2L1C, S2L2A, S2RGB and LULC samples.
 def _class_table(scheme: str) -> dict[int, tuple[str, str, str]]:
-    return {int(r["value"]): (r["name"], r["title"], r["colour"])
-            for r in _data_rows("classes.csv") if r["scheme"] == scheme}
+    return {
+        int(r["value"]): (r["name"], r["title"], r["colour"])
+        for r in _data_rows("classes.csv")
+        if r["scheme"] == scheme
+    }
 
 
 LULC_CLASSES = _class_table("lulc")
@@ -97,29 +112,93 @@ CLOUDY_CLASSES = (3, 4)
 
 MODALITY_INFO: dict[str, Modality] = {
     "S2L1C": Modality(
-        "S2L1C", "Sentinel-2 L1C top-of-atmosphere reflectance", "int16", None, None,
+        "S2L1C",
+        "Sentinel-2 L1C top-of-atmosphere reflectance",
+        "int16",
+        None,
+        None,
         _s2_bands(
             _L1C,
-            [2357.090, 2137.398, 2018.799, 2082.998, 2295.663, 2854.548, 3122.860,
-             3040.571, 3306.491, 1473.849, 506.072, 2472.840, 1838.943],
-            [1673.639, 1722.641, 1602.205, 1873.138, 1866.055, 1779.839, 1776.496,
-             1724.114, 1771.041, 1079.786, 512.404, 1340.879, 1172.435],
+            [
+                2357.090,
+                2137.398,
+                2018.799,
+                2082.998,
+                2295.663,
+                2854.548,
+                3122.860,
+                3040.571,
+                3306.491,
+                1473.849,
+                506.072,
+                2472.840,
+                1838.943,
+            ],
+            [
+                1673.639,
+                1722.641,
+                1602.205,
+                1873.138,
+                1866.055,
+                1779.839,
+                1776.496,
+                1724.114,
+                1771.041,
+                1079.786,
+                512.404,
+                1340.879,
+                1172.435,
+            ],
         ),
-        scale=0.0001, roles=("data", "reflectance"),
+        scale=0.0001,
+        roles=("data", "reflectance"),
     ),
     "S2L2A": Modality(
-        "S2L2A", "Sentinel-2 L2A surface reflectance", "int16", None, None,
+        "S2L2A",
+        "Sentinel-2 L2A surface reflectance",
+        "int16",
+        None,
+        None,
         _s2_bands(
             _L2A,
-            [1390.461, 1503.332, 1718.211, 1853.926, 2199.116, 2779.989, 2987.025,
-             3083.248, 3132.235, 3162.989, 2424.902, 1857.665],
-            [2131.157, 2163.666, 2059.311, 2152.477, 2105.179, 1912.773, 1842.326,
-             1893.568, 1775.656, 1814.907, 1436.282, 1336.155],
+            [
+                1390.461,
+                1503.332,
+                1718.211,
+                1853.926,
+                2199.116,
+                2779.989,
+                2987.025,
+                3083.248,
+                3132.235,
+                3162.989,
+                2424.902,
+                1857.665,
+            ],
+            [
+                2131.157,
+                2163.666,
+                2059.311,
+                2152.477,
+                2105.179,
+                1912.773,
+                1842.326,
+                1893.568,
+                1775.656,
+                1814.907,
+                1436.282,
+                1336.155,
+            ],
         ),
-        scale=0.0001, roles=("data", "reflectance"),
+        scale=0.0001,
+        roles=("data", "reflectance"),
     ),
     "S2RGB": Modality(
-        "S2RGB", "Sentinel-2 true-colour composite (8-bit values in int16)", "int16", None, None,
+        "S2RGB",
+        "Sentinel-2 true-colour composite (8-bit values in int16)",
+        "int16",
+        None,
+        None,
         (
             Band("R", "Red", "red", 0.665, 0.038, 10, 110.349, 69.905),
             Band("G", "Green", "green", 0.560, 0.045, 10, 99.507, 53.708),
@@ -128,7 +207,11 @@ MODALITY_INFO: dict[str, Modality] = {
         roles=("data", "visual"),
     ),
     "S1GRD": Modality(
-        "S1GRD", "Sentinel-1 GRD backscatter (sigma0, dB)", "float16", "dB", float("nan"),
+        "S1GRD",
+        "Sentinel-1 GRD backscatter (sigma0, dB)",
+        "float16",
+        "dB",
+        float("nan"),
         (
             Band("vv", "VV backscatter", mean=-12.577, std=5.179),
             Band("vh", "VH backscatter", mean=-20.265, std=5.872),
@@ -136,8 +219,11 @@ MODALITY_INFO: dict[str, Modality] = {
         extra={"sar:product_type": "GRD", "sar:polarizations": ["VV", "VH"]},
     ),
     "S1RTC": Modality(
-        "S1RTC", "Sentinel-1 radiometrically terrain-corrected backscatter (gamma0, dB)",
-        "float16", "dB", float("nan"),
+        "S1RTC",
+        "Sentinel-1 radiometrically terrain-corrected backscatter (gamma0, dB)",
+        "float16",
+        "dB",
+        float("nan"),
         (
             Band("vv", "VV backscatter", mean=-10.93, std=4.391),
             Band("vh", "VH backscatter", mean=-17.329, std=4.459),
@@ -145,16 +231,29 @@ MODALITY_INFO: dict[str, Modality] = {
         extra={"sar:product_type": "RTC", "sar:polarizations": ["VV", "VH"]},
     ),
     "DEM": Modality(
-        "DEM", "Copernicus DEM GLO-30 elevation", "int16", "m", None,
+        "DEM",
+        "Copernicus DEM GLO-30 elevation",
+        "int16",
+        "m",
+        None,
         (Band("DEM", "Elevation", mean=651.663, std=928.168),),
-        has_time=False, roles=("data", "elevation"),
+        has_time=False,
+        roles=("data", "elevation"),
     ),
     "NDVI": Modality(
-        "NDVI", "Normalised difference vegetation index from Sentinel-2 L2A", "float16", None,
-        float("nan"), (Band("NDVI", "NDVI (B08-B04)/(B08+B04)", mean=0.327, std=0.322),),
+        "NDVI",
+        "Normalised difference vegetation index from Sentinel-2 L2A",
+        "float16",
+        None,
+        float("nan"),
+        (Band("NDVI", "NDVI (B08-B04)/(B08+B04)", mean=0.327, std=0.322),),
     ),
     "LULC": Modality(
-        "LULC", "Land use / land cover classes", "uint8", None, 0,
+        "LULC",
+        "Land use / land cover classes",
+        "uint8",
+        None,
+        0,
         (Band("LULC", "Land-cover class"),),
         roles=("data", "classification"),
     ),

@@ -73,8 +73,10 @@ class ConvertOptions:
             object.__setattr__(self, name, value)
 
         normalise("formats", parse_formats(self.formats))
-        normalise("modality_formats", tuple(sorted(
-            (parse_modality(m), parse_formats(f)) for m, f in dict(self.modality_formats).items())))
+        normalise(
+            "modality_formats",
+            tuple(sorted((parse_modality(m), parse_formats(f)) for m, f in dict(self.modality_formats).items())),
+        )
         if self.modalities is not None:
             names = (self.modalities,) if isinstance(self.modalities, str) else self.modalities
             modalities = tuple(dict.fromkeys(parse_modality(m) for m in names))
@@ -110,10 +112,18 @@ class ShardReport:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ShardReport":
-        return cls(split=manifest.split, shard=manifest.shard, items=manifest.items.count,
-                   extent=manifest.extent, summary=manifest.summary, content_id=manifest.content_id,
-                   revision=manifest.revision, errors=list(manifest.errors),
-                   notes=list(manifest.notes), skipped=True)
+        return cls(
+            split=manifest.split,
+            shard=manifest.shard,
+            items=manifest.items.count,
+            extent=manifest.extent,
+            summary=manifest.summary,
+            content_id=manifest.content_id,
+            revision=manifest.revision,
+            errors=list(manifest.errors),
+            notes=list(manifest.notes),
+            skipped=True,
+        )
 
     def add_item(self, item: pystac.Item) -> None:
         self.items += 1
@@ -121,8 +131,9 @@ class ShardReport:
         self.summary.add_item(item)
 
 
-def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
-                  formats=(Format.COG,), notes: list | None = None) -> list[EncodedAsset]:
+def encode_sample(
+    sample: Sample, modalities: tuple[str, ...] | None = None, formats=(Format.COG,), notes: list | None = None
+) -> list[EncodedAsset]:
     """All file assets of one sample: per modality a COG and/or references into the source shard
     (formats "cog", "ref": one tuple for all modalities, or a function of the modality; "zarr"
     goes into the shard's stacked stores, see ShardStacks), the
@@ -139,12 +150,19 @@ def encode_sample(sample: Sample, modalities: tuple[str, ...] | None = None,
             except NotByteAddressable as e:
                 cog = True
                 if notes is not None:
-                    notes.append(SampleError(sample.key, sample.shard, m,
-                                             f"no references: {e}; COG written instead").to_dict())
+                    notes.append(
+                        SampleError(sample.key, sample.shard, m, f"no references: {e}; COG written instead").to_dict()
+                    )
         if cog:
             encoded.append(encode_cog(sample.modalities[m], m))
-    mask_source = next((sample.modalities[m] for m in ("S2L2A", "S2L1C", "S2RGB", "LULC")
-                        if m in sample.modalities and "cloud_mask" in sample.modalities[m]), None)
+    mask_source = next(
+        (
+            sample.modalities[m]
+            for m in ("S2L2A", "S2L1C", "S2RGB", "LULC")
+            if m in sample.modalities and "cloud_mask" in sample.modalities[m]
+        ),
+        None,
+    )
     if mask_source is not None:
         encoded.append(encode_cloud_mask(mask_source))
     if "S2RGB" in sample.modalities:
@@ -215,8 +233,13 @@ def describe_assets(sample: Sample, encoded: list[EncodedAsset], store: Store) -
     for asset in encoded:
         relpath = asset_path(sample.key, asset.filename)
         described[asset.key] = WrittenAsset(
-            key=asset.key, href=store.href(relpath), media_type=asset.media_type, roles=asset.roles,
-            size=len(asset.data), checksum=multihash_sha256(asset.data), fields=asset.fields,
+            key=asset.key,
+            href=store.href(relpath),
+            media_type=asset.media_type,
+            roles=asset.roles,
+            size=len(asset.data),
+            checksum=multihash_sha256(asset.data),
+            fields=asset.fields,
             alternate_href=store.https_href(relpath),
         )
     return described
@@ -239,10 +262,15 @@ class ShardStacks:
         root = self[modality].root
         store = self.writer.store
         return WrittenAsset(
-            key=zarrstack.asset_key(modality), href=store.href(root), media_type=zarrstack.MEDIA_TYPE,
-            roles=list(zarrstack.ROLES), size=None, checksum=None,
+            key=zarrstack.asset_key(modality),
+            href=store.href(root),
+            media_type=zarrstack.MEDIA_TYPE,
+            roles=list(zarrstack.ROLES),
+            size=None,
+            checksum=None,
             fields=zarrstack.asset_fields(modality, sample.modalities[modality], sample.key),
-            alternate_href=store.https_href(root))
+            alternate_href=store.https_href(root),
+        )
 
     def flush_full(self) -> None:
         for stack in self.stacks.values():
@@ -254,8 +282,14 @@ class ShardStacks:
             stack.close()
 
 
-def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, options: ConvertOptions,
-                   revision: str | None, notes: list | None = None) -> pystac.Item:
+def convert_sample(
+    sample: Sample,
+    writer: AssetWriter,
+    stacks: ShardStacks,
+    options: ConvertOptions,
+    revision: str | None,
+    notes: list | None = None,
+) -> pystac.Item:
     """One sample's assets written (Zarr: added to the shard's stacks, written by the caller's
     `stacks.flush_full()` / `close()`) and its item returned."""
     to_zarr, fallback = [], set()
@@ -267,8 +301,11 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
             except zarrstack.StackMismatch as e:
                 fallback.add(m)
                 if notes is not None:
-                    notes.append(SampleError(sample.key, sample.shard, m,
-                                             f"not stacked into the shard's Zarr: {e}; COG written instead").to_dict())
+                    notes.append(
+                        SampleError(
+                            sample.key, sample.shard, m, f"not stacked into the shard's Zarr: {e}; COG written instead"
+                        ).to_dict()
+                    )
 
     def formats_for(m: str) -> tuple[Format, ...]:
         return (*options.formats_for(m), Format.COG) if m in fallback else options.formats_for(m)
@@ -289,14 +326,27 @@ def convert_sample(sample: Sample, writer: AssetWriter, stacks: ShardStacks, opt
 def shard_settings(options: ConvertOptions, limit: int | None) -> dict:
     """The options that change what a shard's conversion writes (part of its content id):
     plain strings (formats by their lower-case values), so content ids stay stable."""
-    return {"collection": options.collection_id, "formats": [str(f) for f in options.formats],
-            "modality_formats": {m: [str(f) for f in fs] for m, fs in options.modality_formats},
-            "modalities": sorted(options.modalities) if options.modalities else None,
-            "revision": options.revision, "limit": limit, "s3_public_url": options.s3_public_url}
+    return {
+        "collection": options.collection_id,
+        "formats": [str(f) for f in options.formats],
+        "modality_formats": {m: [str(f) for f in fs] for m, fs in options.modality_formats},
+        "modalities": sorted(options.modalities) if options.modalities else None,
+        "revision": options.revision,
+        "limit": limit,
+        "s3_public_url": options.s3_public_url,
+    }
 
 
-def convert_shard(source_url: str, split: str, shard: str, options: ConvertOptions,
-                  *, limit: int | None = None, force: bool = False, on_sample=None) -> ShardReport:
+def convert_shard(
+    source_url: str,
+    split: str,
+    shard: str,
+    options: ConvertOptions,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    on_sample=None,
+) -> ShardReport:
     """Convert one shard unless its manifest says the same source and settings are done.
 
     Transient storage/network errors restart the shard with backoff (its writes are
@@ -340,10 +390,14 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
             report.errors.append(result.to_dict())
             continue
         if metadata is not None and result.metadata is None:
-            report.errors.append(SampleError(
-                result.key, shard, None,
-                f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
-            ).to_dict())
+            report.errors.append(
+                SampleError(
+                    result.key,
+                    shard,
+                    None,
+                    f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
+                ).to_dict()
+            )
         try:
             item = convert_sample(result, writer, stacks, options, revision, report.notes)
         except Exception as e:  # one bad sample must not stop the shard
@@ -366,16 +420,31 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
     report.seconds = time.perf_counter() - t0
     store.put(report_path(split, shard), json.dumps(report.to_dict(), indent=1).encode())
     removed = sorted(set(previous.items.ids) - set(ids)) if previous else []
-    write_manifest(store, Manifest(
-        split=split, shard=shard, content_id=cid, revision=revision,
-        source=SourceRecord(url=source.root, revision=source.revision, tars=fingerprint),
-        settings=settings,
-        items=ItemsRecord(path=items_path(split, shard), count=len(ids), ids=ids,
-                          sha256=hashlib.sha256(items_data).hexdigest(), removed=removed),
-        extent=report.extent, summary=report.summary,
-        errors=report.errors, notes=report.notes,
-        assets=writer.assets, superseded=writer.superseded,
-        index=index_path(split, shard), report=report_path(split, shard),
-    ))
+    write_manifest(
+        store,
+        Manifest(
+            split=split,
+            shard=shard,
+            content_id=cid,
+            revision=revision,
+            source=SourceRecord(url=source.root, revision=source.revision, tars=fingerprint),
+            settings=settings,
+            items=ItemsRecord(
+                path=items_path(split, shard),
+                count=len(ids),
+                ids=ids,
+                sha256=hashlib.sha256(items_data).hexdigest(),
+                removed=removed,
+            ),
+            extent=report.extent,
+            summary=report.summary,
+            errors=report.errors,
+            notes=report.notes,
+            assets=writer.assets,
+            superseded=writer.superseded,
+            index=index_path(split, shard),
+            report=report_path(split, shard),
+        ),
+    )
     store.discard_staging()
     return report

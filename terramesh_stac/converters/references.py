@@ -53,17 +53,18 @@ def member_references(member: SourceMember) -> dict:
     deflated = [e["name"] for e in entries if e["compression"] != "stored"]
     if deflated:
         kinds = "/".join(sorted({e["compression"] for e in entries} - {"stored"}))
-        raise NotByteAddressable(f"{len(deflated)} of {len(entries)} zip entries are {kinds}-"
-                                 "compressed, not byte ranges of the tar")
+        raise NotByteAddressable(
+            f"{len(deflated)} of {len(entries)} zip entries are {kinds}-compressed, not byte ranges of the tar"
+        )
     names = [e["name"] for e in entries]
     prefix = _common_folder(names)
     refs = {}
     for e in entries:
-        name = e["name"][len(prefix):]
+        name = e["name"][len(prefix) :]
         if not name or name.endswith("/"):
             continue
         start = e["offset"] - member.offset
-        data = member.data[start:start + e["size"]]
+        data = member.data[start : start + e["size"]]
         if name.rsplit("/", 1)[-1] in METADATA_FILES:
             refs[name] = data.decode("utf-8")
         elif e["size"] < INLINE_BELOW:
@@ -85,13 +86,17 @@ def encode_references(modality: str, member: SourceMember) -> EncodedAsset:
     """The reference asset of one modality of a sample (raises NotByteAddressable)."""
     data = json.dumps(member_references(member), separators=(",", ":")).encode()
     return EncodedAsset(
-        key=asset_key(modality), data=data, media_type=MEDIA_TYPE, roles=list(ROLES),
+        key=asset_key(modality),
+        data=data,
+        media_type=MEDIA_TYPE,
+        roles=list(ROLES),
         filename=f"{modality}.refs.json",
         fields={
             "title": f"{modality}: kerchunk references into the original shard (no copy)",
-            "xarray:open_kwargs": {"engine": "kerchunk",
-                                   "storage_options": {"remote_protocol": remote_protocol(member.tar_url)}},
-            "terramesh:source_member": {"href": member.tar_url, "offset": member.offset,
-                                        "size": len(member.data)},
+            "xarray:open_kwargs": {
+                "engine": "kerchunk",
+                "storage_options": {"remote_protocol": remote_protocol(member.tar_url)},
+            },
+            "terramesh:source_member": {"href": member.tar_url, "offset": member.offset, "size": len(member.data)},
         },
     )

@@ -15,8 +15,17 @@ import tenacity
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_RETRY_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                   "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+_RETRY_S3_CODES = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "503",
+    "500",
+}
 
 
 class TransientError(Exception):
@@ -40,8 +49,13 @@ def _transient_types() -> tuple[type, ...]:
     try:
         from botocore import exceptions as be
 
-        types += [be.EndpointConnectionError, be.ConnectionClosedError, be.ReadTimeoutError,
-                  be.ConnectTimeoutError, be.ResponseStreamingError]
+        types += [
+            be.EndpointConnectionError,
+            be.ConnectionClosedError,
+            be.ReadTimeoutError,
+            be.ConnectTimeoutError,
+            be.ResponseStreamingError,
+        ]
     except ImportError:
         pass
     return tuple(types)
@@ -70,18 +84,25 @@ def is_transient(exc: BaseException | None) -> bool:
     return False
 
 
-def retrying(attempts: int = 5, base_seconds: float = 1.0, max_seconds: float = 60.0,
-             on_retry=None) -> tenacity.Retrying:
+def retrying(
+    attempts: int = 5, base_seconds: float = 1.0, max_seconds: float = 60.0, on_retry=None
+) -> tenacity.Retrying:
     """A tenacity controller: retry transient errors only, exponential backoff with jitter.
 
-        for attempt in retrying():
-            with attempt:
-                do_the_work()
+    for attempt in retrying():
+        with attempt:
+            do_the_work()
     """
+
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()
-        log.warning("transient error (attempt %d of %d), retrying: %s: %s",
-                    state.attempt_number, attempts, type(exc).__name__, exc)
+        log.warning(
+            "transient error (attempt %d of %d), retrying: %s: %s",
+            state.attempt_number,
+            attempts,
+            type(exc).__name__,
+            exc,
+        )
         if on_retry:
             on_retry(exc)
 

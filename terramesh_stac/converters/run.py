@@ -71,45 +71,61 @@ class RunReport:
     def errors(self) -> list[dict]:
         return [e for s in self.shards for e in s.errors] + [
             {"key": None, "shard": None, "modality": None, "reason": f"publishing: {e}"}
-            for e in self.published.get("errors", [])]
+            for e in self.published.get("errors", [])
+        ]
 
     @property
     def notes(self) -> list[dict]:
         return [n for s in self.shards for n in s.notes]
 
     def to_dict(self) -> dict:
-        return {"collection": self.collection_href, "seconds": self.seconds, "workers": self.workers,
-                "items": self.items, "shards": len(self.shards), "skipped": len(self.shards) - len(self.converted),
-                "errors": self.errors, "notes": self.notes,
-                "published": self.published,
-                "shard_reports": [s.to_dict() for s in self.shards]}
+        return {
+            "collection": self.collection_href,
+            "seconds": self.seconds,
+            "workers": self.workers,
+            "items": self.items,
+            "shards": len(self.shards),
+            "skipped": len(self.shards) - len(self.converted),
+            "errors": self.errors,
+            "notes": self.notes,
+            "published": self.published,
+            "shard_reports": [s.to_dict() for s in self.shards],
+        }
 
     def summary(self) -> str:
         converted = self.converted
         samples = sum(s.items for s in converted)
         rate = samples / self.seconds if self.seconds else 0.0
-        lines = [f"{self.items} items in {len(self.shards)} shards: converted {len(converted)} shards "
-                 f"({samples} samples, {rate:.1f} samples/s on {self.workers} workers), skipped "
-                 f"{len(self.shards) - len(converted)} already done; {self.seconds:.1f} s; "
-                 f"collection: {self.collection_href}"]
+        lines = [
+            f"{self.items} items in {len(self.shards)} shards: converted {len(converted)} shards "
+            f"({samples} samples, {rate:.1f} samples/s on {self.workers} workers), skipped "
+            f"{len(self.shards) - len(converted)} already done; {self.seconds:.1f} s; "
+            f"collection: {self.collection_href}"
+        ]
         if self.published:
             p = self.published
-            lines.append(f"published {p.get('items', 0)} items of {p.get('shards', 0)} shards into "
-                         f"pgstac in {p.get('batches', 0)} batches ({p.get('seconds', 0.0):.1f} s)")
+            lines.append(
+                f"published {p.get('items', 0)} items of {p.get('shards', 0)} shards into "
+                f"pgstac in {p.get('batches', 0)} batches ({p.get('seconds', 0.0):.1f} s)"
+            )
         notes = self.notes
         if notes:
-            lines.append(f"{len(notes)} notes (not errors), e.g. {notes[0]['key']}, {notes[0]['modality']}: "
-                         f"{notes[0]['reason']}")
+            lines.append(
+                f"{len(notes)} notes (not errors), e.g. {notes[0]['key']}, {notes[0]['modality']}: {notes[0]['reason']}"
+            )
         retried = [s for s in self.shards if s.retries]
         if retried:
             lines.append(f"{len(retried)} shards retried after transient errors")
         if self.errors:
             lines.append(f"PARTIAL: {len(self.errors)} problems (key, shard, modality: reason):")
-            lines += [f"  {e['key']}, {e['shard']}, {e['modality']}: {e['reason']}"
-                      for e in self.errors[:SUMMARY_PROBLEMS]]
+            lines += [
+                f"  {e['key']}, {e['shard']}, {e['modality']}: {e['reason']}" for e in self.errors[:SUMMARY_PROBLEMS]
+            ]
             if len(self.errors) > SUMMARY_PROBLEMS:
-                lines.append(f"  ... {len(self.errors) - SUMMARY_PROBLEMS} more in the report "
-                             "(--report FILE, or reports/run.json at the destination)")
+                lines.append(
+                    f"  ... {len(self.errors) - SUMMARY_PROBLEMS} more in the report "
+                    "(--report FILE, or reports/run.json at the destination)"
+                )
         return "\n".join(lines)
 
 
@@ -121,8 +137,11 @@ def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collecti
         if m.collection == options.collection_id:
             extent, summary = extent.union(m.extent), summary.union(m.summary)
     return create_collection(
-        collection_id=options.collection_id, title=options.collection_title,
-        description=options.collection_description, extent=extent, summary=summary,
+        collection_id=options.collection_id,
+        title=options.collection_title,
+        description=options.collection_description,
+        extent=extent,
+        summary=summary,
         index_href=store.href(INDEX_DIR) + "/",
     )
 
@@ -132,8 +151,7 @@ def write_collection(options: ConvertOptions, store) -> tuple[str, dict]:
     return store.put(COLLECTION_FILE, json.dumps(collection, indent=1).encode()), collection
 
 
-def start_client(scheduler: str | None = None, workers: int | None = None,
-                 worker_env: dict[str, str] | None = None):
+def start_client(scheduler: str | None = None, workers: int | None = None, worker_env: dict[str, str] | None = None):
     """A dask.distributed Client: of `scheduler` if given, else of a new LocalCluster whose
     worker processes get `worker_env` (default WORKER_ENV) on top of Dask's environment."""
     from distributed import Client, LocalCluster
@@ -141,9 +159,14 @@ def start_client(scheduler: str | None = None, workers: int | None = None,
     if scheduler:
         return Client(scheduler)
     n = workers or len(os.sched_getaffinity(0))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR,
-                           env=dict(WORKER_ENV if worker_env is None else worker_env))
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+        env=dict(WORKER_ENV if worker_env is None else worker_env),
+    )
     return Client(cluster)
 
 
@@ -162,11 +185,13 @@ def _worker_progress():
         if pending[0] and (force or time.monotonic() - last[0] > 0.5):
             worker.log_event(PROGRESS_TOPIC, pending[0])
             pending[0], last[0] = 0, time.monotonic()
+
     return tick
 
 
-def run_shard(source_url: str, split: str, shard: str, options: ConvertOptions,
-              limit: int | None, force: bool) -> ShardReport:
+def run_shard(
+    source_url: str, split: str, shard: str, options: ConvertOptions, limit: int | None, force: bool
+) -> ShardReport:
     """The Dask task: convert one shard, reporting samples as they finish."""
     tick = _worker_progress()
     report = convert_shard(source_url, split, shard, options, limit=limit, force=force, on_sample=tick)
@@ -186,9 +211,20 @@ def _failed_shard(split: str, shard: str, exc: BaseException) -> ShardReport:
     return report
 
 
-def convert(source_url: str, options: ConvertOptions, *, split: str = "val", limit: int | None = None,
-            max_shards: int | None = None, scheduler: str | None = None, workers: int | None = None,
-            force: bool = False, progress: bool = False, publisher=None, client=None) -> RunReport:
+def convert(
+    source_url: str,
+    options: ConvertOptions,
+    *,
+    split: str = "val",
+    limit: int | None = None,
+    max_shards: int | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = False,
+    publisher=None,
+    client=None,
+) -> RunReport:
     """Convert the shards of `split` ("all": train and val) on Dask; see the module doc.
 
     limit: at most this many samples per shard (a trial run; the shards are converted again
@@ -220,8 +256,17 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
         if progress:
             print(f"Dask: {n_workers} workers; dashboard: {dashboard or 'not available (pip install bokeh)'}")
         futures = {
-            client.submit(run_shard, source_url, s, shard, options, limit, force,
-                          key=f"convert-{s}-{shard}-{time.time_ns()}", pure=False): (s, shard)
+            client.submit(
+                run_shard,
+                source_url,
+                s,
+                shard,
+                options,
+                limit,
+                force,
+                key=f"convert-{s}-{shard}-{time.time_ns()}",
+                pure=False,
+            ): (s, shard)
             for s, shard in work
         }
         with _Display(progress, len(work), expected) as display:
@@ -241,8 +286,11 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
                         pending.append((s, shard))
                         pending_items += report.items
                     future.release()
-                if publisher is not None and pending and (
-                        pending_items >= PUBLISH_ITEMS or time.monotonic() - since >= PUBLISH_SECONDS):
+                if (
+                    publisher is not None
+                    and pending
+                    and (pending_items >= PUBLISH_ITEMS or time.monotonic() - since >= PUBLISH_SECONDS)
+                ):
                     _publish(publisher, store, pending)
                     pending, pending_items, since = [], 0, time.monotonic()
             if publisher is not None and pending:
@@ -263,9 +311,14 @@ def convert(source_url: str, options: ConvertOptions, *, split: str = "val", lim
     if publisher is not None:
         publisher.publish_collection(collection)
     reports.sort(key=lambda r: (r.split, r.shard))
-    run = RunReport(shards=reports, collection_href=href, seconds=time.perf_counter() - t0,
-                    workers=n_workers, dashboard=dashboard,
-                    published=publisher.summary() if publisher is not None else {})
+    run = RunReport(
+        shards=reports,
+        collection_href=href,
+        seconds=time.perf_counter() - t0,
+        workers=n_workers,
+        dashboard=dashboard,
+        published=publisher.summary() if publisher is not None else {},
+    )
     run_dict = {"finished": datetime.now(UTC).isoformat(), **run.to_dict()}
     store.put(RUN_REPORT, json.dumps(run_dict, indent=1).encode())
     return run
@@ -311,9 +364,16 @@ class _Display:
                 TimeRemainingColumn,
             )
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
             self._bar.start()
             self._samples = self._bar.add_task("samples", total=self.n_samples, rate="")
             self._shards = self._bar.add_task("shards ", total=self.n_shards, rate="failures: 0")

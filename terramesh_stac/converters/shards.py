@@ -87,8 +87,9 @@ class _Stream:
                 if is_transient(e):  # a network hiccup, not a broken tar: the shard is retried
                     raise
                 after = f" after {self._last}" if self._last else ""
-                self.errors.append(SampleError(None, self.shard, self.modality,
-                                               f"tar unreadable{after}: {type(e).__name__}: {e}"))
+                self.errors.append(
+                    SampleError(None, self.shard, self.modality, f"tar unreadable{after}: {type(e).__name__}: {e}")
+                )
                 self.done = self.broken = True
                 return False
             key = key_of_member(name)
@@ -102,12 +103,18 @@ class _Stream:
             return True
         return False
 
-    def _index(self, member: tarfile.TarInfo, name: str, data: bytes | None = None,
-               problem: str | None = None) -> None:
+    def _index(self, member: tarfile.TarInfo, name: str, data: bytes | None = None, problem: str | None = None) -> None:
         if self.index is not None:
-            self.index.add(key=key_of_member(name), modality=self.modality, tar_url=self.tar_url,
-                           member=member.name, offset=member.offset_data, size=member.size,
-                           data=data, problem=problem)
+            self.index.add(
+                key=key_of_member(name),
+                modality=self.modality,
+                tar_url=self.tar_url,
+                member=member.name,
+                offset=member.offset_data,
+                size=member.size,
+                data=data,
+                problem=problem,
+            )
 
     def take(self, key: str) -> tuple[SourceMember | None, bool]:
         """(member of `key` or None, whether other keys came first = order differs)."""
@@ -124,8 +131,9 @@ class _Stream:
         return next(iter(self.buffer), None)
 
 
-def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict | None = None,
-                 index=None) -> Iterator[Sample | SampleError]:
+def iter_samples(
+    source, split: str, shard: str, modalities=None, metadata: dict | None = None, index=None
+) -> Iterator[Sample | SampleError]:
     """Samples of `shard` (see the module doc for what is yielded and when). With `index`
     (a terramesh_stac.converters.byteindex.ShardIndex), every tar member read is recorded in it."""
     to_open, quiet = shard_modalities(shard, modalities)
@@ -159,8 +167,9 @@ def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict
             yield from pending
             if key is None:
                 return
-            sample = Sample(key=key, split=split, shard=shard,
-                            metadata=metadata.get(key) if metadata is not None else None)
+            sample = Sample(
+                key=key, split=split, shard=shard, metadata=metadata.get(key) if metadata is not None else None
+            )
             errors = []
             for s in streams:
                 member, out_of_order = s.take(key)
@@ -168,14 +177,24 @@ def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict
                 s.errors.clear()
                 if member is None:
                     if not s.broken:  # a broken tar was reported once, not per key
-                        errors.append(SampleError(key, shard, s.modality,
-                                                  f"sample missing from {s.modality} tar "
-                                                  f"(present in {lead.modality})"))
+                        errors.append(
+                            SampleError(
+                                key,
+                                shard,
+                                s.modality,
+                                f"sample missing from {s.modality} tar (present in {lead.modality})",
+                            )
+                        )
                     continue
                 if out_of_order:
-                    errors.append(SampleError(key, shard, s.modality,
-                                              f"keys of the {s.modality} tar are not in the "
-                                              f"order of the {lead.modality} tar"))
+                    errors.append(
+                        SampleError(
+                            key,
+                            shard,
+                            s.modality,
+                            f"keys of the {s.modality} tar are not in the order of the {lead.modality} tar",
+                        )
+                    )
                 try:
                     sample.modalities[s.modality] = decode_zarr_zip(member.data)
                     sample.originals[s.modality] = member
@@ -184,4 +203,3 @@ def iter_samples(source, split: str, shard: str, modalities=None, metadata: dict
             yield from errors
             if sample.modalities:
                 yield sample
-

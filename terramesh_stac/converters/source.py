@@ -55,8 +55,11 @@ def hub_tree_url(loc: HubLocation, path: str, cursor: str | None = None) -> str:
 
 def parse_hub_tree(entries: list[dict]) -> list[str]:
     """Shard file names out of one page of the tree API's JSON answer."""
-    return [posixpath.basename(e["path"]) for e in entries
-            if e.get("type") == "file" and _SHARD.match(posixpath.basename(e.get("path", "")))]
+    return [
+        posixpath.basename(e["path"])
+        for e in entries
+        if e.get("type") == "file" and _SHARD.match(posixpath.basename(e.get("path", "")))
+    ]
 
 
 def next_page_url(link_header: str | None) -> str | None:
@@ -136,8 +139,8 @@ class Source:
             return {n for n in table.column("tar").to_pylist() if n}
         if self.hub is None:
             raise FileNotFoundError(
-                f"cannot list shards under {self.root}: no {split}_metadata.parquet and not a "
-                "Hugging Face dataset URL")
+                f"cannot list shards under {self.root}: no {split}_metadata.parquet and not a Hugging Face dataset URL"
+            )
         names: set[str] = set()
         for modality in MODALITIES:
             try:
@@ -187,8 +190,9 @@ class Source:
         return None if table is None else _metadata.normalise(table.to_pandas())
 
 
-def open_source(url: str, *, endpoint_url: str | None = None, revision: str | None = None,
-                storage_options: dict | None = None) -> Source:
+def open_source(
+    url: str, *, endpoint_url: str | None = None, revision: str | None = None, storage_options: dict | None = None
+) -> Source:
     """Open a TerraMesh root: local path or file://, https://... or s3://bucket/prefix.
 
     `endpoint_url` points s3 at an S3-compatible server.

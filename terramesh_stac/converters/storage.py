@@ -37,8 +37,9 @@ def _make_temp_file(folder: str, attempts: int = 5) -> tuple[int, str]:
 class Store:
     """A destination root. Relative paths use '/' on every platform."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None,
-                 staging: str | None = None):
+    def __init__(
+        self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None, staging: str | None = None
+    ):
         self.url = url.rstrip("/")
         # local files are written under `staging` (relative) then renamed into place, so a
         # killed writer leaves its leftovers in one folder the next attempt clears
@@ -49,7 +50,7 @@ class Store:
         if self.is_s3:
             client_kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
             self.fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
-            self.root = self.url[len("s3://"):]
+            self.root = self.url[len("s3://") :]
         else:
             self.fs = fsspec.filesystem("file")
             self.root = str(Path(self.url.removeprefix("file://")).expanduser().resolve())

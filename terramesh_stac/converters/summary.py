@@ -53,8 +53,9 @@ class Extent:
         self.bbox = union_bbox(self.bbox, item.bbox)
 
     def union(self, other: Extent) -> Extent:
-        return Extent(union_bbox(self.bbox, other.bbox), _earliest(self.start, other.start),
-                      _latest(self.end, other.end))
+        return Extent(
+            union_bbox(self.bbox, other.bbox), _earliest(self.start, other.start), _latest(self.end, other.end)
+        )
 
     def to_stac(self) -> pystac.Extent | None:
         if self.bbox is None:
@@ -163,19 +164,29 @@ class Summary:
         return {k: v for k, v in out.items() if v}
 
     def to_dict(self) -> dict:
-        return {"split": list(self.split), "source": list(self.source),
-                "modalities": {m: list(f) for m, f in self.modalities.items()},
-                "auxiliary": list(self.auxiliary), "gsd": list(self.gsd), "proj_code": list(self.proj_code),
-                "cloud_cover": None if self.cloud_cover is None else
-                {"minimum": self.cloud_cover.minimum, "maximum": self.cloud_cover.maximum},
-                "sar": {k: list(v) for k, v in self.sar.items()}}
+        return {
+            "split": list(self.split),
+            "source": list(self.source),
+            "modalities": {m: list(f) for m, f in self.modalities.items()},
+            "auxiliary": list(self.auxiliary),
+            "gsd": list(self.gsd),
+            "proj_code": list(self.proj_code),
+            "cloud_cover": None
+            if self.cloud_cover is None
+            else {"minimum": self.cloud_cover.minimum, "maximum": self.cloud_cover.maximum},
+            "sar": {k: list(v) for k, v in self.sar.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Summary:
         cc = d.get("cloud_cover")
-        return cls(split=list(d.get("split", [])), source=list(d.get("source", [])),
-                   modalities={m: list(f) for m, f in d.get("modalities", {}).items()},
-                   auxiliary=list(d.get("auxiliary", [])), gsd=list(d.get("gsd", [])),
-                   proj_code=list(d.get("proj_code", [])),
-                   cloud_cover=None if cc is None else Range(cc["minimum"], cc["maximum"]),
-                   sar={k: list(v) for k, v in d.get("sar", {}).items()})
+        return cls(
+            split=list(d.get("split", [])),
+            source=list(d.get("source", [])),
+            modalities={m: list(f) for m, f in d.get("modalities", {}).items()},
+            auxiliary=list(d.get("auxiliary", [])),
+            gsd=list(d.get("gsd", [])),
+            proj_code=list(d.get("proj_code", [])),
+            cloud_cover=None if cc is None else Range(cc["minimum"], cc["maximum"]),
+            sar={k: list(v) for k, v in d.get("sar", {}).items()},
+        )

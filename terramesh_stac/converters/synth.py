@@ -141,8 +141,14 @@ def majortom_location(i: int) -> Location:
 def ssl4eos12_locations() -> list[Location]:
     df = pd.read_parquet(LOCATIONS_FILE)
     return [
-        Location(f"{r.sample_id}_{r.time_id}", int(r.grid_crs), float(r.grid_x0), float(r.grid_y0),
-                 pd.Timestamp(r.time).tz_localize("UTC"), r.tile_id)
+        Location(
+            f"{r.sample_id}_{r.time_id}",
+            int(r.grid_crs),
+            float(r.grid_x0),
+            float(r.grid_y0),
+            pd.Timestamp(r.time).tz_localize("UTC"),
+            r.tile_id,
+        )
         for r in df.itertuples()
     ]
 
@@ -171,8 +177,7 @@ def s2_product_id(t: pd.Timestamp, tile: str, level: str, rng) -> str:
     sat = "S2A" if rng.random() < 0.5 else "S2B"
     orbit = int(rng.integers(1, 144))
     gen = t + pd.Timedelta(minutes=int(rng.integers(60, 240)))
-    return (f"{sat}_MSI{level}_{t:%Y%m%dT%H%M%S}_{baseline}_R{orbit:03d}_{tile}_"
-            f"{gen:%Y%m%dT%H%M%S}")
+    return f"{sat}_MSI{level}_{t:%Y%m%dT%H%M%S}_{baseline}_R{orbit:03d}_{tile}_{gen:%Y%m%dT%H%M%S}"
 
 
 def s1_product_id(t: pd.Timestamp, rng) -> str:
@@ -187,8 +192,9 @@ def s1_product_id(t: pd.Timestamp, rng) -> str:
 
 def dem_id(lat: float, lon: float) -> str:
     la, lo = math.floor(lat), math.floor(lon)
-    return (f"Copernicus_DSM_COG_10_{'N' if la >= 0 else 'S'}{abs(la):02d}_00_"
-            f"{'E' if lo >= 0 else 'W'}{abs(lo):03d}_00_DEM")
+    return (
+        f"Copernicus_DSM_COG_10_{'N' if la >= 0 else 'S'}{abs(la):02d}_00_{'E' if lo >= 0 else 'W'}{abs(lo):03d}_00_DEM"
+    )
 
 
 # --- geometry -------------------------------------------------------------------------------
@@ -219,8 +225,7 @@ def footprint_wgs84(epsg: int, x0: float, y0: float, per_edge: int = 8):
 
 def grid_center(epsg: int, x0: float, y0: float) -> tuple[float, float]:
     """(lon, lat) of the centre of the pixel grid."""
-    lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(
-        x0 + SIZE * RES / 2, y0 - SIZE * RES / 2)
+    lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(x0 + SIZE * RES / 2, y0 - SIZE * RES / 2)
     return float(lon), float(lat)
 
 
@@ -231,7 +236,7 @@ def _smooth(rng, sigma_px: float) -> np.ndarray:
     """A smooth random field, mean 0 std 1 (Gaussian-filtered noise, via FFT)."""
     f = np.fft.rfft2(rng.standard_normal((SIZE, SIZE)))
     ky, kx = np.fft.fftfreq(SIZE)[:, None], np.fft.rfftfreq(SIZE)[None, :]
-    f *= np.exp(-2 * math.pi ** 2 * sigma_px ** 2 * (kx ** 2 + ky ** 2))
+    f *= np.exp(-2 * math.pi**2 * sigma_px**2 * (kx**2 + ky**2))
     out = np.fft.irfft2(f, s=(SIZE, SIZE))
     return (out - out.mean()) / (out.std() + 1e-12)
 
@@ -358,12 +363,12 @@ class SampleSpec:
 
 def _spatial_ref(epsg: int, x0: float, y0: float) -> dict:
     crs = CRS.from_epsg(epsg)
-    return {"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
-            "GeoTransform": f"{x0} {RES} 0.0 {y0} 0.0 {-RES}"}
+    return {"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(), "GeoTransform": f"{x0} {RES} 0.0 {y0} 0.0 {-RES}"}
 
 
-def modality_dataset(spec: SampleSpec, modality: str, bands: np.ndarray, cloud_mask: np.ndarray | None,
-                     *, scalar_shape: tuple = ()) -> xr.Dataset:
+def modality_dataset(
+    spec: SampleSpec, modality: str, bands: np.ndarray, cloud_mask: np.ndarray | None, *, scalar_shape: tuple = ()
+) -> xr.Dataset:
     """The zarr group of one modality of a sample as an xarray Dataset."""
     loc = spec.loc
     x, y = grid_coords(loc.x0, loc.y0)
@@ -390,15 +395,17 @@ def modality_dataset(spec: SampleSpec, modality: str, bands: np.ndarray, cloud_m
     coords = {
         "time": ("time", np.array([t], "datetime64[ns]")),
         "band": ("band", np.array(info.band_names)),
-        "x": ("x", x), "y": ("y", y),
+        "x": ("x", x),
+        "y": ("y", y),
         "sample": ((), np.array(loc.sample_id)),
         "spatial_ref": ((), np.int64(0), _spatial_ref(loc.epsg, loc.x0, loc.y0)),
     }
     return xr.Dataset(data_vars, coords=coords)
 
 
-def sample_datasets(spec: SampleSpec, seed: int, index: int, *, scalar_shape: tuple = (),
-                    cloud_mask: bool = True, modalities=None) -> dict[str, xr.Dataset]:
+def sample_datasets(
+    spec: SampleSpec, seed: int, index: int, *, scalar_shape: tuple = (), cloud_mask: bool = True, modalities=None
+) -> dict[str, xr.Dataset]:
     """All modality Datasets of one sample; pixels deterministic from (seed, index)."""
     lon, lat = grid_center(spec.loc.epsg, spec.loc.x0, spec.loc.y0)
     rng = np.random.default_rng([seed, index])
@@ -422,8 +429,9 @@ def cloud_cover_percent(cm: np.ndarray) -> float:
 # --- the tree -------------------------------------------------------------------------------
 
 
-def plan(split: str = "val", shards: int = 2, samples_per_shard: int = 4, seed: int = 0,
-         shard_numbering: str = "global") -> list[SampleSpec]:
+def plan(
+    split: str = "val", shards: int = 2, samples_per_shard: int = 4, seed: int = 0, shard_numbering: str = "global"
+) -> list[SampleSpec]:
     """Which samples go where: majortom shards first, then ssl4eos12 (at least one of each
     when shards >= 2), keys numbered across the split, shard numbers global or per source."""
     n_ssl = 0 if shards < 2 else max(1, shards // 3)
@@ -457,8 +465,16 @@ def plan(split: str = "val", shards: int = 2, samples_per_shard: int = 4, seed: 
             l2a = s2_product_id(s2_time, loc.tile_id, "L2A", id_rng)
             l1c = s2_product_id(s2_time, loc.tile_id, "L1C", id_rng)
             s1 = s1_product_id(s1_time, id_rng)
-            file_ids = {"S2L2A": l2a, "S2L1C": l1c, "S2RGB": l2a, "NDVI": l2a, "LULC": l2a,
-                        "S1GRD": s1, "S1RTC": s1, "DEM": dem_id(lat, lon)}
+            file_ids = {
+                "S2L2A": l2a,
+                "S2L1C": l1c,
+                "S2RGB": l2a,
+                "NDVI": l2a,
+                "LULC": l2a,
+                "S1GRD": s1,
+                "S1RTC": s1,
+                "DEM": dem_id(lat, lon),
+            }
             specs.append(SampleSpec(key, source, shard, loc, s2_time, s1_time, file_ids))
     return specs
 
@@ -467,11 +483,17 @@ def _metadata_row(spec: SampleSpec, split: str, cm: np.ndarray | None) -> dict:
     loc = spec.loc
     lon, lat = grid_center(loc.epsg, loc.x0, loc.y0)
     return {
-        "tar": spec.shard, "zarr": f"{spec.key}.zarr.zip", "sample_id": loc.sample_id, "split": split,
-        "center_lon": lon, "center_lat": lat, "crs": loc.epsg,
+        "tar": spec.shard,
+        "zarr": f"{spec.key}.zarr.zip",
+        "sample_id": loc.sample_id,
+        "split": split,
+        "center_lon": lon,
+        "center_lat": lat,
+        "crs": loc.epsg,
         "bounds": [loc.x0, loc.y0 - SIZE * RES, loc.x0 + SIZE * RES, loc.y0],
         "geometry": footprint_wgs84(loc.epsg, loc.x0, loc.y0),
-        "S2_time": spec.s2_time, "S1_time": spec.s1_time,
+        "S2_time": spec.s2_time,
+        "S1_time": spec.s1_time,
         "cloud_cover": None if cm is None else cloud_cover_percent(cm),
     }
 
@@ -482,10 +504,20 @@ def _tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def generate(out_dir, split: str = "val", shards: int = 2, samples_per_shard: int = 4, seed: int = 0,
-             *, deflate: bool = False, scalar_shape: tuple = (), cloud_mask: bool = True,
-             metadata: bool = True, metadata_options: dict | None = None,
-             shard_numbering: str = "global") -> list[str]:
+def generate(
+    out_dir,
+    split: str = "val",
+    shards: int = 2,
+    samples_per_shard: int = 4,
+    seed: int = 0,
+    *,
+    deflate: bool = False,
+    scalar_shape: tuple = (),
+    cloud_mask: bool = True,
+    metadata: bool = True,
+    metadata_options: dict | None = None,
+    shard_numbering: str = "global",
+) -> list[str]:
     """Write `{split}/{modality}/<source>_shard_<NNNNNN>.tar` for the 8 modality folders plus
     `{split}_metadata.parquet` under `out_dir`; return the sample keys in order.
 

@@ -83,17 +83,22 @@ def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
     return {
         **raster_fields(ds, modality),
         **opening,
-        "description": ("Open with xarray (engine zarr, consolidated) and select this sample with "
-                        f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
-                        "also restores its x/y coordinates and CRS."),
+        "description": (
+            "Open with xarray (engine zarr, consolidated) and select this sample with "
+            f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
+            "also restores its x/y coordinates and CRS."
+        ),
         "terramesh:sample_selection": {"item": item_id},
     }
 
 
 def _signature(ds: xr.Dataset) -> dict:
     """What must be equal for samples to share a stack."""
-    sig = {name: (v.dims, v.shape, v.dtype.kind if v.dtype.kind in "UO" else str(v.dtype))
-           for name, v in ds.variables.items() if name not in PER_ITEM_COORDS}
+    sig = {
+        name: (v.dims, v.shape, v.dtype.kind if v.dtype.kind in "UO" else str(v.dtype))
+        for name, v in ds.variables.items()
+        if name not in PER_ITEM_COORDS
+    }
     if "band" in ds.coords:
         sig["band values"] = tuple(map(str, ds["band"].values))
     return sig
@@ -107,8 +112,9 @@ def stack_member(item_id: str, ds: xr.Dataset) -> xr.Dataset:
     if "time" in ds.coords and np.issubdtype(ds["time"].dtype, np.datetime64):
         # the reader's NaT ("no time") back to the value stored in the source
         t = ds["time"].values.astype("datetime64[ns]")
-        ds = ds.assign_coords(time=(ds["time"].dims, np.where(np.isnat(t), np.datetime64(0, "ns"), t),
-                                    ds["time"].attrs))
+        ds = ds.assign_coords(
+            time=(ds["time"].dims, np.where(np.isnat(t), np.datetime64(0, "ns"), t), ds["time"].attrs)
+        )
     grid_mapping = dict(ds[GRID_MAPPING].attrs) if GRID_MAPPING in ds.variables else None
     ds = ds.drop_vars(GRID_MAPPING, errors="ignore")
     per_item = [c for c in PER_ITEM_COORDS if c in ds.indexes]
@@ -125,8 +131,15 @@ def stack_member(item_id: str, ds: xr.Dataset) -> xr.Dataset:
 
 
 def concat(members: list[xr.Dataset]) -> xr.Dataset:
-    stacked = xr.concat(members, dim="item", data_vars="all", coords="different",
-                        compat="equals", join="exact", combine_attrs="override")
+    stacked = xr.concat(
+        members,
+        dim="item",
+        data_vars="all",
+        coords="different",
+        compat="equals",
+        join="exact",
+        combine_attrs="override",
+    )
     stacked = stacked.set_coords(stacked.attrs.pop("terramesh:per_item_coords"))
     stacked.attrs["terramesh:layout"] = LAYOUT
     return stacked
@@ -143,8 +156,11 @@ def encoding(stacked: xr.Dataset) -> dict:
             continue
         shape = var.shape[1:]
         if name in PIXEL_ARRAYS:
-            enc[name] = {"chunks": (1, *shape), "shards": (SAMPLES_PER_BLOCK, *shape),
-                         "compressors": [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]}
+            enc[name] = {
+                "chunks": (1, *shape),
+                "shards": (SAMPLES_PER_BLOCK, *shape),
+                "compressors": [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")],
+            }
         else:
             enc[name] = {"chunks": (SAMPLES_PER_BLOCK, *shape), "shards": (per_item_shard, *shape)}
     return enc
@@ -234,12 +250,17 @@ class ShardStackWriter:
         with warnings.catch_warnings(), single_threaded_blosc():  # same bytes every run
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             if not self.created:
-                block.to_zarr(store, mode="w", zarr_format=3, consolidated=False,
-                              encoding=encoding(block), write_empty_chunks=True)
+                block.to_zarr(
+                    store,
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding=encoding(block),
+                    write_empty_chunks=True,
+                )
                 self.created = True
             else:
-                block.to_zarr(store, append_dim="item", zarr_format=3, consolidated=False,
-                              write_empty_chunks=True)
+                block.to_zarr(store, append_dim="item", zarr_format=3, consolidated=False, write_empty_chunks=True)
         # pixel shards are final (blocks align with them): out; the small arrays' shards
         # grow with every block and are written at the end
         for key in sorted(self.entries):
@@ -257,4 +278,3 @@ class ShardStackWriter:
         for key in sorted(self.entries, key=lambda k: (k == "zarr.json", k)):
             self.put(f"{self.root}/{key}", self.entries[key].to_bytes())
         self.entries = {}
-

@@ -52,7 +52,7 @@ def _strip_common_prefix(entries: dict[str, bytes]) -> dict[str, bytes]:
     tops = {name.split("/", 1)[0] for name in entries}
     if len(tops) == 1 and "/" in next(iter(entries)):
         prefix = tops.pop() + "/"
-        return {name[len(prefix):]: v for name, v in entries.items() if name.startswith(prefix)}
+        return {name[len(prefix) :]: v for name, v in entries.items() if name.startswith(prefix)}
     return entries
 
 
@@ -74,8 +74,7 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
     store = MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in entries.items()})
     try:
         # decode_times=False: the "no time" rule needs the raw integer first
-        ds = xr.open_zarr(store, zarr_format=2, consolidated=True, chunks=None,
-                          decode_times=False).load()
+        ds = xr.open_zarr(store, zarr_format=2, consolidated=True, chunks=None, decode_times=False).load()
     except Exception as e:  # codec errors, bad metadata, short chunks ...
         raise CorruptSampleError(f"zarr group unreadable: {type(e).__name__}: {e}") from e
     if "bands" not in ds:
@@ -159,9 +158,9 @@ def encode_zarr_zip(ds: xr.Dataset, *, deflate: bool = False, clevel: int = 5) -
     if "time" in ds.variables and np.issubdtype(ds["time"].dtype, np.datetime64):
         t = ds["time"].values.astype("datetime64[ns]").astype("int64")
         t = np.where(t == np.iinfo(np.int64).min, 0, t)  # NaT -> 0
-        ds = ds.assign_coords(time=(ds["time"].dims, t,
-                                    {**ds["time"].attrs, "units": TIME_UNITS,
-                                     "calendar": "proleptic_gregorian"}))
+        ds = ds.assign_coords(
+            time=(ds["time"].dims, t, {**ds["time"].attrs, "units": TIME_UNITS, "calendar": "proleptic_gregorian"})
+        )
     for name in ds.variables:
         ds[name].encoding = {}
     encoding = {
@@ -175,8 +174,9 @@ def encode_zarr_zip(ds: xr.Dataset, *, deflate: bool = False, clevel: int = 5) -
     entries: dict = {}
     with single_threaded_blosc():
         # a plain dict-backed memory store: zarr 3's ZipStore through xarray writes duplicates
-        ds.to_zarr(MemoryStore(entries), zarr_format=2, consolidated=True, mode="w",
-                   write_empty_chunks=True, encoding=encoding)
+        ds.to_zarr(
+            MemoryStore(entries), zarr_format=2, consolidated=True, mode="w", write_empty_chunks=True, encoding=encoding
+        )
     out = io.BytesIO()
     method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     with zipfile.ZipFile(out, "w", compression=method, allowZip64=True) as zf:

@@ -27,8 +27,7 @@ def grid_of(geom, candidates):
     for epsg in candidates:
         t = Transformer.from_crs(4326, int(epsg), always_xy=True)
         x, y = t.transform(*shapely.get_coordinates(geom)[:4].T)
-        if abs(x.max() - x.min() - 2640) < 1 and abs(y.max() - y.min() - 2640) < 1 \
-                and np.ptp(np.sort(x)[:2]) < 1:
+        if abs(x.max() - x.min() - 2640) < 1 and abs(y.max() - y.min() - 2640) < 1 and np.ptp(np.sort(x)[:2]) < 1:
             return int(epsg), round(x.min() / 10) * 10.0, round(y.max() / 10) * 10.0
     raise ValueError("footprint is not a grid square in any candidate zone")
 
@@ -62,8 +61,10 @@ def main(src):
     # lead row per location: its off-zone season if any, else a rotating season
     loc_rank = {sid: i for i, sid in enumerate(picked)}
     out["loc_rank"] = out.sample_id.map(loc_rank)
-    lead_season = {sid: (int(g[g.off_zone].time_id.iloc[0]) if g.off_zone.any() else loc_rank[sid] % 4)
-                   for sid, g in out.groupby("sample_id")}
+    lead_season = {
+        sid: (int(g[g.off_zone].time_id.iloc[0]) if g.off_zone.any() else loc_rank[sid] % 4)
+        for sid, g in out.groupby("sample_id")
+    }
     out["lead"] = [lead_season[s] == t for s, t in zip(out.sample_id, out.time_id)]
     # order: one off-zone lead, then southern and northern leads alternating, then the rest
     out["order_group"] = np.select([out.lead & out.off_zone & (out.loc_rank == 0), out.lead], [0, 1], 2)
@@ -75,12 +76,13 @@ def main(src):
     order = list(out[out.order_group == 0].index) + mixed + list(out[out.order_group == 2].index)
     out = out.loc[order].reset_index(drop=True)
     out = out.rename(columns={"center_lat": "_lat"})
-    keep = ["sample_id", "time_id", "time", "tile_id", "tile_crs", "grid_crs", "grid_x0", "grid_y0",
-            "geometry", "file"]
+    keep = ["sample_id", "time_id", "time", "tile_id", "tile_crs", "grid_crs", "grid_x0", "grid_y0", "geometry", "file"]
     out[keep].to_parquet(OUT, index=False)
-    print(f"wrote {len(out)} rows, {out.sample_id.nunique()} locations, "
-          f"{out.grid_crs.nunique()} grid zones, {(out._lat < 0).sum()} southern rows, "
-          f"{int((out.grid_crs != out.tile_crs).sum())} off-zone rows -> {OUT}")
+    print(
+        f"wrote {len(out)} rows, {out.sample_id.nunique()} locations, "
+        f"{out.grid_crs.nunique()} grid zones, {(out._lat < 0).sum()} southern rows, "
+        f"{int((out.grid_crs != out.tile_crs).sum())} off-zone rows -> {OUT}"
+    )
 
 
 if __name__ == "__main__":
