@@ -10,12 +10,12 @@ import json
 from datetime import datetime
 
 import pytest
-from stac_schemas import validate
 
 from terramesh_stac import cli
 from terramesh_stac.converters.pipeline import ConvertOptions
 from terramesh_stac.converters.run import write_collection
 from terramesh_stac.converters.synth import generate
+from terramesh_stac.validation import validate
 from tests.conftest import read_items
 
 S1 = ("S1GRD", "S1RTC")
