@@ -32,30 +32,19 @@ COMPRESSION_NAMES = {
     zipfile.ZIP_LZMA: "lzma",
 }
 
-ENTRY_TYPE = pa.struct(
-    [
-        ("name", pa.string()),
-        ("offset", pa.int64()),
-        ("size", pa.int64()),
-        ("uncompressed_size", pa.int64()),
-        ("compression", pa.string()),
-        ("crc32", pa.uint32()),
-    ]
-)
-SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("modality", pa.string()),
-        ("tar_url", pa.string()),
-        ("member", pa.string()),
-        ("offset", pa.int64()),
-        ("size", pa.int64()),
-        ("problem", pa.string()),
-        ("entries", pa.list_(ENTRY_TYPE)),
-    ]
-)
+# the index's columns, three to a line
+# fmt: off
+ENTRY_TYPE = pa.struct([
+    ("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
+    ("uncompressed_size", pa.int64()), ("compression", pa.string()), ("crc32", pa.uint32()),
+])
+SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+    ("modality", pa.string()), ("tar_url", pa.string()), ("member", pa.string()),
+    ("offset", pa.int64()), ("size", pa.int64()), ("problem", pa.string()),
+    ("entries", pa.list_(ENTRY_TYPE)),
+])
+# fmt: on
 
 
 class RangeRequestError(OSError):
