@@ -304,48 +304,16 @@ def live_server(pgstac_db, api_catalog):
     (no trailing slash).
     """
     dest, _, _ = api_catalog
-    port = _free_port()
     env = {
-        **_os.environ,
         "TERRAMESH_API_DSN": pgstac_db.api,
         "TERRAMESH_DEST": str(dest),
         "TERRAMESH_COLLECTION_ID": API_COLLECTION_ID,
         "TERRAMESH_DEFAULT_RENDER": "true_color",
         "TERRAMESH_DB_POOL_MAX_SIZE": "3",
-        # repo root importable: cwd is the asset folder (so no stray .env is read)
-        "PYTHONPATH": _os.pathsep.join([str(_Path(__file__).resolve().parents[1]), _os.environ.get("PYTHONPATH", "")]),
     }
-    log = open(dest / "server.log", "wb")
-    proc = _subprocess.Popen(
-        [
-            _sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "terramesh_stac.asgi:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=str(dest),
-        stdout=log,
-        stderr=_subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/raster/healthz", proc)
+    # cwd is the asset folder (so no stray .env is read)
+    with start_service(env, dest, "server") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except _subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 import contextlib as _contextlib
