@@ -4,8 +4,10 @@ import argparse
 import json
 import sys
 
+import pydantic
+
 from terramesh_stac.converters.formats import Format, parse_formats
-from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from terramesh_stac.settings import Settings, get_settings
 
 
@@ -48,6 +50,45 @@ def _modality_formats(value: str) -> tuple[str, tuple[Format, ...]]:
     return modality, _formats(formats)
 
 
+def _modalities(value: str) -> tuple[str, ...]:
+    from terramesh_stac.converters.modalities import parse_modality
+
+    names = [m for m in value.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no modality given")
+    try:
+        return tuple(dict.fromkeys(parse_modality(m) for m in names))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _destination(value: str) -> str:
+    from terramesh_stac.converters.storage import check_destination
+
+    try:
+        return check_destination(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _source(value: str) -> str:
+    """A source that can be opened: a local folder that exists, or a URL of a known scheme."""
+    from terramesh_stac.converters.source import open_source
+
+    try:
+        open_source(value)
+    except (ValueError, FileNotFoundError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _port(value: str) -> int:
+    port = int(value) if value.isdigit() else -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number from 1 to 65535, got {value!r}")
+    return port
+
+
 def _cmd_convert(args, settings: Settings) -> int:
     import contextlib
 
@@ -59,7 +100,7 @@ def _cmd_convert(args, settings: Settings) -> int:
         collection_id=args.collection or settings.collection_id,
         formats=args.format,
         modality_formats=tuple(sorted(dict(args.format_for or []).items())),
-        modalities=tuple(args.modalities.split(",")) if args.modalities else None,
+        modalities=args.modalities,
         revision=args.revision,
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_public_url=settings.s3_public_url,
@@ -158,11 +199,12 @@ def _cmd_db(args, settings: Settings) -> int:
 
 
 def _cmd_serve(args, settings: Settings) -> int:
-    from terramesh_stac.catalog.app import run
+    from terramesh_stac.catalog.app import check_can_listen, run
 
     settings = settings.model_copy(
         update={k: v for k, v in {"host": args.host, "port": args.port, "dest": args.dest}.items() if v}
     )
+    check_can_listen(settings.host, settings.port)  # before the app is built: fail at once
     run(settings)
     return EXIT_OK
 
@@ -186,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     c = sub.add_parser("convert", help="convert TerraMesh shards to assets + STAC items")
-    c.add_argument("source", help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix")
-    c.add_argument("--dest", help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
+    c.add_argument(
+        "source", type=_source, help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix"
+    )
+    c.add_argument("--dest", type=_destination, help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
     c.add_argument("--split", default="val", choices=["train", "val", "all"])
     c.add_argument(
         "--format",
@@ -205,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="formats of one modality instead of --format (repeatable), e.g. "
         "--format-for S1GRD=zarr --format-for DEM=ref",
     )
-    c.add_argument("--modalities", help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
+    c.add_argument("--modalities", type=_modalities, help="comma-separated subset, e.g. S2L2A,S1RTC,DEM")
     c.add_argument("--limit", type=int, help="at most N samples per shard (a trial run)")
     c.add_argument("--max-shards", type=int, help="only the first N shards")
     c.add_argument("--collection", help="collection id (default: terramesh)")
@@ -224,12 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     pr = sub.add_parser("prune", help="delete superseded assets kept from older source revisions")
-    pr.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")
+    pr.add_argument("dest", nargs="?", type=_destination, help="what `convert` wrote (default: TERRAMESH_DEST)")
     pr.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     pr.set_defaults(func=_cmd_prune)
 
     ld = sub.add_parser("load", help="bulk-load converted items into pgstac (upsert)")
-    ld.add_argument("dest", nargs="?", help="what `convert` wrote (default: TERRAMESH_DEST)")
+    ld.add_argument("dest", nargs="?", type=_destination, help="what `convert` wrote (default: TERRAMESH_DEST)")
     ld.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
     ld.set_defaults(func=_cmd_load)
 
@@ -260,21 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="STAC API (/stac), tiles (/raster), assets and map page")
     sv.add_argument("--host")
-    sv.add_argument("--port", type=int)
+    sv.add_argument("--port", type=_port)
     sv.add_argument("--dest", help="local asset folder to serve (default: TERRAMESH_DEST)")
     sv.set_defaults(func=_cmd_serve)
 
     dm = sub.add_parser("demo", help="database + generated sample + convert + load + serve")
-    dm.add_argument("--source", help="a TerraMesh root to use instead of a generated sample")
+    dm.add_argument("--source", type=_source, help="a TerraMesh root to use instead of a generated sample")
     dm.add_argument("--no-serve", action="store_true", help="stop after loading")
     dm.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad usage: exit status 2 (EXIT_USAGE), with the accepted values
     try:
-        return args.func(args, get_settings())
+        settings = get_settings()
+    except pydantic.ValidationError as e:
+        problems = "; ".join(f"TERRAMESH_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        print(f"error: bad setting: {problems}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args, settings)
     except KeyboardInterrupt:
         return 130
     except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as e:

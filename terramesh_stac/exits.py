@@ -1,5 +1,6 @@
 """Exit statuses of the `terramesh-stac` commands."""
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # nothing done: bad input, a missing source, an unreachable database
+EXIT_FAILED = 1  # stopped: e.g. an unreachable database, a busy port, a failed write
+EXIT_USAGE = 2  # refused before any work: an unknown option value, a malformed path or URL
 EXIT_PARTIAL = 3  # done, but some samples or shards had problems (listed in the report)

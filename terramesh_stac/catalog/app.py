@@ -13,6 +13,7 @@ from the environment).
 from __future__ import annotations
 
 import logging
+import socket
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -115,6 +116,18 @@ def create_app(settings: ServiceSettings) -> Starlette:
     app.state.settings = settings
     app.state.stac_api = stac_api
     return app
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """RuntimeError unless this process can listen on host:port now (a busy port, a port
+    below 1024 without privileges, an address this machine does not have)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def run(settings: ServiceSettings) -> None:

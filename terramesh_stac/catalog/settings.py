@@ -8,7 +8,7 @@ with the conversion settings into `terramesh_stac.settings.Settings`, which read
 import os
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 def default_state_dir() -> Path:
@@ -34,7 +34,7 @@ class ServiceSettings(DatabaseSettings):
     """`terramesh-stac serve`: the STAC API, tiles, assets and map page."""
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     dest: str = "./terramesh-output"  # what `convert` wrote: assets served from here when local
     collection_id: str = "terramesh"  # the tile service's default collection
     s3_endpoint_url: str | None = None  # S3-compatible endpoint for S3 assets (GDAL, Zarr)

@@ -190,6 +190,9 @@ class Source:
         return None if table is None else _metadata.normalise(table.to_pandas())
 
 
+SOURCE_SCHEMES = ("file", "s3", "http", "https")
+
+
 def open_source(
     url: str, *, endpoint_url: str | None = None, revision: str | None = None, storage_options: dict | None = None
 ) -> Source:
@@ -199,6 +202,11 @@ def open_source(
     `revision` is recorded as given; otherwise a Hugging Face URL's `resolve/<rev>/` is used.
     """
     url = str(url)
+    scheme = url.partition("://")[0] if "://" in url else "file"
+    if scheme not in SOURCE_SCHEMES:
+        raise ValueError(
+            f"source {url!r}: unknown scheme {scheme!r}; give a folder or a file://, s3://, http:// or https:// URL"
+        )
     options = dict(storage_options or {})
     if url.startswith("s3://"):
         if endpoint_url:
@@ -208,6 +216,8 @@ def open_source(
         fs = fsspec.filesystem("https" if url.startswith("https") else "http", **options)
     else:
         url = os.path.abspath(url.removeprefix("file://"))
+        if not os.path.isdir(url):
+            raise FileNotFoundError(f"source {url}: no such folder")
         fs = fsspec.filesystem("file", **options)
     root = url.rstrip("/") + "/"
     hub = parse_hub_url(root)

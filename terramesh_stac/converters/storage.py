@@ -9,6 +9,7 @@ import copy
 import hashlib
 import os
 import posixpath
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,13 +35,31 @@ def _make_temp_file(folder: str, attempts: int = 5) -> tuple[int, str]:
     return tempfile.mkstemp(dir=folder, prefix=".tmp-")
 
 
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
+
+
+def check_destination(url: str) -> str:
+    """`url` if it is a destination a Store can write: a local folder, file://… or
+    s3://bucket[/prefix]; else ValueError saying what is accepted."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if not url.strip():
+            raise ValueError("destination is empty: give a folder or s3://bucket/prefix")
+        return url
+    if scheme == "file" and rest:
+        return url
+    if scheme == "s3" and _S3_BUCKET.match(rest.split("/", 1)[0]):
+        return url
+    raise ValueError(f"destination {url!r} is neither a folder, file://PATH nor s3://BUCKET/PREFIX")
+
+
 class Store:
     """A destination root. Relative paths use '/' on every platform."""
 
     def __init__(
         self, url: str, *, endpoint_url: str | None = None, public_url: str | None = None, staging: str | None = None
     ):
-        self.url = url.rstrip("/")
+        self.url = check_destination(url).rstrip("/")
         # local files are written under `staging` (relative) then renamed into place, so a
         # killed writer leaves its leftovers in one folder the next attempt clears
         self.staging = staging
