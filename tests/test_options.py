@@ -94,24 +94,28 @@ def test_modality_names_and_formats_are_normalised():
     assert options.modalities == ("S2L2A", "DEM")
 
 
-def test_cli_refuses_an_unknown_format_with_its_message(capsys):
+def test_cli_refuses_an_unknown_format_with_its_message(capsys, tmp_path):
+    src = str(tmp_path)  # a folder that exists: the source is checked first
     with pytest.raises(SystemExit) as e:
-        cli.main(["convert", "src", "--dest", "out", "--format", "cog,tiff"])
+        cli.main(["convert", src, "--dest", "out", "--format", "cog,tiff"])
     assert e.value.code == 2
     assert "unknown format(s) ['tiff']; choose from cog, zarr, ref" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["convert", "src", "--dest", "out", "--format-for", "S3OLCI=cog"])
+        cli.main(["convert", src, "--dest", "out", "--format-for", "S3OLCI=cog"])
     assert "expected MODALITY=FORMATS with MODALITY one of S2L1C" in capsys.readouterr().err
 
 
-def test_cli_parses_formats_into_the_enum():
-    args = cli.build_parser().parse_args(["convert", "src", "--format", "COG,zarr", "--format-for", "s1grd=REF"])
+def test_cli_parses_formats_into_the_enum(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["convert", str(tmp_path), "--format", "COG,zarr", "--format-for", "s1grd=REF"]
+    )
     assert args.format == (Format.COG, Format.ZARR)
     assert args.format_for == [("S1GRD", (Format.REF,))]
 
 
 def test_cli_refuses_an_unknown_modality_before_converting(capsys, tmp_path):
-    code = cli.main(["convert", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "out"), "--modalities", "S2L2A,S9"])
-    assert code == cli.EXIT_FAILED
+    with pytest.raises(SystemExit) as e:  # refused while parsing: bad usage
+        cli.main(["convert", str(tmp_path), "--dest", str(tmp_path / "out"), "--modalities", "S2L2A,S9"])
+    assert e.value.code == cli.EXIT_USAGE
     assert "unknown modality 'S9'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
