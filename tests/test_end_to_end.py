@@ -340,3 +340,22 @@ def test_asset_links_open_over_http_with_gdal(served, samples):
     links = {link["rel"]: link["href"] for link in item["links"]}
     assert httpx.get(links["preview"], timeout=60).headers["content-type"] == "image/png"
     assert httpx.get(links["tiles"], timeout=60).json()["tiles"]
+
+
+def test_collection_links_the_served_byte_index_and_shows_no_server_path(served, converted):
+    """The collection's byte-index asset is a URL of the service (its parquet files are
+    served, with ranges), and no response of the API names the destination's folder."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    dest, _ = converted
+    r = httpx.get(f"{served}/stac/collections/{COLLECTION}", timeout=30)
+    index = r.json()["assets"]["byte-index"]["href"]
+    assert index == f"{served}/index/"
+    shard = sorted((dest / "index" / "val").glob("*.parquet"))[0]
+    got = httpx.get(f"{index}val/{shard.name}", timeout=30)
+    assert got.status_code == 200
+    assert pq.read_table(io.BytesIO(got.content)).num_rows == pq.read_table(shard).num_rows
+    texts = [r.text, httpx.get(f"{served}/stac/collections/{COLLECTION}/items?limit=50", timeout=30).text]
+    assert not [t for t in texts if str(dest) in t]

@@ -52,12 +52,11 @@ from stac_fastapi.pgstac.models.extensions import Extensions
 from stac_fastapi.types.errors import InvalidQueryParameter, NotFoundError
 
 from terramesh_stac.catalog.links import (
-    ASSETS_PATH,
     RASTER_PATH,
     default_render_id,
     item_render_links,
-    local_asset_root,
     rewrite_asset_hrefs,
+    served_folders,
     service_root,
 )
 from terramesh_stac.catalog.settings import ServiceSettings
@@ -285,7 +284,7 @@ class TerraMeshClient(CoreCrudClient):
 
     async def _decorate_item(self, item: dict[str, Any], request: Request, root: str) -> None:
         conf = request.app.state.terramesh
-        rewrite_asset_hrefs(item, conf["asset_root"], f"{root}{ASSETS_PATH}/")
+        rewrite_asset_hrefs(item, conf["served_folders"], root)
         cid, iid = item.get("collection"), item.get("id")
         if not (cid and iid) or not isinstance(item.get("links"), list):
             return  # fields extension left no links / ids: nothing to add to
@@ -317,7 +316,7 @@ class TerraMeshClient(CoreCrudClient):
     async def get_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
         collection = await super().get_collection(collection_id, request=request, **kwargs)
         conf = request.app.state.terramesh
-        rewrite_asset_hrefs(collection, conf["asset_root"], f"{service_root(request)}{ASSETS_PATH}/")
+        rewrite_asset_hrefs(collection, conf["served_folders"], service_root(request))
         return collection
 
     async def all_collections(self, request: Request, **kwargs):  # type: ignore[override]
@@ -327,7 +326,7 @@ class TerraMeshClient(CoreCrudClient):
         if hasattr(collections, "body"):  # JSONResponse when the fields extension is used
             return collections
         for collection in body.get("collections", []):
-            rewrite_asset_hrefs(collection, conf["asset_root"], f"{service_root(request)}{ASSETS_PATH}/")
+            rewrite_asset_hrefs(collection, conf["served_folders"], service_root(request))
         return collections
 
 
@@ -412,7 +411,7 @@ def create_stac_api(settings: ServiceSettings, dsn: str) -> StacApi:
     for exc in BAD_REQUEST_ERRORS:
         api.app.add_exception_handler(exc, _bad_request)
     api.app.state.terramesh = {
-        "asset_root": local_asset_root(settings.dest),
+        "served_folders": served_folders(settings.dest),
         "default_render": settings.default_render,
         # collection id -> its render presets, shared by all requests of this app
         "renders_cache": TTLCache(maxsize=1024, ttl=settings.render_cache_ttl),

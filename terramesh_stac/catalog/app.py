@@ -5,6 +5,7 @@
     /raster     tiles, TileJSON, previews, mosaics (catalog/tiles.py, titiler-pgstac)
     /assets     the converted files (when `settings.dest` is a local folder), with
                 HTTP range requests (Starlette FileResponse), so GDAL reads COGs remotely
+    /index      the byte-range index (parquet per shard; the collection's `byte-index`)
 
 Run it with `run(settings)` or `uvicorn --factory terramesh_stac.asgi:create_app` (settings
 from the environment).
@@ -27,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from terramesh_stac.catalog.api import api_dsn, create_stac_api
-from terramesh_stac.catalog.links import ASSETS_PATH, RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, local_asset_root
+from terramesh_stac.catalog.links import RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, served_folders
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
 
@@ -96,9 +97,8 @@ def create_app(settings: ServiceSettings) -> Starlette:
         Mount(f"/{STAC_PATH}", app=_MountedAsRoot(stac_app)),
         Mount(f"/{RASTER_PATH}", app=_MountedAsRoot(raster_app)),
     ]
-    asset_root = local_asset_root(settings.dest)
-    if asset_root is not None:
-        routes.append(Mount(f"/{ASSETS_PATH}", app=_Assets(directory=asset_root, check_dir=False)))
+    for url_path, folder in served_folders(settings.dest).items():
+        routes.append(Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False)))
 
     app = Starlette(
         routes=routes,

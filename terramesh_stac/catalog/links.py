@@ -5,7 +5,8 @@ Pure helpers shared by the STAC API (`api.py`) and the tile service (`tiles.py`)
 - `service_root(request)`: base URL of the whole service (`http://host:port/`), as seen
   by the client (honours uvicorn's `root_path` and proxy headers), from inside any
   mounted sub-application.
-- `rewrite_asset_hrefs(...)`: local asset paths -> `{service root}assets/<relative path>`.
+- `rewrite_asset_hrefs(...)`: local asset paths -> `{service root}assets/<relative path>`
+  (and `index/…` for the byte-range index); unserved local paths are left out.
 - `render_query(render)`: a render-extension preset -> titiler query parameters.
 - `item_render_links(...)`: TileJSON + preview links of an item for one preset.
 """
@@ -20,13 +21,14 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 
-from terramesh_stac.converters.layout import ASSETS_DIR
+from terramesh_stac.converters.layout import ASSETS_DIR, INDEX_DIR
 
 # ASGI scope key set by catalog/app.py for its mounted sub-apps: the root path of the
 # whole service (usually "", or uvicorn's --root-path behind a proxy).
 SERVICE_ROOT_PATH_KEY = "terramesh.root_path"
 
 ASSETS_PATH = "assets"
+INDEX_PATH = "index"
 RASTER_PATH = "raster"
 STAC_PATH = "stac"
 
@@ -41,46 +43,49 @@ def service_root(request: Request) -> str:
     return str(request.base_url.replace(path=root_path.rstrip("/") + "/", query=""))
 
 
-def local_asset_root(dest: str | os.PathLike | None) -> Path | None:
-    """The folder served at /assets, or None when assets live on object storage."""
+def served_folders(dest: str | os.PathLike | None) -> dict[str, Path]:
+    """{URL path: folder} of what the service serves of a local destination: the assets and
+    the byte-range index (terramesh_stac.converters.layout); {} when it is on object storage.
+    Items, manifests and reports beside them are not served."""
     if dest is None:
-        return None
+        return {}
     dest = str(dest)
     if "://" in dest and not dest.startswith("file://"):
-        return None
-    if dest.startswith("file://"):
-        dest = dest[len("file://") :]
-    # The converter writes assets under DEST/assets/ (terramesh_stac.converters.layout);
-    # items and reports beside it are not served.
-    return (Path(dest).expanduser() / ASSETS_DIR).resolve()
+        return {}
+    root = Path(dest.removeprefix("file://")).expanduser()
+    return {ASSETS_PATH: (root / ASSETS_DIR).resolve(), INDEX_PATH: (root / INDEX_DIR).resolve()}
 
 
-def local_href_to_url(href: str, asset_root: Path, assets_base: str) -> str | None:
-    """`/data/out/assets/x/S2L2A.tif` -> `{assets_base}x/S2L2A.tif` if under the root."""
-    if href.startswith("file://"):
-        href = href[len("file://") :]
-    elif "://" in href:
-        return None  # s3://, https://: left as they are
-    if not os.path.isabs(href):
-        return None
-    try:
-        rel = Path(os.path.normpath(href)).relative_to(asset_root)
-    except ValueError:
-        return None  # outside the served folder: never expose it
-    return assets_base + quote(rel.as_posix())
+def local_href_to_url(href: str, folders: dict[str, Path], base: str) -> str | None:
+    """`/data/out/assets/x/S2L2A.tif` -> `{base}assets/x/S2L2A.tif` if under a served folder."""
+    path = href.removeprefix("file://")
+    for url_path, folder in folders.items():
+        try:
+            rel = Path(os.path.normpath(path)).relative_to(folder)
+        except ValueError:
+            continue
+        tail = "" if rel == Path(".") else quote(rel.as_posix()) + ("/" if path.endswith("/") else "")
+        return f"{base}{url_path}/{tail}"
+    return None
 
 
-def rewrite_asset_hrefs(obj: dict[str, Any], asset_root: Path | None, assets_base: str) -> None:
-    """Rewrite, in place, the local asset hrefs of an item or collection dict."""
-    if asset_root is None:
-        return
+def is_local_path(href: str) -> bool:
+    return href.startswith("file://") or ("://" not in href and os.path.isabs(href))
+
+
+def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str) -> None:
+    """In place: local asset paths of an item or collection dict become URLs under `base`;
+    an asset whose local path is not served is left out (a response never shows a server path)."""
     assets = obj.get("assets")
     if not isinstance(assets, dict):
         return
-    for asset in assets.values():
-        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
-            url = local_href_to_url(asset["href"], asset_root, assets_base)
-            if url is not None:
+    for key, asset in list(assets.items()):
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if isinstance(href, str) and is_local_path(href):
+            url = local_href_to_url(href, folders, base)
+            if url is None:
+                del assets[key]
+            else:
                 asset["href"] = url
 
 
