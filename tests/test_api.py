@@ -671,21 +671,23 @@ def test_transactions_refuse_to_start_with_a_wrong_write_role(pgstac_db, tmp_pat
         asyncio.run(start())
 
 
-def test_an_asset_outside_the_served_folders_is_left_out():
-    """A local path the service does not serve never reaches a client (no server paths)."""
+def test_served_local_paths_become_urls():
+    """Assets and the byte-range index of the served destination become service URLs; other
+    storage URLs stay as they are."""
     from terramesh_stac.catalog.links import rewrite_asset_hrefs, served_folders
 
     item = {
         "assets": {
-            "ok": {"href": "/data/out/assets/k/S2L2A.tif"},
-            "secret": {"href": "/etc/terramesh/x.tif"},
+            "cog": {"href": "/data/out/assets/k/S2L2A.tif"},
             "remote": {"href": "s3://bucket/k/S2L2A.tif"},
             "index": {"href": "/data/out/index/"},
+            "one-index": {"href": "file:///data/out/index/val/x.parquet"},
         }
     }
     rewrite_asset_hrefs(item, served_folders("/data/out"), "http://h/")
-    assert item["assets"] == {
-        "ok": {"href": "http://h/assets/k/S2L2A.tif"},
-        "remote": {"href": "s3://bucket/k/S2L2A.tif"},
-        "index": {"href": "http://h/index/"},
+    assert {k: a["href"] for k, a in item["assets"].items()} == {
+        "cog": "http://h/assets/k/S2L2A.tif",
+        "remote": "s3://bucket/k/S2L2A.tif",
+        "index": "http://h/index/",
+        "one-index": "http://h/index/val/x.parquet",
     }

@@ -6,7 +6,7 @@ Pure helpers shared by the STAC API (`api.py`) and the tile service (`tiles.py`)
   by the client (honours uvicorn's `root_path` and proxy headers), from inside any
   mounted sub-application.
 - `rewrite_asset_hrefs(...)`: local asset paths -> `{service root}assets/<relative path>`
-  (and `index/…` for the byte-range index); unserved local paths are left out.
+  (and `index/…` for the byte-range index).
 - `render_query(render)`: a render-extension preset -> titiler query parameters.
 - `item_render_links(...)`: TileJSON + preview links of an item for one preset.
 """
@@ -74,18 +74,17 @@ def is_local_path(href: str) -> bool:
 
 
 def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str) -> None:
-    """In place: local asset paths of an item or collection dict become URLs under `base`;
-    an asset whose local path is not served is left out (a response never shows a server path)."""
+    """In place: local asset paths of an item or collection dict under a served folder become
+    URLs under `base`. Others are left as stored (items of another destination than the one
+    served; hiding those paths is issue 11's)."""
     assets = obj.get("assets")
     if not isinstance(assets, dict):
         return
-    for key, asset in list(assets.items()):
+    for asset in assets.values():
         href = asset.get("href") if isinstance(asset, dict) else None
         if isinstance(href, str) and is_local_path(href):
             url = local_href_to_url(href, folders, base)
-            if url is None:
-                del assets[key]
-            else:
+            if url is not None:
                 asset["href"] = url
 
 
