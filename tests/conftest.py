@@ -320,6 +320,34 @@ import contextlib as _contextlib
 
 
 @_contextlib.contextmanager
+def serve_with_cli(pgstac_db, dest, **env):
+    """`terramesh-stac serve --dest DEST` as a user runs it, against the test cluster (its
+    state dir and port), with extra TERRAMESH_* settings from `env`. Yields the base URL."""
+    port = _free_port()
+    full_env = {
+        **_os.environ,
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
+        **env,
+    }
+    proc = _subprocess.Popen(
+        [_sys.executable, "-m", "terramesh_stac.cli", "serve", "--port", str(port), "--dest", str(dest)],
+        env=full_env,
+        stdout=_subprocess.DEVNULL,
+        stderr=_subprocess.DEVNULL,
+        cwd=dest,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/raster/healthz", proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@_contextlib.contextmanager
 def start_service(env: dict, cwd, name: str = "server"):
     """Another `terramesh-stac serve` (uvicorn subprocess, terramesh_stac.asgi:create_app) with
     TERRAMESH_* settings from `env` on top of this process's environment (no .env: `cwd`

@@ -20,7 +20,7 @@ from shapely.geometry import box, shape
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
 from terramesh_stac.validation import validate
-from tests.conftest import _free_port, _wait_http, read_items
+from tests.conftest import read_items, serve_with_cli
 
 CLI = [sys.executable, "-m", "terramesh_stac.cli"]
 COLLECTION = "terramesh-e2e"
@@ -241,28 +241,8 @@ def test_load_twice_gives_the_same_rows(loaded, pgstac_db):
 @pytest.fixture(scope="module")
 def served(loaded, pgstac_db):
     dest, _, _ = loaded
-    port = _free_port()
-    settings = pgstac_db.settings
-    env = {
-        **os.environ,
-        "TERRAMESH_STATE_DIR": str(settings.state_dir),
-        "TERRAMESH_DB_PORT": str(settings.db_port),
-        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
-    }
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port), "--dest", str(dest)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=dest,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/raster/healthz", proc)
+    with serve_with_cli(pgstac_db, dest) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def search_ids(base, **params) -> list[str]:

@@ -29,14 +29,13 @@ from terramesh_stac.converters.source import open_source
 from terramesh_stac.open import open_sample
 from terramesh_stac.validation import validate
 from tests.conftest import (
-    _free_port,
-    _wait_http,
     assert_bitwise_equal,
     delete_collection,
     read_items,
     read_original,
     rewrite_member,
     serve_directory,
+    serve_with_cli,
 )
 
 SPLIT = "val"
@@ -281,29 +280,10 @@ def zarr_served(synth_root, pgstac_db, tmp_path_factory):
         "--quiet",
     )
     run_cli("load", dest, "--dsn", pgstac_db.loader)
-    port = _free_port()
-    settings = pgstac_db.settings
-    env = {
-        **os.environ,
-        "TERRAMESH_STATE_DIR": str(settings.state_dir),
-        "TERRAMESH_DB_PORT": str(settings.db_port),
-        "TERRAMESH_DB_POOL_MAX_SIZE": "3",
-        "TERRAMESH_COLLECTION_ID": COLLECTION,
-    }
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port), "--dest", str(dest)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=dest,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{base}/raster/healthz", proc)
-        yield base, dest
+        with serve_with_cli(pgstac_db, dest, TERRAMESH_COLLECTION_ID=COLLECTION) as base:
+            yield base, dest
     finally:
-        proc.terminate()
-        proc.wait(10)
         delete_collection(pgstac_db.admin, COLLECTION)
 
 
