@@ -50,35 +50,42 @@ def _modality_formats(value: str) -> tuple[str, tuple[Format, ...]]:
     return modality, _formats(formats)
 
 
+def _usage_errors(check):
+    """An argparse type from a library check: its ValueError (or FileNotFoundError) becomes
+    argparse's error, so the command exits 2 with the check's message."""
+
+    def argument(value: str):
+        try:
+            return check(value)
+        except (ValueError, FileNotFoundError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return argument
+
+
+@_usage_errors
 def _modalities(value: str) -> tuple[str, ...]:
     from terramesh_stac.converters.modalities import parse_modality
 
     names = [m for m in value.split(",") if m.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("no modality given")
-    try:
-        return tuple(dict.fromkeys(parse_modality(m) for m in names))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise ValueError("no modality given")
+    return tuple(dict.fromkeys(parse_modality(m) for m in names))
 
 
+@_usage_errors
 def _destination(value: str) -> str:
     from terramesh_stac.converters.storage import check_destination
 
-    try:
-        return check_destination(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return check_destination(value)
 
 
+@_usage_errors
 def _source(value: str) -> str:
     """A source that can be opened: a local folder that exists, or a URL of a known scheme."""
     from terramesh_stac.converters.source import open_source
 
-    try:
-        open_source(value)
-    except (ValueError, FileNotFoundError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    open_source(value)
     return value
 
 
