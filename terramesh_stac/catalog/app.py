@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from terramesh_stac.catalog.api import api_dsn, create_stac_api
+from terramesh_stac.catalog.errors import add_fault_handlers
 from terramesh_stac.catalog.links import RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, served_folders
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
@@ -82,6 +83,8 @@ def create_app(settings: ServiceSettings) -> Starlette:
     stac_api = create_stac_api(settings, dsn)
     stac_app = stac_api.app
     raster_app = create_raster_app(settings, dsn)
+    for sub in (stac_app, raster_app):  # after their own handlers, which they override where both map a class
+        add_fault_handlers(sub)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
