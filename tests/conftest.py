@@ -374,6 +374,8 @@ def start_service(env: dict, cwd, name: str = "server"):
             str(port),
             "--log-level",
             "warning",
+            "--timeout-graceful-shutdown",
+            "5",
         ],
         env=full_env,
         cwd=str(cwd),

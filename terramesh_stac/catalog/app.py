@@ -14,10 +14,12 @@ from the environment).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -29,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from terramesh_stac.catalog.api import api_dsn, create_stac_api
 from terramesh_stac.catalog.errors import add_fault_handlers
+from terramesh_stac.catalog.guard import RequestGuard
 from terramesh_stac.catalog.links import RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, served_folders
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
@@ -86,8 +89,15 @@ def create_app(settings: ServiceSettings) -> Starlette:
     for sub in (stac_app, raster_app):  # after their own handlers, which they override where both map a class
         add_fault_handlers(sub)
 
+    # GDAL's block cache is per process and defaults to 5 % of RAM: bound it (only if the
+    # environment does not say otherwise).
+    os.environ.setdefault("GDAL_CACHEMAX", str(settings.gdal_cache_mb))
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        # Sync endpoints (titiler's) run in anyio's default thread pool: its size bounds
+        # the tile work (and memory) in progress at once; more requests wait for a thread.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         async with AsyncExitStack() as stack:
             for sub in (stac_app, raster_app):
                 await stack.enter_async_context(sub.router.lifespan_context(sub))
@@ -114,6 +124,13 @@ def create_app(settings: ServiceSettings) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Content-Range", "Content-Length", "Accept-Ranges"],
             ),
+            Middleware(
+                RequestGuard,
+                max_body_bytes=settings.max_body_bytes,
+                time_limit=settings.request_time_limit,
+                timed_prefixes=(f"/{STAC_PATH}", f"/{RASTER_PATH}"),
+                untimed_paths=(f"/{RASTER_PATH}/healthz", f"/{STAC_PATH}/_mgmt/ping", f"/{STAC_PATH}/_mgmt/health"),
+            ),
         ],
     )
     app.state.settings = settings
@@ -139,4 +156,11 @@ def run(settings: ServiceSettings) -> None:
 
     app = create_app(settings)
     logger.info("serving on http://%s:%s/ (STAC API at /stac)", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=True,
+        timeout_graceful_shutdown=settings.shutdown_grace,  # SIGTERM: requests in flight get this long
+    )

@@ -37,6 +37,12 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     ConnectionError,  # refused / reset while connecting (OSError subclasses)
 )
 
+
+class RequestCancelled(Exception):
+    """Work stopped because its request was cancelled (client gone) or ran out of time
+    (raised by catalog.guard.Budget.check)."""
+
+
 # Absolute filesystem paths and object-store URLs inside a message.
 _PATH_IN_TEXT = re.compile(r"(?:/vsi\w+/|s3://|file://)\S+|(?<![\w:/.])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
@@ -76,6 +82,11 @@ def asset_unavailable_response(request: Request, exc: Exception) -> JSONResponse
     return service_unavailable("an asset of this request cannot be read right now; retry shortly")
 
 
+def request_cancelled_response(request: Request, exc: Exception) -> JSONResponse:
+    # The client is usually gone by now; when it is not, the time limit passed.
+    return service_unavailable(f"the request was stopped ({exc}): the service's time limit per request passed")
+
+
 def internal_error_response(request: Request, exc: Exception) -> JSONResponse:
     logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details")
@@ -90,4 +101,5 @@ def add_fault_handlers(app) -> None:
     for exc in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc, database_unavailable_response)
     app.add_exception_handler(RasterioIOError, asset_unavailable_response)
+    app.add_exception_handler(RequestCancelled, request_cancelled_response)
     app.add_exception_handler(Exception, internal_error_response)

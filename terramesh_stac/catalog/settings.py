@@ -45,6 +45,8 @@ class ServiceSettings(DatabaseSettings):
     # never `dsn` itself (the admin).
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)
+    # seconds a tile request waits for a pooled connection (titiler-pgstac tries 3 more times)
+    db_acquire_timeout: float = Field(2.0, gt=0)
     # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with
     # enable_transactions. Default: the database module's loader role DSN.
     write_dsn: str | None = None
@@ -53,6 +55,15 @@ class ServiceSettings(DatabaseSettings):
     libpq_env: dict[str, str] = {}
     default_render: str | None = "true-color"  # render preset of items' tile and preview links
     render_cache_ttl: float = 60.0  # seconds the collections' render presets are cached
+    # Bounds on one request (catalog/guard.py): the STAC API's and tile service's time
+    # limit, the largest request body, the worker threads of sync endpoints (tiles: each
+    # holds at most one bounded image in memory), GDAL's block cache, and how long SIGTERM
+    # waits for requests in flight.
+    request_time_limit: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    worker_threads: int = Field(8, ge=1, le=256)
+    gdal_cache_mb: int = Field(256, ge=16)
+    shutdown_grace: int = Field(5, ge=0)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -42,6 +42,7 @@ from cachetools import TTLCache
 from fastapi import FastAPI, Query, status
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
@@ -49,7 +50,6 @@ from titiler.core.factory import ColorMapFactory, MultiBaseTilerFactory, TMSFact
 from titiler.extensions import stacRenderExtension
 from titiler.mosaic.errors import MOSAIC_STATUS_CODES
 from titiler.pgstac import __version__ as titiler_pgstac_version
-from titiler.pgstac.db import close_db_connection, connect_to_db
 from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams
 from titiler.pgstac.errors import PGSTAC_STATUS_CODES
 from titiler.pgstac.extensions import searchInfoExtension
@@ -286,13 +286,26 @@ def apply_gdal_s3_config(settings: ServiceSettings) -> dict[str, str]:
     return config
 
 
-def postgres_settings(dsn: str, settings: ServiceSettings) -> PostgresSettings:
-    return PostgresSettings(
-        database_url=dsn,
-        db_min_conn_size=1,
-        db_max_conn_size=settings.db_pool_max_size,
-        db_num_workers=1,
+def open_pool(dsn: str, settings: ServiceSettings) -> ConnectionPool:
+    """The tile service's psycopg pool, as titiler-pgstac's `connect_to_db` opens it
+    (search_path, application name, waits for the first connection) but failing fast
+    when the database is away: a request waits at most `db_acquire_timeout` for a
+    connection (psycopg_pool's default is 30 s; the request then answers 503), and each
+    connection is checked as it leaves the pool, so connections broken by a database
+    restart are replaced instead of failing one request each."""
+    url = str(PostgresSettings(database_url=dsn).database_url)
+    pool = ConnectionPool(
+        conninfo=url,
+        min_size=1,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_acquire_timeout,
+        num_workers=1,
+        check=ConnectionPool.check_connection,
+        kwargs={"options": "-c search_path=pgstac,public -c application_name=pgstac"},
+        open=True,
     )
+    pool.wait()
+    return pool
 
 
 def _mosaic_factory(reader, path_dependency, prefix: str, **options) -> MosaicTilerFactory:
@@ -318,12 +331,11 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await connect_to_db(app, settings=postgres_settings(dsn, settings))
-        renders.pool = app.state.dbpool
+        app.state.dbpool = renders.pool = open_pool(dsn, settings)
         try:
             yield
         finally:
-            await close_db_connection(app)
+            app.state.dbpool.close()
 
     app = FastAPI(
         title="TerraMesh tiles (titiler-pgstac)",
