@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -181,9 +182,69 @@ def test_sigterm_with_requests_in_flight_stops_within_seconds(fault_cluster, fau
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(httpx.get, url, timeout=60) for url in urls]
             time.sleep(0.5)
+            in_flight = sum(not f.done() for f in futures)
             sent = time.monotonic()
             server.send_signal(signal.SIGTERM)
             server.wait(30)
             took = time.monotonic() - sent
             concurrent.futures.wait(futures)
+        assert in_flight > 0, "no request was in flight at SIGTERM: nothing was tested"
         assert took < 8, f"{took:.1f} s from SIGTERM to exit"
+
+
+# --- load (benchmarks/_loadgen.py, the generator of benchmarks/service_load.py) ------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _loadgen import outage_report, request_mix, run_load  # noqa: E402
+
+LOAD_PRESETS = {"S2L2A": "true_color", "S2RGB": "rgb", "S1RTC": "s1rtc_vv"}
+MAX_RSS_MB = 1500  # the service's bound under this load (measured ~0.7 GB: libraries + 256 MB GDAL cache)
+
+
+def _server_pid(base: str) -> int:
+    import psutil
+
+    port = base.rsplit(":", 1)[1]
+    return next(p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and port in p.info["cmdline"])
+
+
+@pytest.fixture(scope="module")
+def load_mix(fault_server):
+    base, _, _ = fault_server
+    items = httpx.get(f"{base}/stac/search", params={"limit": 100}, timeout=30).json()["features"]
+    search_id = httpx.post(
+        f"{base}/raster/searches/register", json={"collections": [API_COLLECTION_ID]}, timeout=30
+    ).json()["id"]
+    return request_mix(f"{base}/stac", f"{base}/raster", items, API_COLLECTION_ID, search_id, presets=LOAD_PRESETS)
+
+
+def test_load_of_searches_and_tiles_answers_every_request(fault_server, load_mix):
+    base, _, _ = fault_server
+    result = run_load(_server_pid(base), load_mix, clients=10, seconds=8)
+    failed = [(o.kind, o.status, o.error[:200]) for o in result.outcomes if o.status != 200]
+    assert len(result.outcomes) > 20, "the load did not run"
+    assert {o.kind for o in result.outcomes} == {"search", "item tile", "mosaic tile"}
+    assert failed == [], failed[:5]
+    assert result.peak_rss_mb < MAX_RSS_MB, f"peak RSS {result.peak_rss_mb:.0f} MB"
+
+
+def test_database_restart_under_load_gives_only_503s_then_recovers(fault_cluster, fault_server, load_mix):
+    base, _, _ = fault_server
+    result = run_load(
+        _server_pid(base),
+        load_mix,
+        clients=10,
+        seconds=14,
+        outage_at=4,
+        outage_for=3,
+        stop_db=lambda: database.stop(fault_cluster),
+        start_db=lambda: database.start(fault_cluster),
+    )
+    report = outage_report(result)
+    assert report["failed from the stop on"] > 0, "the outage was not seen: nothing was tested"
+    assert report["failed before the outage"] == 0, report
+    assert report["not 503"] == [], report
+    assert report["recovery seconds"] <= 10, report
+    after = [o for o in result.outcomes if o.started > result.outage.back + report["recovery seconds"]]
+    assert after and all(o.status == 200 for o in after), "requests after the recovery must succeed"
+    assert result.peak_rss_mb < MAX_RSS_MB, f"peak RSS {result.peak_rss_mb:.0f} MB"

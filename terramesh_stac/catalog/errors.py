@@ -33,6 +33,7 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now, query cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
     asyncpg.exceptions.InterfaceError,  # "connection is closed", "pool is closing"
+    asyncpg.exceptions.InternalClientError,  # protocol state of a connection lost mid-query
     psycopg.OperationalError,  # connection failures, PoolTimeout, PoolClosed, TooManyRequests
     ConnectionError,  # refused / reset while connecting (OSError subclasses)
 )
