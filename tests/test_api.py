@@ -691,3 +691,24 @@ def test_served_local_paths_become_urls():
         "index": "http://h/index/",
         "one-index": "http://h/index/val/x.parquet",
     }
+
+
+def test_links_to_local_paths_are_left_out():
+    """An item converted from a local source links each shard it references (`via`) by its
+    path: the service does not serve it and must not name server folders; URLs stay."""
+    from terramesh_stac.catalog.links import rewrite_asset_hrefs, served_folders
+
+    item = {
+        "assets": {},
+        "links": [
+            {"rel": "via", "href": "/srv/source/val/S2L2A/shard-000.tar"},
+            {"rel": "via", "href": "file:///srv/source/val/S1RTC/shard-000.tar"},
+            {"rel": "via", "href": "https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/x.tar"},
+            {"rel": "collection", "href": "../collection.json"},
+        ],
+    }
+    rewrite_asset_hrefs(item, served_folders("/data/out"), "http://h/")
+    assert [link["href"] for link in item["links"]] == [
+        "https://huggingface.co/datasets/ibm-esa-geospatial/TerraMesh/x.tar",
+        "../collection.json",
+    ]

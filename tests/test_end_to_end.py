@@ -322,9 +322,10 @@ def test_asset_links_open_over_http_with_gdal(served, samples):
     assert httpx.get(links["tiles"], timeout=60).json()["tiles"]
 
 
-def test_collection_links_the_served_byte_index_and_shows_no_server_path(served, converted):
+def test_collection_links_the_served_byte_index_and_shows_no_server_path(served, converted, synth_root):
     """The collection's byte-index asset is a URL of the service (its parquet files are
-    served, with ranges), and no response of the API names the destination's folder."""
+    served, with ranges), and no response of the API names the destination's folder or the
+    local source's (items' `via` links to local shards are left out)."""
     import io
 
     import pyarrow.parquet as pq
@@ -338,4 +339,5 @@ def test_collection_links_the_served_byte_index_and_shows_no_server_path(served,
     assert got.status_code == 200
     assert pq.read_table(io.BytesIO(got.content)).num_rows == pq.read_table(shard).num_rows
     texts = [r.text, httpx.get(f"{served}/stac/collections/{COLLECTION}/items?limit=50", timeout=30).text]
-    assert not [t for t in texts if str(dest) in t]
+    texts.append(httpx.post(f"{served}/stac/search", json={"collections": [COLLECTION], "limit": 50}, timeout=30).text)
+    assert not [t for t in texts if str(dest) in t or str(synth_root) in t]

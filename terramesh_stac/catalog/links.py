@@ -75,8 +75,17 @@ def is_local_path(href: str) -> bool:
 
 def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str) -> None:
     """In place: local asset paths of an item or collection dict under a served folder become
-    URLs under `base`. Others are left as stored (items of another destination than the one
-    served; hiding those paths is issue 11's)."""
+    URLs under `base`; other local asset paths are left as stored (items of another
+    destination than the one served: dropping them would leave items without the assets
+    their extensions describe). Links to local paths (`via` links to the shards of a local
+    source) are left out: the service does not serve them, and they name server folders."""
+    links = obj.get("links")
+    if isinstance(links, list):
+        obj["links"] = [
+            link
+            for link in links
+            if not (isinstance(link, dict) and isinstance(link.get("href"), str) and is_local_path(link["href"]))
+        ]
     assets = obj.get("assets")
     if not isinstance(assets, dict):
         return
