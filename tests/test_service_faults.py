@@ -248,3 +248,32 @@ def test_database_restart_under_load_gives_only_503s_then_recovers(fault_cluster
     after = [o for o in result.outcomes if o.started > result.outage.back + report["recovery seconds"]]
     assert after and all(o.status == 200 for o in after), "requests after the recovery must succeed"
     assert result.peak_rss_mb < MAX_RSS_MB, f"peak RSS {result.peak_rss_mb:.0f} MB"
+
+
+def test_requests_of_clients_gone_are_cancelled_not_queued(fault_cluster, fault_catalog, tmp_path):
+    """60 image requests (~1 s of work each here) whose clients give up at once, on a service
+    with 2 worker threads: without cancellation they would all still run (~30 s of backlog)
+    before a new request gets a thread; cancelled, the next one is answered at once."""
+    dest, ids = fault_catalog
+    env = _env(fault_cluster, dest, TERRAMESH_WORKER_THREADS="2")
+    with start_service(env, tmp_path, "disconnect") as base:
+        item = httpx.get(f"{base}/stac/collections/{API_COLLECTION_ID}/items/{ids[0]}", timeout=30).json()
+        bbox = ",".join(str(v) for v in item["bbox"])
+        image = f"{base}/raster/collections/{API_COLLECTION_ID}/items/{{}}/bbox/{bbox}/1024x1024.png?render=true_color"
+        started = time.monotonic()
+        assert httpx.get(image.format(ids[0]), timeout=60).status_code == 200
+        one = time.monotonic() - started
+
+        def abandon(url):
+            try:
+                httpx.get(url, timeout=0.05)
+            except httpx.TimeoutException:
+                pass
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            list(pool.map(abandon, [image.format(ids[0])] * 60))
+        started = time.monotonic()
+        r = httpx.get(image.format(ids[0]), timeout=120)
+        took = time.monotonic() - started
+        assert r.status_code == 200
+        assert took < max(5.0, 4 * one), f"{took:.1f} s behind abandoned requests (one image alone: {one:.2f} s)"
