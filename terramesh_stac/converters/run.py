@@ -21,6 +21,7 @@ their assets exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -289,12 +290,16 @@ def convert(
     # the client's own writes are staged too: a kill -9 leaves its temporary files where the
     # next run clears them
     store = options.store().staged(RUN_STAGING)
-    store.check_writable()  # DestinationError now, not one per shard later
-    expected = _expected_samples(source, splits, work, limit)
-
-    _, collection = write_collection(options, store)
+    try:
+        store.check_writable()  # DestinationError now, not one per shard later
+        _, collection = write_collection(options, store)
+    except DestinationError:
+        with contextlib.suppress(DestinationError):
+            store.discard_staging()
+        raise
     if publisher is not None:
         publisher.publish_collection(collection)
+    expected = _expected_samples(source, splits, work, limit)
 
     own_client = client is None
     client = client or start_client(scheduler, workers)
