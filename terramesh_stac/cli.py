@@ -7,6 +7,7 @@ import sys
 import pydantic
 
 from terramesh_stac.converters.formats import Format, parse_formats
+from terramesh_stac.converters.storage import DestinationError
 from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from terramesh_stac.settings import Settings, get_settings
 
@@ -120,23 +121,39 @@ def _cmd_convert(args, settings: Settings) -> int:
 
             dsn = args.dsn or database.dsn(settings, role="loader")
             publisher = stack.enter_context(Publisher(dsn, options.store()))
-        report = convert(
-            args.source,
-            options,
-            split=args.split,
-            limit=args.limit,
-            max_shards=args.max_shards,
-            scheduler=args.scheduler or settings.scheduler,
-            workers=args.workers,
-            force=args.force,
-            progress=not args.quiet,
-            publisher=publisher,
-        )
+        try:
+            report = convert(
+                args.source,
+                options,
+                split=args.split,
+                limit=args.limit,
+                max_shards=args.max_shards,
+                scheduler=args.scheduler or settings.scheduler,
+                workers=args.workers,
+                force=args.force,
+                progress=not args.quiet,
+                publisher=publisher,
+            )
+        except DestinationError as e:  # found before any work: nothing was converted
+            if args.report:
+                _write_report(args.report, {"stopped": str(e), "items": 0, "shards": 0, "errors": []})
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     print(report.summary())
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(report.to_dict(), f, indent=1)
+        _write_report(args.report, report.to_dict())
+    if report.stopped:
+        print(f"error: {report.stopped}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_PARTIAL if report.errors else EXIT_OK
+
+
+def _write_report(path: str, report: dict) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+    except OSError as e:  # e.g. on the same full disk: the summary above still says it all
+        print(f"error: report not written: {e.strerror or e}: {path}", file=sys.stderr)
 
 
 def _cmd_prune(args, settings: Settings) -> int:
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError, PermissionError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, PermissionError, DestinationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -3,9 +3,12 @@
 Damaged: a corrupt zip member, a zip member cut short (the tar is fine), a tar cut inside a
 member, an extra key in one modality tar, a sample missing from one modality tar, a
 non-zarr member, a shard whose tar is missing in one modality, a sample without a row in
-the metadata parquet. The CLI converts it once on two Dask workers; every problem must be
-in the machine-readable report (key, shard, modality, reason), everything else converted,
-exit status 3 (partial); a second identical run converts nothing and still says partial.
+the metadata parquet, a shard whose every tar is cut at the same sample. The CLI converts it
+once on two Dask workers; every problem must be in the machine-readable report (key, shard,
+modality, reason: a broken or missing tar once per sample it took a modality from),
+everything else converted, the sample counts must add up (in the report and on the progress
+display), exit status 3 (partial); a second identical run converts nothing and still says
+partial.
 """
 
 import json
@@ -26,7 +29,7 @@ from terramesh_stac.converters.synth import _tar_member as write_member
 from terramesh_stac.converters.synth import generate
 
 SPLIT = "val"
-SHARDS, PER_SHARD = 8, 3  # synth: 6 majortom shards, then 2 ssl4eos12 shards
+SHARDS, PER_SHARD = 9, 3  # synth: 6 majortom shards, then 3 ssl4eos12 shards
 PARTIAL = 3
 CLI = [sys.executable, "-m", "terramesh_stac.cli"]
 
@@ -41,6 +44,7 @@ class Damage:
     problems: list[tuple] = field(default_factory=list)
     lost: dict[str, set] = field(default_factory=dict)  # key -> modalities it no longer has
     extra_keys: list[str] = field(default_factory=list)  # keys the damage added
+    failed: list[str] = field(default_factory=list)  # keys left with no modality: no item
 
 
 def rewrite_tar(path: Path, edit) -> None:
@@ -78,7 +82,7 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
     """One case per shard; what each case must cause is written down next to the damage."""
     majortom = [s for s in shard_keys if source_of(s) == "majortom"]
     ssl = [s for s in shard_keys if source_of(s) == "ssl4eos12"]
-    assert len(majortom) >= 6 and len(ssl) >= 2, shard_keys
+    assert len(majortom) >= 6 and len(ssl) >= 3, shard_keys
     tar = lambda modality, shard: root / SPLIT / modality / shard  # noqa: E731
     cases = []
 
@@ -106,7 +110,7 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
         Damage(
             "truncated tar",
             shard,
-            [(None, S1_MODALITY["majortom"], f"tar unreadable after {keys[0]}.zarr.zip")],
+            [(k, S1_MODALITY["majortom"], f"tar unreadable after {keys[0]}.zarr.zip") for k in keys[1:]],
             {k: {S1_MODALITY["majortom"]} for k in keys[1:]},
         )
     )
@@ -151,7 +155,7 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
         Damage(
             "modality tar missing",
             shard,
-            [(None, s1, "modality tar missing for this shard")],
+            [(k, s1, "modality tar missing for this shard") for k in shard_keys[shard]],
             {k: {s1} for k in shard_keys[shard]},
         )
     )
@@ -165,14 +169,31 @@ def damage_source(root: Path, shard_keys: dict[str, list[str]]) -> list[Damage]:
         Damage("sample missing from the metadata parquet", shard, [(key, None, f"no row in {SPLIT}_metadata.parquet")])
     )
 
+    shard = ssl[2]
+    keys = shard_keys[shard]
+    tars = sorted((root / SPLIT).glob(f"*/{shard}"))
+    for path in tars:  # every modality cut inside the second sample: the rest only the metadata names
+        with tarfile.open(path) as tf:
+            second = tf.getmembers()[1]
+        path.write_bytes(path.read_bytes()[: second.offset_data + second.size // 2])
+    cases.append(
+        Damage(
+            "every tar cut at the same sample",
+            shard,
+            [(k, p.parent.name, f"tar unreadable after {keys[0]}.zarr.zip") for k in keys[1:] for p in tars],
+            failed=keys[1:],
+        )
+    )
+
     assert len({c.shard for c in cases}) == len(cases)  # each case in its own shard
     return cases
 
 
-def run_convert(src: Path, dest: Path, report: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def run_convert(src: Path, dest: Path, report: Path, quiet: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k != "TERRAMESH_SCHEDULER"}
     proc = subprocess.run(
-        [*CLI, "convert", str(src), "--dest", str(dest), "--workers", "2", "--report", str(report), "--quiet"],
+        [*CLI, "convert", str(src), "--dest", str(dest), "--workers", "2", "--report", str(report)]
+        + ["--quiet"] * quiet,
         capture_output=True,
         text=True,
         env=env,
@@ -203,7 +224,8 @@ def run(tmp_path_factory) -> Run:
     for row in table:
         shard_keys.setdefault(row["tar"], []).append(key_of_member(row["zarr"]))
     cases = damage_source(src, dict(sorted(shard_keys.items())))
-    proc, report = run_convert(src, base / "dest", base / "report.json")
+    # with the progress display: not a terminal, so rich prints its last frame
+    proc, report = run_convert(src, base / "dest", base / "report.json", quiet=False)
     return Run(src, base / "dest", shard_keys, cases, proc, report)
 
 
@@ -243,8 +265,9 @@ def test_every_problem_reported_with_key_shard_modality_reason(run):
 def test_everything_else_is_converted(run):
     items = read_items(run.dest)
     extra = {c.shard: c.extra_keys for c in run.cases}
+    failed = {k for c in run.cases for k in c.failed}
     for shard, keys in run.shard_keys.items():
-        assert set(items.get(shard, {})) == set(keys) | set(extra.get(shard, [])), shard
+        assert set(items.get(shard, {})) == (set(keys) | set(extra.get(shard, []))) - failed, shard
     for shard_items in items.values():
         for item in shard_items.values():
             for name, asset in item["assets"].items():
@@ -255,11 +278,13 @@ def test_damaged_samples_keep_their_intact_modalities(run):
     items = {k: v for shard_items in read_items(run.dest).values() for k, v in shard_items.items()}
     lost = {k: m for c in run.cases for k, m in c.lost.items()}
     extra = {k for c in run.cases for k in c.extra_keys}
+    failed = {k for c in run.cases for k in c.failed}
+    assert not failed & set(items)
     # the assets of an intact sample, per source; all intact samples of a source agree
     full = {}
     for shard, keys in run.shard_keys.items():
         for key in keys:
-            if key not in lost and key in items:
+            if key not in lost and key not in failed:
                 full.setdefault(source_of(shard), set()).add(frozenset(items[key]["assets"]))
     for source, variants in full.items():
         assert len(variants) == 1, (source, variants)
@@ -293,6 +318,37 @@ def test_shard_reports_agree_with_the_run_report(run):
         assert r["items"] == len(items[shard]), shard
         assert (run.dest / "manifests" / SPLIT / shard.replace(".tar", ".json")).is_file(), shard
     assert run.report["items"] == sum(len(v) for v in items.values())
+
+
+def test_sample_counts_add_up(run):
+    """Every sample once: converted (no problem), partial (an item, with problems), failed
+    (no item); metadata rows plus the samples they lack = the samples the shards hold."""
+    samples = {k for keys in run.shard_keys.values() for k in keys} | {k for c in run.cases for k in c.extra_keys}
+    failed = {k for c in run.cases for k in c.failed}
+    with_problems = {key for c in run.cases for key, _, _ in c.problems if key in samples}
+    rows = pq.read_table(run.src / f"{SPLIT}_metadata.parquet", columns=["zarr"]).num_rows
+    want = {
+        "total": len(samples),
+        "converted": len(samples - with_problems),
+        "partial": len(with_problems - failed),
+        "failed": len(failed),
+        "in_metadata": rows,
+        "not_in_metadata": len(samples) - rows,
+    }
+    assert want["not_in_metadata"] == 2  # the extra key and the row removed
+    assert run.report["samples"] == want
+    for r in run.report["shard_reports"]:
+        c = r["samples"]
+        assert c["total"] == c["converted"] + c["partial"] + c["failed"] == c["in_metadata"] + c["not_in_metadata"]
+        assert c["converted"] + c["partial"] == r["items"], r["shard"]
+    summary = (
+        f"samples: {want['total']} ({rows} in the metadata parquet, 2 not in it): {want['converted']} converted, "
+        f"{want['partial']} partial, {want['failed']} failed"
+    )
+    assert summary in run.proc.stdout, run.proc.stdout
+    # the progress display's last frame: every sample counted once, against the same total
+    bar = [line for line in run.proc.stdout.splitlines() if line.startswith("samples ")]
+    assert bar and f" {want['total']}/{want['total']} " in bar[-1], bar
 
 
 def snapshot(dest: Path) -> dict[str, tuple[bytes, int]]:

@@ -353,6 +353,10 @@ def test_a_sample_dropped_by_a_new_revision_is_unpublished_and_its_assets_retire
     old_assets = sorted(p.name for p in (dest / "assets" / dropped).iterdir())
     for tar_path in sorted((src / "val").glob(f"*/{shard}")):
         rewrite_member(tar_path, dropped, None)
+    # and from the metadata: a row of a sample no tar holds is reported (a sample lost)
+    metadata = src / "val_metadata.parquet"
+    rows = pd.read_parquet(metadata)
+    rows[rows["zarr"] != f"{dropped}.zarr.zip"].to_parquet(metadata, index=False)
 
     second = run()
     assert not first.errors and not second.errors

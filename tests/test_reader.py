@@ -242,12 +242,35 @@ def test_truncated_tar_reported_rest_goes_on(tree):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # cut inside the second or third member
     results = list(iter_samples(open_source(tree), "val", SHARD))
-    errs = errors_of(results)
-    assert len(errs) == 1 and errs[0].modality == "S2L1C" and "tar unreadable" in errs[0].reason
     got = samples_of(results)
     assert [s.key for s in got] == [f"majortom_val_{i:07d}" for i in range(1, 5)]
     assert "S2L1C" in got[0].modalities and "S2L1C" not in got[-1].modalities
     assert all(len(s.modalities) >= 6 for s in got)
+    # one error per sample that lost S2L1C, with its key, each right before its sample
+    lost = [s.key for s in got if "S2L1C" not in s.modalities]
+    errs = errors_of(results)
+    assert [e.key for e in errs] == lost and {e.modality for e in errs} == {"S2L1C"}
+    assert len({e.reason for e in errs}) == 1 and errs[0].reason.startswith("tar unreadable after majortom_val_")
+    for e in errs:
+        i = results.index(e)
+        assert isinstance(results[i + 1], Sample) and results[i + 1].key == e.key
+
+
+def test_every_tar_cut_at_the_same_sample_names_the_rest_from_the_metadata(tree):
+    for path in sorted((tree / "val").glob(f"*/{SHARD}")):
+        with tarfile.open(path) as tf:
+            second = tf.getmembers()[1]
+        path.write_bytes(path.read_bytes()[: second.offset_data + second.size // 2])
+    source = open_source(tree)
+    results = list(iter_samples(source, "val", SHARD, metadata=source.read_metadata("val", shard=SHARD)))
+    got = samples_of(results)
+    keys = [f"majortom_val_{i:07d}" for i in range(1, 5)]
+    assert [s.key for s in got] == keys  # the last three known from the metadata only
+    assert len(got[0].modalities) == 7 and all(not s.modalities for s in got[1:])
+    errs = errors_of(results)
+    modalities = set(got[0].modalities)
+    assert sorted((e.key, e.modality) for e in errs) == sorted((k, m) for k in keys[1:] for m in modalities)
+    assert all(e.reason.startswith("tar unreadable after majortom_val_0000001.zarr.zip") for e in errs)
 
 
 def test_corrupt_and_foreign_members(tree):
@@ -298,12 +321,12 @@ def test_extra_key_in_one_modality(tree):
     assert {e.modality for e in missing} == {"S2L1C", "S2L2A", "S2RGB", "S1RTC", "NDVI", "LULC"}
 
 
-def test_missing_modality_tar_reported_once(tree):
+def test_missing_modality_tar_reported_per_sample(tree):
     (tree / "val" / "NDVI" / SHARD).unlink()
     results = list(iter_samples(open_source(tree), "val", SHARD))
     errs = errors_of(results)
-    assert len(errs) == 1 and errs[0].modality == "NDVI" and errs[0].key is None
-    assert "missing" in errs[0].reason
+    assert [(e.key, e.modality) for e in errs] == [(f"majortom_val_{i:07d}", "NDVI") for i in range(1, 5)]
+    assert all(e.reason == "modality tar missing for this shard" for e in errs)
     got = samples_of(results)
     assert len(got) == 4 and all(
         sorted(s.modalities) == ["DEM", "LULC", "S1RTC", "S2L1C", "S2L2A", "S2RGB"] for s in got

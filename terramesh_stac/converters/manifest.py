@@ -75,6 +75,9 @@ class Manifest:
     notes: list[dict] = field(default_factory=list)
     assets: dict[str, AssetRecord] = field(default_factory=dict)  # relpath -> size, checksum
     superseded: dict[str, SupersededRecord] = field(default_factory=dict)  # kept copies, until prune
+    # pipeline.SampleCounts as a dict; None in manifests written before it was recorded (same
+    # format: an optional field must not make every finished shard convert again)
+    samples: dict | None = None
 
     @property
     def collection(self) -> str:
@@ -102,6 +105,7 @@ class Manifest:
             "notes": self.notes,
             "assets": self.assets,
             "superseded": self.superseded,
+            "samples": self.samples,
             "index": self.index,
             "report": self.report,
         }
@@ -129,6 +133,7 @@ class Manifest:
             notes=d["notes"],
             assets=d["assets"],
             superseded=d["superseded"],
+            samples=d.get("samples"),
         )
 
 

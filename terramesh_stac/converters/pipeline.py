@@ -45,7 +45,7 @@ from terramesh_stac.converters.retry import is_transient, retrying
 from terramesh_stac.converters.sample import EncodedAsset, Sample, SampleError, WrittenAsset
 from terramesh_stac.converters.shards import iter_samples
 from terramesh_stac.converters.source import open_source
-from terramesh_stac.converters.storage import Store, multihash_sha256
+from terramesh_stac.converters.storage import DestinationError, Store, multihash_sha256
 from terramesh_stac.converters.summary import Extent, Summary
 from terramesh_stac.converters.thumbnail import encode_thumbnail
 
@@ -92,10 +92,36 @@ class ConvertOptions:
 
 
 @dataclass
+class SampleCounts:
+    """What became of a shard's samples. Every sample is in exactly one of converted,
+    partial, failed (they add up to `total`); with a metadata parquet, `total` is its rows
+    for the shard (`in_metadata`) plus the samples it lacks (`not_in_metadata`)."""
+
+    total: int = 0  # samples seen: keys of any modality tar, plus metadata rows no tar held
+    converted: int = 0  # item written, no problem
+    partial: int = 0  # item written, with problems (a modality lost, no metadata row)
+    failed: int = 0  # no item
+    in_metadata: int | None = None  # rows of the metadata parquet for the shard (None: no parquet)
+    not_in_metadata: int = 0  # samples without a row there
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def add(self, other: "SampleCounts") -> "SampleCounts":
+        def plus(a, b):
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return SampleCounts(
+            **{f.name: plus(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
+        )
+
+
+@dataclass
 class ShardReport:
     split: str
     shard: str
     items: int = 0
+    samples: SampleCounts = field(default_factory=SampleCounts)
     errors: list[dict] = field(default_factory=list)
     extent: Extent = field(default_factory=Extent)  # of the shard's items
     summary: Summary = field(default_factory=Summary)  # what the shard's items hold
@@ -106,16 +132,20 @@ class ShardReport:
     retries: list[str] = field(default_factory=list)  # transient errors that were retried
     assets: dict = field(default_factory=dict)  # written / unchanged / superseded counts
     notes: list[dict] = field(default_factory=list)  # not errors: e.g. a fallback to another format
+    fault: str | None = None  # the shard did not finish: the destination takes no writes (why)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ShardReport":
+        # a manifest from before sample counts were recorded: its items, nothing else known
+        samples = manifest.samples or {"total": manifest.items.count, "converted": manifest.items.count}
         return cls(
             split=manifest.split,
             shard=manifest.shard,
             items=manifest.items.count,
+            samples=SampleCounts(**samples),
             extent=manifest.extent,
             summary=manifest.summary,
             content_id=manifest.content_id,
@@ -375,42 +405,80 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
         return ShardReport.from_manifest(previous)
 
     store = store.staged(staging_path(split, shard))
+    try:
+        return _write_shard(source, split, shard, options, limit, on_sample, store, previous, fingerprint, cid, t0)
+    except BaseException:
+        # a failed attempt (a full disk, a lost connection) leaves no temporary file behind
+        try:
+            store.discard_staging()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+        raise
+
+
+def _write_shard(source, split, shard, options, limit, on_sample, store, previous, fingerprint, cid, t0) -> ShardReport:
+    settings = shard_settings(options, limit)
     revision = source.revision or cid
     metadata = source.read_metadata(split, shard=shard)  # only this shard's rows
     writer = AssetWriter(store, previous)
     index = ShardIndex(split, shard)
     report = ShardReport(split=split, shard=shard, content_id=cid, revision=revision)
+    counts = report.samples
+    counts.in_metadata = None if metadata is None else len(metadata)
+    problem_keys = set()  # keys with an error: their item (if any) is partial
     stacks = ShardStacks(writer, split, shard)
     lines, ids = [], {}
-    samples = iter_samples(source, split, shard, options.modalities, metadata, index=index)
-    for n, result in enumerate(samples):
-        if limit is not None and n >= limit:
-            break
+
+    def problem(error: SampleError) -> None:
+        report.errors.append(error.to_dict())
+        problem_keys.add(error.key)
+
+    pending = []  # errors come before their sample: kept until it is known to be converted
+    for result in iter_samples(source, split, shard, options.modalities, metadata, index=index):
         if isinstance(result, SampleError):
-            report.errors.append(result.to_dict())
+            pending.append(result)
             continue
+        if limit is not None and counts.total >= limit:
+            pending = []  # the next sample's, beyond the limit
+            break
+        for error in pending:
+            problem(error)
+        pending = []
+        counts.total += 1
         if metadata is not None and result.metadata is None:
-            report.errors.append(
-                SampleError(
-                    result.key,
-                    shard,
-                    None,
-                    f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
-                ).to_dict()
-            )
-        try:
-            item = convert_sample(result, writer, stacks, options, revision, report.notes)
-        except Exception as e:  # one bad sample must not stop the shard
-            if is_transient(e):
-                raise
-            report.errors.append(SampleError(result.key, shard, None, f"{type(e).__name__}: {e}").to_dict())
-            continue
-        stacks.flush_full()  # outside the per-sample guard: a failed block fails the shard
-        lines.append(json.dumps(item.to_dict(include_self_link=False), separators=(",", ":")))
-        ids[item.id] = item.datetime.isoformat() if item.datetime else None
-        report.add_item(item)
+            counts.not_in_metadata += 1
+            if result.modalities:
+                problem(
+                    SampleError(
+                        result.key,
+                        shard,
+                        None,
+                        f"no row in {split}_metadata.parquet; eo:cloud_cover computed from the cloud mask",
+                    )
+                )
+        item = None
+        if result.modalities:  # none: every modality of the sample failed, reported above
+            try:
+                item = convert_sample(result, writer, stacks, options, revision, report.notes)
+            except Exception as e:  # one bad sample must not stop the shard
+                if is_transient(e) or isinstance(e, DestinationError):
+                    raise
+                problem(SampleError(result.key, shard, None, f"{type(e).__name__}: {e}"))
+        if item is None:
+            counts.failed += 1
+        else:
+            stacks.flush_full()  # outside the per-sample guard: a failed block fails the shard
+            lines.append(json.dumps(item.to_dict(include_self_link=False), separators=(",", ":")))
+            ids[item.id] = item.datetime.isoformat() if item.datetime else None
+            report.add_item(item)
+            if result.key in problem_keys:
+                counts.partial += 1
+            else:
+                counts.converted += 1
         if on_sample:
-            on_sample()
+            on_sample(counts.total)
+    for error in pending:  # after the last sample: problems of the shard, of no sample
+        problem(error)
     stacks.close()
     writer.retire_unused()
     store.put(index_path(split, shard), index.to_parquet())
@@ -442,6 +510,7 @@ def _convert_shard_once(source_url, split, shard, options, limit, force, on_samp
             notes=report.notes,
             assets=writer.assets,
             superseded=writer.superseded,
+            samples=counts.to_dict(),
             index=index_path(split, shard),
             report=report_path(split, shard),
         ),

@@ -9,7 +9,11 @@ worker process per core: encoding holds the GIL in places, and one shard in flig
 worker bounds memory). With `scheduler="tcp://host:8786"` an existing cluster does the work.
 
 Re-running is safe at any point: finished shards (manifest present, same content id) are
-skipped, unfinished ones are converted again from the start. When a `publisher` is given
+skipped, unfinished ones are converted again from the start. A destination that cannot be
+written at all (full, read-only, no credentials, unreachable: storage.DestinationError) is
+found before the work starts when it can be (`Store.check_writable`), else it stops the run
+at the first shard that hits it: what finished is reported, nothing temporary stays behind,
+and the same command resumes once the cause is gone. When a `publisher` is given
 (terramesh_stac.catalog.loader.Publisher), the items of each batch of finished shards are loaded into
 pgstac by this process alone (one writer: concurrent loaders deadlock, pgstac#285), after
 their assets exist.
@@ -17,6 +21,7 @@ their assets exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,17 +33,19 @@ from datetime import UTC, datetime
 import pystac
 
 from terramesh_stac.converters.collection import create_collection
-from terramesh_stac.converters.layout import COLLECTION_FILE, INDEX_DIR
+from terramesh_stac.converters.layout import COLLECTION_FILE, INDEX_DIR, staging_path
 from terramesh_stac.converters.manifest import all_manifests, read_manifest
-from terramesh_stac.converters.pipeline import ConvertOptions, ShardReport, convert_shard
+from terramesh_stac.converters.pipeline import ConvertOptions, SampleCounts, ShardReport, convert_shard
 from terramesh_stac.converters.sample import SampleError
 from terramesh_stac.converters.source import open_source
+from terramesh_stac.converters.storage import DestinationError
 from terramesh_stac.converters.summary import Extent, Summary
 
 log = logging.getLogger(__name__)
 
 PROGRESS_TOPIC = "terramesh-samples"
 RUN_REPORT = "reports/run.json"
+RUN_STAGING = ".staging/run"  # the client's temporary files (no split is called "run")
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
 # glibc's dynamic mmap threshold: every buffer over 128 kB becomes its own mmap/munmap. Putting
 # the threshold back up measured 1.41x, 1.10x and 0.96x the default's speed in three runs of
@@ -58,10 +65,21 @@ class RunReport:
     workers: int = 0
     dashboard: str | None = None
     published: dict = field(default_factory=dict)  # items loaded, seconds, errors
+    stopped: str | None = None  # why the run stopped before the end (a DestinationError)
+    unfinished: list[str] = field(default_factory=list)  # "split/shard" not converted (stopped)
+    unfinished_samples: int | None = None  # metadata parquet rows of the unfinished shards
+    report_error: str | None = None  # why reports/run.json could not be written at the destination
 
     @property
     def items(self) -> int:
         return sum(s.items for s in self.shards)
+
+    @property
+    def samples(self) -> SampleCounts:
+        total = SampleCounts()
+        for s in self.shards:
+            total = total.add(s.samples)
+        return total
 
     @property
     def converted(self) -> list[ShardReport]:
@@ -83,9 +101,13 @@ class RunReport:
             "collection": self.collection_href,
             "seconds": self.seconds,
             "workers": self.workers,
+            "stopped": self.stopped,
             "items": self.items,
-            "shards": len(self.shards),
+            "samples": self.samples.to_dict(),
+            "shards": len(self.shards) + len(self.unfinished),
             "skipped": len(self.shards) - len(self.converted),
+            "unfinished": self.unfinished,
+            "unfinished_samples": self.unfinished_samples,
             "errors": self.errors,
             "notes": self.notes,
             "published": self.published,
@@ -100,7 +122,8 @@ class RunReport:
             f"{self.items} items in {len(self.shards)} shards: converted {len(converted)} shards "
             f"({samples} samples, {rate:.1f} samples/s on {self.workers} workers), skipped "
             f"{len(self.shards) - len(converted)} already done; {self.seconds:.1f} s; "
-            f"collection: {self.collection_href}"
+            f"collection: {self.collection_href}",
+            self._samples_line(),
         ]
         if self.published:
             p = self.published
@@ -126,7 +149,24 @@ class RunReport:
                     f"  ... {len(self.errors) - SUMMARY_PROBLEMS} more in the report "
                     "(--report FILE, or reports/run.json at the destination)"
                 )
+        if self.stopped:
+            lines.append(
+                f"STOPPED: {len(self.unfinished)} of {len(self.shards) + len(self.unfinished)} shards not converted; "
+                "run the same command again once the cause is fixed: finished shards are skipped"
+            )
+        if self.report_error:
+            lines.append(f"run report not written at the destination ({self.report_error}); --report FILE writes it")
         return "\n".join(lines)
+
+    def _samples_line(self) -> str:
+        c = self.samples
+        metadata = ""
+        if c.in_metadata is not None:
+            metadata = f" ({c.in_metadata} in the metadata parquet, {c.not_in_metadata} not in it)"
+        line = f"samples: {c.total}{metadata}: {c.converted} converted, {c.partial} partial, {c.failed} failed"
+        if self.unfinished and self.unfinished_samples is not None:
+            line += f"; {self.unfinished_samples} more in the shards not converted"
+        return line
 
 
 def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collection:
@@ -170,21 +210,21 @@ def start_client(scheduler: str | None = None, workers: int | None = None, worke
     return Client(cluster)
 
 
-def _worker_progress():
-    """A per-sample callback that tells the client's progress display, at most every 0.5 s."""
+def _worker_progress(split: str, shard: str):
+    """A per-sample callback `tick(n)` (n: samples done in this attempt at the shard) that
+    tells the client's progress display, at most every 0.5 s."""
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:  # not on a worker
         return None
-    pending, last = [0], [time.monotonic()]
+    last = [0.0]
 
-    def tick(force: bool = False):
-        pending[0] += 1 - force
-        if pending[0] and (force or time.monotonic() - last[0] > 0.5):
-            worker.log_event(PROGRESS_TOPIC, pending[0])
-            pending[0], last[0] = 0, time.monotonic()
+    def tick(n: int):
+        if time.monotonic() - last[0] > 0.5:
+            worker.log_event(PROGRESS_TOPIC, [split, shard, n])
+            last[0] = time.monotonic()
 
     return tick
 
@@ -192,16 +232,23 @@ def _worker_progress():
 def run_shard(
     source_url: str, split: str, shard: str, options: ConvertOptions, limit: int | None, force: bool
 ) -> ShardReport:
-    """The Dask task: convert one shard, reporting samples as they finish."""
-    tick = _worker_progress()
-    report = convert_shard(source_url, split, shard, options, limit=limit, force=force, on_sample=tick)
-    if tick:
-        tick(force=True)
-    return report
+    """The Dask task: convert one shard, reporting samples as they finish. A destination
+    that takes no writes is returned as the report's `fault`, not raised: it stops the run,
+    it is not a bug for the worker to log with a traceback."""
+    tick = _worker_progress(split, shard)
+    try:
+        return convert_shard(source_url, split, shard, options, limit=limit, force=force, on_sample=tick)
+    except DestinationError as e:
+        return ShardReport(split=split, shard=shard, fault=str(e))
 
 
-def _publish(publisher, store, shards: list[tuple[str, str]]) -> None:
-    publisher.publish_shards([read_manifest(store, s, shard) for s, shard in shards])
+def _publish(publisher, store, shards: list[tuple[str, str]]) -> str | None:
+    """Publish finished shards; the cause if the destination stopped it (its markers)."""
+    try:
+        publisher.publish_shards([read_manifest(store, s, shard) for s, shard in shards])
+    except DestinationError as e:
+        return str(e)
+    return None
 
 
 def _failed_shard(split: str, shard: str, exc: BaseException) -> ShardReport:
@@ -240,16 +287,24 @@ def convert(
     work = [(s, shard) for s in splits for shard in source.list_shards(s)][:max_shards]
     if not work:
         raise FileNotFoundError(f"no shards of split {split!r} under {source_url}")
-    store = options.store()
-    expected = _expected_samples(source, splits, work, limit)
-
-    _, collection = write_collection(options, store)
+    # the client's own writes are staged too: a kill -9 leaves its temporary files where the
+    # next run clears them
+    store = options.store().staged(RUN_STAGING)
+    try:
+        store.check_writable()  # DestinationError now, not one per shard later
+        _, collection = write_collection(options, store)
+    except DestinationError:
+        with contextlib.suppress(DestinationError):
+            store.discard_staging()
+        raise
     if publisher is not None:
         publisher.publish_collection(collection)
+    expected = _expected_samples(source, splits, work, limit)
 
     own_client = client is None
     client = client or start_client(scheduler, workers)
     reports: list[ShardReport] = []
+    stopped = None
     try:
         n_workers = len(client.scheduler_info()["workers"])
         dashboard = client.dashboard_link if _has_dashboard() else None
@@ -271,30 +326,42 @@ def convert(
         }
         with _Display(progress, len(work), expected) as display:
             if progress:
-                client.subscribe_topic(PROGRESS_TOPIC, lambda event: display.samples(event[1]))
+                client.subscribe_topic(PROGRESS_TOPIC, lambda event: display.samples(*event[1]))
             pending, pending_items, since = [], 0, time.monotonic()  # finished, not yet published
             for batch in as_completed(futures).batches():
                 for future in batch:
                     s, shard = futures[future]
                     try:
                         report = future.result()
+                    except DestinationError as e:  # every other shard would fail the same way
+                        stopped = stopped or str(e)
+                        continue
                     except Exception as e:  # noqa: BLE001 - reported per shard, the run goes on
                         report = _failed_shard(s, shard, e)
+                    if report.fault:
+                        stopped = stopped or report.fault
+                        continue
                     reports.append(report)
                     display.shard(report)
                     if report.content_id:
                         pending.append((s, shard))
                         pending_items += report.items
                     future.release()
+                if stopped:
+                    client.cancel([f for f in futures if not f.done()])
+                    break
                 if (
                     publisher is not None
                     and pending
                     and (pending_items >= PUBLISH_ITEMS or time.monotonic() - since >= PUBLISH_SECONDS)
                 ):
-                    _publish(publisher, store, pending)
+                    stopped = _publish(publisher, store, pending)
+                    if stopped:
+                        client.cancel([f for f in futures if not f.done()])
+                        break
                     pending, pending_items, since = [], 0, time.monotonic()
             if publisher is not None and pending:
-                _publish(publisher, store, pending)
+                stopped = _publish(publisher, store, pending) or stopped
     finally:
         if progress:
             try:
@@ -307,9 +374,18 @@ def convert(
             if cluster is not None:
                 cluster.close()
 
-    href, collection = write_collection(options, store)
-    if publisher is not None:
-        publisher.publish_collection(collection)
+    finished = {(r.split, r.shard) for r in reports}
+    unfinished = [w for w in work if w not in finished]
+    if stopped and own_client:
+        # the workers are gone: what they were writing is left half-done in their staging folders
+        _discard_staging(store, unfinished)
+    href = store.href(COLLECTION_FILE)
+    try:
+        href, collection = write_collection(options, store)
+        if publisher is not None:
+            publisher.publish_collection(collection)
+    except DestinationError as e:
+        stopped = stopped or str(e)
     reports.sort(key=lambda r: (r.split, r.shard))
     run = RunReport(
         shards=reports,
@@ -318,10 +394,25 @@ def convert(
         workers=n_workers,
         dashboard=dashboard,
         published=publisher.summary() if publisher is not None else {},
+        stopped=stopped,
+        unfinished=[f"{s}/{shard}" for s, shard in unfinished],
+        unfinished_samples=None if expected is None else sum(expected[w] for w in unfinished),
     )
     run_dict = {"finished": datetime.now(UTC).isoformat(), **run.to_dict()}
-    store.put(RUN_REPORT, json.dumps(run_dict, indent=1).encode())
+    try:
+        store.put(RUN_REPORT, json.dumps(run_dict, indent=1).encode())
+        store.discard_staging()
+    except DestinationError as e:
+        run.report_error = str(e)
     return run
+
+
+def _discard_staging(store, shards: list[tuple[str, str]]) -> None:
+    for s, shard in shards:
+        try:
+            store.staged(staging_path(s, shard)).discard_staging()
+        except DestinationError:  # e.g. read-only: then nothing was staged either
+            pass
 
 
 def _has_dashboard() -> bool:
@@ -332,25 +423,44 @@ def _has_dashboard() -> bool:
     return True
 
 
-def _expected_samples(source, splits, work, limit) -> int | None:
-    """Samples to convert, from the metadata parquet's `tar` column (None if it is absent)."""
-    wanted = set(work)
-    total = 0
+def _expected_samples(source, splits, work, limit) -> dict[tuple[str, str], int] | None:
+    """Samples to convert per (split, shard), from the metadata parquet's `tar` column
+    (None if it is absent). The display replaces a shard's by what it held once it is done."""
+    expected = {}
     for s in splits:
         counts = source.samples_per_shard(s)
         if counts is None:
             return None
-        total += sum(min(n, limit) if limit else n for shard, n in counts.items() if (s, shard) in wanted)
-    return total
+        for s_, shard in work:
+            if s_ == s:
+                n = counts.get(shard, 0)
+                expected[(s, shard)] = min(n, limit) if limit else n
+    return expected
 
 
 class _Display:
-    """Rich progress: samples (with rate and ETA), shards, failures; or nothing."""
+    """Rich progress: samples (with rate and ETA), shards, failures; or nothing.
 
-    def __init__(self, enabled: bool, shards: int, samples: int | None):
-        self.enabled, self.n_shards, self.n_samples = enabled, shards, samples
+    Samples are counted per shard: the latest count a worker sent for its current attempt
+    (a retried shard starts again from 0), replaced by what the shard reports when it is
+    done, and so is its expected number (metadata rows): the totals always agree with the
+    report, whether a shard held samples the metadata lacks or lacked some it lists."""
+
+    def __init__(self, enabled: bool, shards: int, expected: dict[tuple[str, str], int] | None):
+        self.enabled, self.n_shards = enabled, shards
+        self.expected = dict(expected) if expected is not None else None
+        self.done: dict[tuple[str, str], int] = {}
+        self.finished: set[tuple[str, str]] = set()
         self.failures = 0
         self._lock = threading.Lock()
+
+    @property
+    def completed(self) -> int:
+        return sum(self.done.values())
+
+    @property
+    def total(self) -> int | None:
+        return None if self.expected is None else sum(self.expected.values())
 
     def __enter__(self):
         if self.enabled:
@@ -375,25 +485,37 @@ class _Display:
                 TimeRemainingColumn(),
             )
             self._bar.start()
-            self._samples = self._bar.add_task("samples", total=self.n_samples, rate="")
-            self._shards = self._bar.add_task("shards ", total=self.n_shards, rate="failures: 0")
+            self._samples = self._bar.add_task("samples", total=self.total, rate="")
+            self._shards = self._bar.add_task("shards ", total=self.n_shards, rate="problems: 0")
         return self
 
-    def samples(self, n: int) -> None:
-        if self.enabled:
-            with self._lock:
-                self._bar.advance(self._samples, n)
-                task = self._bar.tasks[self._samples]
-                if task.elapsed:
-                    self._bar.update(self._samples, rate=f"{task.completed / task.elapsed:.1f}/s")
+    def samples(self, split: str, shard: str, n: int) -> None:
+        """A worker's count for the shard's current attempt."""
+        with self._lock:
+            if (split, shard) not in self.finished:  # a late event of a finished shard
+                self.done[(split, shard)] = n
+                self._refresh()
 
     def shard(self, report: ShardReport) -> None:
-        if self.enabled:
-            with self._lock:
-                self.failures += len(report.errors)
-                if report.skipped:  # counted as done without per-sample events
-                    self._bar.advance(self._samples, report.items)
+        with self._lock:
+            key = (report.split, report.shard)
+            self.finished.add(key)
+            # a failed shard has no counts: what it got through stays, as done and as expected
+            n = report.samples.total if report.content_id else self.done.get(key, 0)
+            self.done[key] = n
+            if self.expected is not None:
+                self.expected[key] = n
+            self.failures += len(report.errors)
+            if self.enabled:
                 self._bar.update(self._shards, advance=1, rate=f"problems: {self.failures}")
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self.enabled:
+            self._bar.update(self._samples, completed=self.completed, total=self.total)
+            task = self._bar.tasks[self._samples]
+            if task.elapsed:
+                self._bar.update(self._samples, rate=f"{task.completed / task.elapsed:.1f}/s")
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -7,9 +7,14 @@ are matched by key with a bounded look-ahead, and every disagreement is reported
 SampleError while the rest of the shard goes on.
 
 What `iter_samples` yields, in stream order:
-- SampleError for each problem; the errors of a key come right before that key's Sample;
-- Sample for every key seen in at least one readable modality tar, holding the modalities
-  that decoded (a corrupt member or a missing one is left out and reported).
+- SampleError for each problem; the errors of a key come right before that key's Sample.
+  A problem of a whole tar (missing, unreadable from the start, cut short) is reported for
+  every sample it took a modality from, with that sample's key: users need to know which
+  samples lost what, not only that a tar broke;
+- Sample for every sample of the shard, exactly once: every key seen in at least one
+  modality tar, then the keys the metadata names for this shard that no tar held (a tar
+  cut short before them). It holds the modalities that decoded (a corrupt member or a
+  missing one is left out and reported); none at all when every one failed.
 - `Sample.metadata` is the key's row of the metadata dict, or None when the dict is None
   or has no row for the key (not reported here: the caller decides whether that matters).
 """
@@ -58,7 +63,7 @@ class _Stream:
         self.buffer: OrderedDict[str, SourceMember] = OrderedDict()
         self.errors: list[SampleError] = []  # reported by the caller at the next chance
         self.done = False
-        self.broken = False  # ended on a read error (truncated, corrupt)
+        self.broken: str | None = None  # why the tar ended early (truncated, corrupt)
         self._tar = tarfile.open(fileobj=fileobj, mode="r|*")
         self._members = iter(self._tar)
         self._last = None
@@ -87,10 +92,9 @@ class _Stream:
                 if is_transient(e):  # a network hiccup, not a broken tar: the shard is retried
                     raise
                 after = f" after {self._last}" if self._last else ""
-                self.errors.append(
-                    SampleError(None, self.shard, self.modality, f"tar unreadable{after}: {type(e).__name__}: {e}")
-                )
-                self.done = self.broken = True
+                # reported with each sample it takes this modality from (see iter_samples)
+                self.broken = f"tar unreadable{after}: {type(e).__name__}: {e}"
+                self.done = True
                 return False
             key = key_of_member(name)
             self._last = name
@@ -139,22 +143,22 @@ def iter_samples(
     to_open, quiet = shard_modalities(shard, modalities)
     with contextlib.ExitStack() as stack:
         streams: list[_Stream] = []
+        absent: dict[str, str] = {}  # modality -> why none of its members can be read
         for m in to_open:
             try:
                 f = stack.enter_context(source.open_shard(split, m, shard))
             except FileNotFoundError:
                 if m not in quiet:
-                    yield SampleError(None, shard, m, "modality tar missing for this shard")
+                    absent[m] = "modality tar missing for this shard"
                 continue
             try:
                 streams.append(_Stream(m, shard, f, index, source.shard_url(split, m, shard)))
             except (tarfile.TarError, EOFError, OSError) as e:
                 if is_transient(e):
                     raise
-                yield SampleError(None, shard, m, f"not a readable tar: {type(e).__name__}: {e}")
-        if not streams:
-            return
-        while True:
+                absent[m] = f"not a readable tar: {type(e).__name__}: {e}"
+        seen, hit = set(), set()  # keys yielded; modalities whose tar problem some key had
+        while streams:
             # the first stream with anything left leads; its next key is the next sample
             key, lead = None, None
             for s in streams:
@@ -166,25 +170,20 @@ def iter_samples(
                 s.errors.clear()
             yield from pending
             if key is None:
-                return
-            sample = Sample(
-                key=key, split=split, shard=shard, metadata=metadata.get(key) if metadata is not None else None
-            )
-            errors = []
+                break
+            seen.add(key)
+            sample = Sample(key=key, split=split, shard=shard, metadata=_row(metadata, key))
+            errors = [SampleError(key, shard, m, reason) for m, reason in absent.items()]
+            hit |= set(absent)
             for s in streams:
                 member, out_of_order = s.take(key)
                 errors += s.errors
                 s.errors.clear()
                 if member is None:
-                    if not s.broken:  # a broken tar was reported once, not per key
-                        errors.append(
-                            SampleError(
-                                key,
-                                shard,
-                                s.modality,
-                                f"sample missing from {s.modality} tar (present in {lead.modality})",
-                            )
-                        )
+                    if s.broken:
+                        hit.add(s.modality)
+                    reason = s.broken or f"sample missing from {s.modality} tar (present in {lead.modality})"
+                    errors.append(SampleError(key, shard, s.modality, reason))
                     continue
                 if out_of_order:
                     errors.append(
@@ -201,5 +200,23 @@ def iter_samples(
                 except CorruptSampleError as e:
                     errors.append(SampleError(key, shard, s.modality, f"corrupt member: {e.reason}"))
             yield from errors
-            if sample.modalities:
-                yield sample
+            yield sample
+        # samples the metadata places in this shard that no tar held (every tar cut before them)
+        for key, row in (metadata or {}).items():
+            if key in seen or row.get("tar", shard) != shard:
+                continue
+            for m, reason in absent.items():
+                yield SampleError(key, shard, m, reason)
+            for s in streams:
+                reason = s.broken or f"sample missing from {s.modality} tar (listed in the metadata parquet)"
+                yield SampleError(key, shard, s.modality, reason)
+            hit |= set(absent) | {s.modality for s in streams if s.broken}
+            yield Sample(key=key, split=split, shard=shard, metadata=row)
+        # a tar problem that took nothing from any known sample is still reported, for the shard
+        for m, reason in [*absent.items(), *((s.modality, s.broken) for s in streams if s.broken)]:
+            if m not in hit:
+                yield SampleError(None, shard, m, reason)
+
+
+def _row(metadata: dict | None, key: str) -> dict | None:
+    return metadata.get(key) if metadata is not None else None
