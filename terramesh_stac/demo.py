@@ -4,9 +4,10 @@ Starts the embedded database, generates a small TerraMesh-format sample when no 
 given, converts it to COGs + STAC items in a local folder, loads them and serves them.
 """
 
+import sys
 from pathlib import Path
 
-from terramesh_stac.exits import EXIT_OK, EXIT_PARTIAL
+from terramesh_stac.exits import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from terramesh_stac.settings import Settings
 
 DEMO_COLLECTION = "terramesh-demo"
@@ -50,6 +51,9 @@ def run_demo(settings: Settings, *, source: str | None = None, serve: bool = Tru
     with Publisher(database.dsn(settings, role="loader"), options.store()) as publisher:
         report = convert(source, options, split="val", progress=True, publisher=publisher)
     print(report.summary())
+    if report.stopped:  # the destination took no more writes (full disk, read-only ...)
+        print(f"error: {report.stopped}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"4/4 {report.published.get('in_db', 0)} items published")
 
     base = f"http://{settings.host}:{settings.port}"
