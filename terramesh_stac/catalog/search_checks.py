@@ -237,10 +237,10 @@ def _check_fields(fields: Any) -> None:
     if fields is None:
         return
     if isinstance(fields, dict):  # POST {"include": [...], "exclude": [...]}
-        names = [*(fields.get("include") or []), *(fields.get("exclude") or [])]
         for key in ("include", "exclude"):
             if fields.get(key) is not None and not isinstance(fields[key], list):
                 raise BadRequest(f"fields.{key} must be a list of strings")
+        names = [*(fields.get("include") or []), *(fields.get("exclude") or [])]
     elif isinstance(fields, list):  # GET ["+a", "-b", "c"]
         names = [f.lstrip("+-") if isinstance(f, str) else f for f in fields]
     else:
@@ -707,10 +707,10 @@ async def check_search(search: dict[str, Any], post: bool = False) -> dict | Non
     if search.get("query") is not None and not isinstance(search["query"], dict):
         raise BadRequest('query must be an object: {"property": {"operator": value}}')
     lang = search.get("filter-lang")
-    if lang is not None and lang not in ("cql2-text", "cql2-json"):
+    if lang is not None and not (isinstance(lang, str) and lang in ("cql2-text", "cql2-json")):
         raise BadRequest("filter-lang must be cql2-text or cql2-json")
     crs = search.get("filter-crs")
-    if crs is not None and crs not in CRS84:
+    if crs is not None and not (isinstance(crs, str) and crs in CRS84):
         raise BadRequest(f"filter-crs: only {sorted(CRS84)[0]} is supported")
     if search.get("filter") is None:
         return None
@@ -719,7 +719,18 @@ async def check_search(search: dict[str, Any], post: bool = False) -> dict | Non
     return await parse_filter(search["filter"], lang, post)
 
 
+def _check_content_type(scope: Scope) -> None:
+    """JSON (or no Content-Type, which FastAPI reads as JSON): anything else FastAPI hands
+    the model as raw bytes."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            media = value.decode("latin-1").split(";")[0].strip().lower()
+            if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+                raise BadRequest("POST /search takes a JSON body (Content-Type: application/json)", status=415)
+
+
 async def _read_body(receive: Receive, scope: Scope) -> bytes:
+    _check_content_type(scope)
     for name, value in scope.get("headers", []):
         if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
             raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", status=413)
