@@ -205,12 +205,8 @@ def check_token(token: Any) -> None:
     raise BadRequest("token is not a paging token of this API (use the `next`/`prev` links of a result)")
 
 
-def check_datetime(value: Any) -> None:
-    check_text("datetime", value)  # stac-fastapi parses the interval itself
-
-
-def _sortby_names(sortby: Any) -> list[str]:
-    """Sort properties of a GET (`+a,-b`) or POST (`[{"field": "a", "direction": "asc"}]`) sortby."""
+def check_sortby(sortby: Any) -> list[str]:
+    """The sort properties of a GET (`+a,-b`) or POST (`[{"field": "a", "direction": "asc"}]`) sortby."""
     if sortby is None:
         return []
     if not isinstance(sortby, list):
@@ -227,10 +223,6 @@ def _sortby_names(sortby: Any) -> list[str]:
             raise BadRequest("sortby: empty property name")
         names.append(name.strip())
     return names
-
-
-def sortby_names(sortby: Any) -> list[str]:
-    return _sortby_names(sortby)
 
 
 def _check_fields(fields: Any) -> None:
@@ -691,7 +683,7 @@ async def check_search(search: dict[str, Any], post: bool = False) -> dict | Non
     check_names("collections", search.get("collections"), MAX_COLLECTIONS)
     check_names("ids", search.get("ids"), MAX_IDS)
     _check_fields(search.get("fields"))
-    _sortby_names(search.get("sortby"))
+    check_sortby(search.get("sortby"))
     if search.get("bbox") is not None:
         check_bbox("bbox", search["bbox"])
     if search.get("intersects") is not None:
@@ -699,7 +691,7 @@ async def check_search(search: dict[str, Any], post: bool = False) -> dict | Non
             raise BadRequest("bbox and intersects are mutually exclusive")
         check_geometry("intersects", search["intersects"])
     if search.get("datetime") is not None:
-        check_datetime(search["datetime"])
+        check_text("datetime", search["datetime"])  # stac-fastapi parses the interval itself
     if search.get("token") is not None:
         check_token(search["token"])
     if search.get("q") is not None:
