@@ -20,6 +20,11 @@ item collection, GET/POST search all go through `_search_base`) and every collec
 - items get a TileJSON link (rel `tiles`) and a PNG preview link (rel `preview`) to the
   tile service, with the collection's default render preset's parameters.
 
+Requests are checked before the database (catalog/search_checks.py, an ASGI middleware of
+this app, and `check_queryables` here for what needs the queryables); client errors of
+stac-fastapi, pydantic and PostgreSQL are answered 4xx with a short message
+(`add_client_error_handlers`).
+
 Links: stac-fastapi builds them from `request.base_url`; catalog/app.py mounts the API
 so that its base URL is `.../stac/` (see `_MountedAsRoot`), so no `router_prefix`.
 """

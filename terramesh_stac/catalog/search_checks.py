@@ -299,7 +299,7 @@ def _parse_and_validate(expr: Any) -> dict:
         except Exception as e:  # cql2 raises plain exceptions (ParseError, ...)
             raise BadRequest(f"filter is not valid cql2-text: {_short(e)}") from None
     if not isinstance(expr, dict):
-        raise BadRequest("filter must be a CQL2 JSON object")
+        raise BadRequest("filter must be a boolean CQL2 expression (in cql2-json, an object)")
     ops, containers = _filter_depth(expr)
     # JSON containers: 2 per operator ({"op", "args": [...]}), a few more for geometry literals
     if ops > MAX_FILTER_DEPTH or containers > 2 * MAX_FILTER_DEPTH + 8:
@@ -313,7 +313,8 @@ def _parse_and_validate(expr: Any) -> dict:
         Expr(expr).validate()
     except Exception as e:  # its message starts with the whole filter: keep what follows
         message = str(e)
-        message = message[message.find(" is not valid") + 1 :] if " is not valid" in message else message
+        if " is not valid under any of the schemas" in message:  # the usual one, after the whole filter
+            message = "it does not match the CQL2 JSON schema (an operator with arguments of the wrong kind?)"
         raise BadRequest(f"filter is not valid CQL2: {_short(message, 160)}") from None
     return expr
 
