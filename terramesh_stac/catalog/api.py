@@ -20,6 +20,11 @@ item collection, GET/POST search all go through `_search_base`) and every collec
 - items get a TileJSON link (rel `tiles`) and a PNG preview link (rel `preview`) to the
   tile service, with the collection's default render preset's parameters.
 
+Requests are checked before the database (catalog/search_checks.py, an ASGI middleware of
+this app, and `check_queryables` here for what needs the queryables); client errors of
+stac-fastapi, pydantic and PostgreSQL are answered 4xx with a short message
+(`add_client_error_handlers`).
+
 Links: stac-fastapi builds them from `request.base_url`; catalog/app.py mounts the API
 so that its base URL is `.../stac/` (see `_MountedAsRoot`), so no `router_prefix`.
 """
@@ -34,10 +39,11 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import attr
 import orjson
+import pydantic
 from cachetools import TTLCache
-from cql2 import Expr
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.extensions import ItemCollectionFilterExtension, SearchFilterExtension
@@ -50,7 +56,10 @@ from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
 from stac_fastapi.pgstac.extensions.filter import FiltersClient
 from stac_fastapi.pgstac.models.extensions import Extensions
 from stac_fastapi.types.errors import InvalidQueryParameter, NotFoundError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from terramesh_stac.catalog import search_checks as checks
+from terramesh_stac.catalog.errors import error_response, redact
 from terramesh_stac.catalog.links import (
     RASTER_PATH,
     default_render_id,
@@ -170,7 +179,7 @@ class Cql2TextOrJsonPostRequest(FilterExtensionPostRequest):
     """POST /search filter that may be CQL2 text (`"filter-lang": "cql2-text"`) as well as
     CQL2 JSON. The filter spec asks POST servers for cql2-json and leaves cql2-text
     optional; we advertise cql2-text conformance and accept it in GET, so POST takes it
-    too. `cql2_text_to_json` turns it into CQL2 JSON before pgstac sees it."""
+    too. search_checks parses it into CQL2 JSON before pgstac sees it."""
 
     filter_expr: dict[str, Any] | str | None = Field(
         None, alias="filter", description="A CQL2 filter: a JSON object (cql2-json) or text (cql2-text)."
@@ -190,74 +199,66 @@ def search_filter_extension() -> SearchFilterExtension:
     return extension
 
 
-def cql2_text_to_json(search_request) -> None:
-    """In place: a cql2-text `filter` of a POST search becomes CQL2 JSON; mismatches are 400."""
-    expr = getattr(search_request, "filter_expr", None)
-    if expr is None:
-        return
-    lang = getattr(search_request, "filter_lang", None) or "cql2-json"
-    if isinstance(expr, str):
-        if lang != "cql2-text":
-            raise InvalidQueryParameter(
-                'filter is a string but filter-lang is cql2-json: send "filter-lang": "cql2-text" '
-                "with a CQL2 text filter, or the filter as a CQL2 JSON object"
-            )
-        try:
-            parsed = Expr(expr)
-            parsed.validate()
-        except Exception as e:  # cql2 raises plain exceptions (ParseError, ValidationError)
-            raise InvalidQueryParameter(f"invalid cql2-text filter {expr!r}: {e}") from e
-        search_request.filter_expr = parsed.to_json()
-        search_request.filter_lang = "cql2-json"
-    elif lang == "cql2-text":
-        raise InvalidQueryParameter(
-            'filter-lang is cql2-text but filter is a JSON object: send "filter-lang": "cql2-json" '
-            "(or leave it out), or the filter as CQL2 text"
-        )
+def checked_filter(request: Request) -> dict | None:
+    """The request's filter as CQL2 JSON, parsed and checked by search_checks.SearchChecks
+    (a cql2-text filter is not parsed again: that parser must not run on the event loop)."""
+    return request.scope.get(checks.FILTER_SCOPE_KEY)
 
 
-def filter_properties(node: Any) -> set[str]:
-    """Every `{"property": name}` of a CQL2 JSON expression."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        if isinstance(node.get("property"), str):
-            found.add(node["property"])
-        for value in node.values():
-            found |= filter_properties(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= filter_properties(value)
-    return found
+async def queryables_of(request: Request, collections: list[str] | None) -> dict[str, Any] | None:
+    """The `properties` of pgstac's queryables document for `collections` (all when None);
+    None when none of them exists. Cached for `render_cache_ttl` seconds, like the renders."""
+    cache = request.app.state.terramesh["queryables_cache"]  # one event loop: no lock needed
+    key = tuple(sorted(set(collections or ())))
+    if key in cache:
+        return cache[key]
+    async with request.app.state.get_connection(request, "r") as conn:
+        document = await conn.fetchval("SELECT pgstac.get_queryables($1::text[])", list(key) or None)
+    cache[key] = properties = (document or {}).get("properties") if document else None
+    return properties
 
 
 async def check_queryables(request: Request, search_request) -> None:
-    """400 for a filter on a property that is not a queryable of the searched collections.
+    """400 for a filter, `query` or `sortby` on a property that is not a queryable of the
+    searched collections, and for a filter or `query` whose values do not have the
+    queryable's type (`eo:cloud_cover < 'abc'`: PostgreSQL would fail casting 'abc').
 
     The filter extension lets a server reject properties it does not know; otherwise such a
-    filter silently matches nothing. "Known" is pgstac's own answer (`pgstac.queryable(name,
-    collections).registered`): an item column (id, collection, datetime, geometry, ...) or a
-    row of pgstac.queryables for those collections (or for all). pgstac's own switch for
-    this, the `additional_properties=false` setting, cannot be used: it applies to every
-    search, and stac-fastapi-pgstac's collection listing filters collections on `type`, which
-    is no queryable, so /collections would answer 400.
+    filter silently matches nothing. "Known" is pgstac's queryables document of those
+    collections (`get_queryables`, what /queryables serves) or an item column (id,
+    collection, datetime, geometry, ...). pgstac's own switch for this, the
+    `additional_properties=false` setting, cannot be used: it applies to every search, and
+    stac-fastapi-pgstac's collection listing filters collections on `type`, which is no
+    queryable, so /collections would answer 400.
     """
-    names = sorted(filter_properties(getattr(search_request, "filter_expr", None)))
-    if not names:
+    expr = getattr(search_request, "filter_expr", None)
+    query = getattr(search_request, "query", None) or {}
+    sort_names = [s.field for s in getattr(search_request, "sortby", None) or []]
+    names = checks.filter_properties(expr) | set(query)
+    if not names and not sort_names:
         return
     collections = getattr(search_request, "collections", None) or None
-    async with request.app.state.get_connection(request, "r") as conn:  # only for filters
-        unknown = await conn.fetchval(
-            "SELECT array_agg(p ORDER BY p) FROM unnest($1::text[]) p"
-            " WHERE NOT coalesce((pgstac.queryable(p, $2::text[])).registered, false)",
-            names,
-            collections,
+    properties = await queryables_of(request, collections)
+
+    def unknown(candidates) -> list[str]:
+        return sorted(
+            n
+            for n in set(candidates)
+            if checks.property_name(n) not in checks.COLUMN_KINDS and checks.property_name(n) not in (properties or {})
         )
-    if unknown:
-        where = f"collection(s) {', '.join(collections)}" if collections else "any collection"
+
+    where = f"collection(s) {', '.join(collections)}" if collections else "any collection"
+    if bad := unknown(names):
         raise InvalidQueryParameter(
-            f"unknown queryable(s) in filter: {', '.join(unknown)} (not a queryable of {where}; "
+            f"unknown queryable(s) in filter: {', '.join(bad)} (not a queryable of {where}; "
             "see the `queryables` link of the landing page or collection)"
         )
+    if bad := unknown(sort_names):
+        raise InvalidQueryParameter(f"sortby: unknown propert(ies) {', '.join(bad)} (not a queryable of {where})")
+    if reason := checks.filter_type_errors(expr, properties):
+        raise InvalidQueryParameter(f"filter: {reason}")
+    if reason := checks.query_type_errors(query, properties):
+        raise InvalidQueryParameter(reason)
 
 
 class TerraMeshFiltersClient(FiltersClient):
@@ -294,6 +295,10 @@ class TerraMeshClient(CoreCrudClient):
             item["links"] += item_render_links(f"{root}{RASTER_PATH}/", cid, iid, render_id, renders[render_id])
 
     async def _search_base(self, search_request, request: Request):  # type: ignore[override]
+        if search_request.limit and search_request.limit > checks.MAX_LIMIT:
+            search_request.limit = checks.MAX_LIMIT  # the spec lets a server cap `limit`
+        # pgstac reads its settings (`context` counts, ...) from `conf`: not the client's to set
+        search_request.conf = None
         await check_queryables(request, search_request)
         item_collection = await super()._search_base(search_request, request=request)
         root = service_root(request)
@@ -301,16 +306,34 @@ class TerraMeshClient(CoreCrudClient):
             await self._decorate_item(item, request, root)
         return item_collection
 
+    def _clean_search_args(self, base_args, filter_query=None, filter_lang=None, **kwargs):  # type: ignore[override]
+        """stac-fastapi-pgstac's, but a filter that search_checks already parsed (a dict) is
+        used as it is instead of being parsed and validated a second time."""
+        if not isinstance(filter_query, dict):
+            return super()._clean_search_args(base_args, filter_query=filter_query, filter_lang=filter_lang, **kwargs)
+        clean = super()._clean_search_args(base_args, **kwargs)
+        clean["filter"], clean["filter_lang"] = filter_query, "cql2-json"
+        return clean
+
+    def _checked_kwargs(self, request: Request, kwargs: dict) -> dict:
+        if (expr := checked_filter(request)) is not None:
+            kwargs["filter_expr"] = expr
+        if (geometry := request.scope.get(checks.INTERSECTS_SCOPE_KEY)) is not None:
+            kwargs["intersects"] = orjson.dumps(geometry).decode()  # the geometry search_checks checked
+        return kwargs
+
     # With the fields extension stac-fastapi-pgstac answers a plain JSONResponse
     # (application/json); an item collection is GeoJSON: say so.
     async def get_search(self, request: Request, **kwargs):  # type: ignore[override]
-        return _geojson(await super().get_search(request=request, **kwargs))
+        return _geojson(await super().get_search(request=request, **self._checked_kwargs(request, kwargs)))
 
     async def post_search(self, search_request, request: Request, **kwargs):  # type: ignore[override]
-        cql2_text_to_json(search_request)
+        if (expr := checked_filter(request)) is not None:  # a cql2-text filter becomes CQL2 JSON
+            search_request.filter_expr, search_request.filter_lang = expr, "cql2-json"
         return _geojson(await super().post_search(search_request, request=request, **kwargs))
 
     async def item_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
+        kwargs = self._checked_kwargs(request, kwargs)
         return _geojson(await super().item_collection(collection_id, request=request, **kwargs))
 
     async def get_collection(self, collection_id: str, request: Request, **kwargs):  # type: ignore[override]
@@ -320,6 +343,10 @@ class TerraMeshClient(CoreCrudClient):
         return collection
 
     async def all_collections(self, request: Request, **kwargs):  # type: ignore[override]
+        kwargs = self._checked_kwargs(request, kwargs)
+        if kwargs.get("limit") and kwargs["limit"] > checks.MAX_LIMIT:
+            kwargs["limit"] = checks.MAX_LIMIT
+        await check_collection_search(request, kwargs)
         collections = await super().all_collections(request=request, **kwargs)
         conf = request.app.state.terramesh
         body = collections
@@ -328,6 +355,35 @@ class TerraMeshClient(CoreCrudClient):
         for collection in body.get("collections", []):
             rewrite_asset_hrefs(collection, conf["served_folders"], service_root(request))
         return collections
+
+
+async def check_collection_search(request: Request, kwargs: dict) -> None:
+    """Collection search: filter and `query` values against the queryables' types (pgstac
+    casts with them here too), and `q` as pgstac turns it into a tsquery (a syntax error
+    there is the client's text)."""
+    expr = kwargs.get("filter_expr")
+    query = kwargs.get("query")
+    if isinstance(query, str):
+        try:
+            query = orjson.loads(query)
+        except orjson.JSONDecodeError:
+            query = None  # stac-fastapi answers it
+    if expr is not None or query:
+        properties = await queryables_of(request, None)
+        if reason := checks.filter_type_errors(expr, properties):
+            raise InvalidQueryParameter(f"filter: {reason}")
+        if reason := checks.query_type_errors(query, properties):
+            raise InvalidQueryParameter(reason)
+    if q := kwargs.get("q"):
+        text = " OR ".join(q) if isinstance(q, list) else q
+        async with request.app.state.get_connection(request, "r") as conn:
+            try:
+                await conn.fetchval("SELECT pgstac.q_to_tsquery($1::text::jsonb)", orjson.dumps(text).decode())
+            except (asyncpg.exceptions.PostgresSyntaxError, asyncpg.exceptions.RaiseError) as e:
+                raise InvalidQueryParameter(
+                    'q is not a valid free-text search (words, "quoted phrases", AND, OR, commas, '
+                    f"+word, -word): {_primary_message(e)}"
+                ) from None
 
 
 def _version() -> str:
@@ -339,15 +395,76 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _bad_request(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"code": "BadRequest", "description": f"{type(exc).__name__}: {exc}"}, status_code=400)
+# --- client errors: 4xx with a short message ------------------------------------------
+
+MAX_MESSAGE = 300  # characters of an error description
 
 
-# Client input errors that stac-fastapi-pgstac 7.2 lets through as 500s:
-# - malformed JSON in GET `intersects` / `query` (orjson.JSONDecodeError);
-# - pgstac's own input checks, raised in SQL (`RAISE EXCEPTION`), e.g. "Invalid paging
-#   token" (asyncpg RaiseError; other database errors keep their status).
-BAD_REQUEST_ERRORS = (orjson.JSONDecodeError, asyncpg.exceptions.RaiseError)
+def _short(text: str) -> str:
+    text = " ".join(redact(str(text)).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def _primary_message(exc: Exception) -> str:
+    """A PostgreSQL error's primary message: never its DETAIL, QUERY or PL/pgSQL CONTEXT."""
+    return getattr(exc, "message", None) or (exc.args[0] if exc.args else type(exc).__name__)
+
+
+def _validation_message(errors: list) -> str:
+    """pydantic's errors as `where: what` (at most three), without the input it repeats."""
+    parts = []
+    for error in errors[:3]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc}: {error.get('msg')}" if loc else str(error.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def _client_error(status: int):
+    def handler(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(status, _short(exc))
+
+    return handler
+
+
+def _database_input_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(400, _short(f"invalid request: {_primary_message(exc)}"))
+
+
+def _request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(400, _short(_validation_message(exc.errors())))
+
+
+def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    cause = exc.__cause__  # stac-fastapi wraps pydantic's ValidationError (its text repeats the input)
+    detail = _validation_message(cause.errors()) if isinstance(cause, pydantic.ValidationError) else exc.detail
+    return error_response(exc.status_code, _short(detail), headers=exc.headers)
+
+
+# Database errors a client's input causes, answered 400 with their primary message:
+# - data exceptions (SQLSTATE class 22): a value PostgreSQL cannot take (text where a number
+#   is, NUL in text, bad hex, division by zero, ...) — the type checks catch most before;
+# - pgstac's own input checks, raised in SQL (`RAISE EXCEPTION`, P0001), e.g. "Invalid
+#   paging token", "Operator foo Not Supported";
+# - program limits (class 54, e.g. "stack depth limit exceeded"): a request too complex.
+# Anything else (undefined functions, permissions, ...) is the server's fault: 500 (errors.py).
+DATABASE_INPUT_ERRORS = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.RaiseError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
+
+
+def add_client_error_handlers(app: FastAPI) -> None:
+    """Short `{"code", "description", "detail"}` bodies for every client error of the STAC app."""
+    app.add_exception_handler(InvalidQueryParameter, _client_error(400))
+    app.add_exception_handler(NotFoundError, _client_error(404))
+    app.add_exception_handler(orjson.JSONDecodeError, _client_error(400))  # GET intersects / query
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    for exc in DATABASE_INPUT_ERRORS:
+        app.add_exception_handler(exc, _database_input_error)
 
 
 def stac_settings(settings: ServiceSettings) -> StacSettings:
@@ -408,13 +525,16 @@ def create_stac_api(settings: ServiceSettings, dsn: str) -> StacApi:
         lifespan=lifespan,
         settings=ssettings,
     )
-    for exc in BAD_REQUEST_ERRORS:
-        api.app.add_exception_handler(exc, _bad_request)
+    add_client_error_handlers(api.app)
+    # after stac-fastapi's own middleware, so it is the outermost: checks run before all else
+    api.app.add_middleware(checks.SearchChecks)
     api.app.state.terramesh = {
         "served_folders": served_folders(settings.dest),
         "default_render": settings.default_render,
         # collection id -> its render presets, shared by all requests of this app
         "renders_cache": TTLCache(maxsize=1024, ttl=settings.render_cache_ttl),
+        # collection ids -> their queryables' schemas (search_checks type checks)
+        "queryables_cache": TTLCache(maxsize=256, ttl=settings.render_cache_ttl),
     }
     return api
 
