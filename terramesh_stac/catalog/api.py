@@ -152,9 +152,16 @@ async def check_write_role(pool) -> None:
 
 
 def stac_postgres_settings(
-    dsn: str, pool_max: int, application_name: str = "pgstac", env: dict[str, str] | None = None
+    dsn: str,
+    pool_max: int,
+    application_name: str = "pgstac",
+    env: dict[str, str] | None = None,
+    statement_timeout: float | None = None,
 ) -> PostgresSettings:
-    """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from libpq's PG* `env`)."""
+    """stac-fastapi-pgstac's PostgresSettings from a DSN (missing parts from libpq's PG* `env`).
+
+    `statement_timeout` (seconds): PostgreSQL ends a query of this pool that runs longer, so
+    a search cannot keep working in the database after its request's time limit."""
     u = urlsplit(dsn)
     env = env or {}
     return PostgresSettings(
@@ -165,7 +172,10 @@ def stac_postgres_settings(
         pgdatabase=unquote(u.path.lstrip("/")) or env.get("PGDATABASE", "postgres"),
         db_min_conn_size=1,
         db_max_conn_size=pool_max,
-        server_settings=ServerSettings(application_name=application_name),
+        server_settings=ServerSettings(
+            application_name=application_name,
+            **({"statement_timeout": str(int(statement_timeout * 1000))} if statement_timeout else {}),
+        ),
     )
 
 
@@ -485,7 +495,9 @@ def stac_settings(settings: ServiceSettings) -> StacSettings:
 
 def create_stac_api(settings: ServiceSettings, dsn: str) -> StacApi:
     """The STAC API (its `.app` is the FastAPI application to mount at /stac)."""
-    pg = stac_postgres_settings(dsn, settings.db_pool_max_size, env=settings.libpq_env)
+    pg = stac_postgres_settings(
+        dsn, settings.db_pool_max_size, env=settings.libpq_env, statement_timeout=settings.request_time_limit
+    )
     # Transactions write with the loader role (pgstac_ingest), never with the read role.
     write_pg = (
         stac_postgres_settings(write_dsn(settings), 2, WRITE_APPLICATION_NAME, settings.libpq_env)

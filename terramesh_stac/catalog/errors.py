@@ -78,6 +78,11 @@ def database_unavailable_response(request: Request, exc: Exception) -> JSONRespo
     return service_unavailable("the catalog database is unavailable; retry shortly")
 
 
+def query_timeout_response(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("statement timeout for %s %s", request.method, request.url.path)
+    return service_unavailable("the database query took longer than the service's time limit per request")
+
+
 def asset_unavailable_response(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("asset unreadable for %s %s: %s", request.method, request.url.path, exc)
     return service_unavailable("an asset of this request cannot be read right now; retry shortly")
@@ -101,6 +106,9 @@ def add_fault_handlers(app) -> None:
     """
     for exc in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc, database_unavailable_response)
+    # statement_timeout (catalog/api.py): more specific than the classes above, so it wins
+    for exc in (asyncpg.exceptions.QueryCanceledError, psycopg.errors.QueryCanceled):
+        app.add_exception_handler(exc, query_timeout_response)
     app.add_exception_handler(RasterioIOError, asset_unavailable_response)
     app.add_exception_handler(RequestCancelled, request_cancelled_response)
     app.add_exception_handler(Exception, internal_error_response)
