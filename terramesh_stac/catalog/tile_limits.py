@@ -347,21 +347,36 @@ def check_deadline(deadline: float | None) -> None:
         raise _ReadTimeUp("mosaic read budget spent")
 
 
+# The most bands of a TerraMesh modality (S2 L2A): a mosaic reads as many items at once as
+# fit in the values budget with that many bands each.
+ITEM_BANDS = 12
+
+
 @attr.s
 class BudgetedBackend(PGSTACBackend):
-    """titiler-pgstac's mosaic backend with a read budget of `read_seconds` (set per app by
-    subclassing): the items' reader gets the deadline (`reader_options["deadline"]`) and
-    declines to open an item after it (rio-tiler reads items in chunks of a few threads, so
-    reads under way finish; no item is abandoned half-read). A mosaic that ran out of time
-    answers with the items it read (logged); 503 when it read none."""
+    """titiler-pgstac's mosaic backend, bounded (limits set per app by subclassing):
+
+    - time: the items' reader gets a deadline (`reader_options["deadline"]`) and declines
+      to open an item after it; rio-tiler reads items in chunks of a few threads, so reads
+      under way finish and no item is abandoned half-read. A mosaic that ran out of time
+      answers with the items it read (logged); 503 when it read none.
+    - memory: items are read in parallel only as far as their outputs fit in `max_values`
+      together (`ITEM_BANDS` bands each): 10 at once for 256 px tiles, one at a time for a
+      1024 px tile or a 2048 px bbox; each item's reads are counted against its share.
+    """
 
     read_seconds: float = 10.0
+    max_values: int = 2048 * 2048 * 3
+    max_side: int = 2048
 
     def __attrs_post_init__(self):
         self.deadline = time.monotonic() + self.read_seconds
         self.reader_options = {**self.reader_options, "deadline": self.deadline}
 
-    def _within_budget(self, method, *args, **kwargs):
+    def _within_budget(self, method, pixels: int, *args, **kwargs):
+        threads = max(1, min(kwargs.get("threads") or 1, self.max_values // (pixels * ITEM_BANDS)))
+        kwargs["threads"] = threads
+        self.reader_options["item_max_values"] = self.max_values // threads
         try:
             result = method(*args, **kwargs)
         except EmptyMosaicError:
@@ -376,14 +391,22 @@ class BudgetedBackend(PGSTACBackend):
             )
         return result
 
+    def _image_pixels(self, kwargs) -> int:
+        """At most the pixels of a bbox/feature image (its exact size is per item)."""
+        width, height, max_size = kwargs.get("width"), kwargs.get("height"), kwargs.get("max_size")
+        if width and height:
+            return width * height
+        return (max_size or width or height or self.max_side) ** 2
+
     def tile(self, *args, **kwargs):
-        return self._within_budget(super().tile, *args, **kwargs)
+        side = (kwargs.get("tilesize") or 256) + 2 * math.ceil(kwargs.get("buffer") or 0)
+        return self._within_budget(super().tile, side * side, *args, **kwargs)
 
     def part(self, *args, **kwargs):
-        return self._within_budget(super().part, *args, **kwargs)
+        return self._within_budget(super().part, self._image_pixels(kwargs), *args, **kwargs)
 
     def feature(self, *args, **kwargs):
-        return self._within_budget(super().feature, *args, **kwargs)
+        return self._within_budget(super().feature, self._image_pixels(kwargs), *args, **kwargs)
 
     def point(self, *args, **kwargs):
-        return self._within_budget(super().point, *args, **kwargs)
+        return self._within_budget(super().point, 1, *args, **kwargs)

@@ -388,6 +388,17 @@ def apply_gdal_s3_config(settings: ServiceSettings) -> dict[str, str]:
     return config
 
 
+# GDAL's block cache, process-wide: its default is 5% of the machine's RAM (1.2 GB on 24 GB),
+# which one zoomed-out or large read fills; 64 MB keeps a 2048 px read at about +140 MB
+# instead of +250 MB (measured) and COG tiles still come from the page cache.
+GDAL_CACHEMAX_MB = "64"
+
+
+def apply_gdal_cache_limit() -> None:
+    """GDAL_CACHEMAX for this process unless the environment sets it (GDAL reads it on first use)."""
+    os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHEMAX_MB)
+
+
 def postgres_settings(dsn: str, settings: ServiceSettings) -> PostgresSettings:
     return PostgresSettings(
         database_url=dsn,
@@ -417,6 +428,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     """The titiler-pgstac application (to be mounted at /raster)."""
     renders = CollectionRenders(ttl=settings.render_cache_ttl)
     apply_gdal_s3_config(settings)
+    apply_gdal_cache_limit()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -445,7 +457,15 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     checks = [Depends(request_checks(limits))]
     mosaic_checks = [*checks, Depends(mosaic_zoom_check(limits, renders.unknown_mosaic))]
     part_params = type("PartParams", (BoundedPartParams,), {"default_max_size": limits.max_image_size})
-    backend = type("Backend", (BudgetedBackend,), {"read_seconds": limits.mosaic_read_seconds})
+    backend = type(
+        "Backend",
+        (BudgetedBackend,),
+        {
+            "read_seconds": limits.mosaic_read_seconds,
+            "max_values": limits.max_values,
+            "max_side": limits.max_image_size,
+        },
+    )
 
     # Readers that also read Zarr assets (catalog/zarr_tiles.py), with this app's S3 endpoint.
     zarr_options = {

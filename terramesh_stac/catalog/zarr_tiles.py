@@ -120,10 +120,10 @@ class ZarrAssets:
     max_values: int | None = None  # output pixels x bands per item reader (tile_limits.OutputBudget)
     max_side: int | None = None
 
-    def _add_budget(self):
+    def _add_budget(self, max_values: int | None = None):
         """One OutputBudget for all the assets this reader reads."""
-        if self.max_values:
-            budget = OutputBudget(self.max_values, self.max_side or self.max_values)
+        if max_values := max_values or self.max_values:
+            budget = OutputBudget(max_values, self.max_side or max_values)
             self.reader_options = {**self.reader_options, "budget": budget}
 
     def _stac_asset(self, name: str) -> tuple[str, dict]:
@@ -169,16 +169,17 @@ class ItemReader(ZarrAssets, PgSTACReader):
 @attr.s
 class MosaicItemReader(ZarrAssets, SimpleSTACReader):
     """Mosaic endpoints (searches, collections): each item of the mosaic, plus Zarr assets.
-    `deadline` (time.monotonic) comes from tile_limits.BudgetedBackend: after it, the item
-    is skipped."""
+    `deadline` (time.monotonic) and `item_max_values` come from tile_limits.BudgetedBackend:
+    after the deadline the item is skipped; its reads count against its share of values."""
 
     reader: type = attr.ib(default=BoundedReader)
     deadline: float | None = attr.ib(default=None, kw_only=True)
+    item_max_values: int | None = attr.ib(default=None, kw_only=True)  # this item's share
 
     def __attrs_post_init__(self):
         check_deadline(self.deadline)
         super().__attrs_post_init__()
-        self._add_budget()
+        self._add_budget(self.item_max_values)
 
     def _stac_asset(self, name):
         return self.input["id"], self.input["assets"][name]
