@@ -23,6 +23,7 @@ measurements behind the defaults are in the README ("Limits of the tile service"
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import attr
 import morecantile
+import numpy as np
 from fastapi import HTTPException, Request
 from rasterio.transform import from_bounds
 from rasterio.warp import transform_bounds
@@ -102,6 +104,13 @@ def _check_at_most(name: str, value, limit) -> None:
         raise LimitExceeded(f"{name}={value} is more than this service gives: at most {limit}")
 
 
+def _check_size(name: str, value, limit) -> None:
+    """An image side: 1..limit pixels."""
+    if value is not None and value < 1:
+        raise LimitExceeded(f"{name}={value}: an image side is at least 1 pixel")
+    _check_at_most(name, value, limit)
+
+
 def _check_tile_index(params: dict) -> None:
     """404 for z/x/y that the tile matrix set does not have (morecantile would compute with
     them: z=-1 overflows)."""
@@ -132,8 +141,11 @@ def _check_coordinates(params: dict, query) -> None:
     if (minx is not None and minx == maxx) or (miny is not None and miny == maxy):
         raise LimitExceeded("the bbox has no area (minx = maxx or miny = maxy)")
     if query.get("coord_crs", "").upper() in ("", "EPSG:4326"):
-        if (lon is not None and not -180 <= lon <= 180) or (lat is not None and not -90 <= lat <= 90):
-            raise LimitExceeded("lon must be within -180..180 and lat within -90..90 (coord_crs EPSG:4326)")
+        xs, ys = (v for v in (lon, minx, maxx) if v is not None), (v for v in (lat, miny, maxy) if v is not None)
+        if any(not -180 <= x <= 180 for x in xs) or any(not -90 <= y <= 90 for y in ys):
+            raise LimitExceeded(
+                "longitudes must be within -180..180 and latitudes within -90..90 (coord_crs EPSG:4326)"
+            )
 
 
 def request_checks(limits: TileLimits):
@@ -144,9 +156,9 @@ def request_checks(limits: TileLimits):
         _check_tile_index(params)
         _check_coordinates(params, query)
         for name in ("width", "height"):
-            _check_at_most(name, _number(params.get(name, query.get(name)), int), limits.max_image_size)
-        _check_at_most("max_size", _number(query.get("max_size"), int), limits.max_image_size)
-        _check_at_most("tilesize", _number(query.get("tilesize"), int), limits.max_tilesize)
+            _check_size(name, _number(params.get(name, query.get(name)), int), limits.max_image_size)
+        _check_size("max_size", _number(query.get("max_size"), int), limits.max_image_size)
+        _check_size("tilesize", _number(query.get("tilesize"), int), limits.max_tilesize)
         for name in ("buffer", "padding"):
             _check_at_most(name, _number(query.get(name)), MAX_TILE_BUFFER)
         if (bins := query.get("histogram_bins")) is not None:
@@ -159,6 +171,13 @@ def request_checks(limits: TileLimits):
         for p in query.getlist("p"):
             if (value := _number(p)) is not None and not 0 <= value <= 100:
                 raise LimitExceeded(f"percentile p={p} is not within 0..100")
+        if (params_json := query.get("algorithm_params")) is not None:
+            try:
+                is_object = isinstance(json.loads(params_json), dict)
+            except ValueError:
+                is_object = True  # not JSON: titiler's own validation answers 422
+            if not is_object:
+                raise LimitExceeded("algorithm_params must be a JSON object")
         if any(not a.strip() for a in query.getlist("assets")):
             raise LimitExceeded("assets: an empty asset name; give asset keys such as assets=DEM")
         _check_at_most("items_limit", _number(query.get("items_limit"), int), limits.mosaic_max_items)
@@ -166,6 +185,52 @@ def request_checks(limits: TileLimits):
         _check_at_most("time_limit", _number(query.get("time_limit"), int), limits.mosaic_max_search_seconds)
 
     return check
+
+
+def _positions(coordinates):
+    """The positions of a GeoJSON `coordinates` array, at any nesting depth."""
+    if isinstance(coordinates, list) and coordinates and all(isinstance(c, (int, float)) for c in coordinates):
+        yield coordinates
+    elif isinstance(coordinates, list):
+        for part in coordinates:
+            yield from _positions(part)
+
+
+async def feature_body_check(request: Request) -> None:
+    """Dependency of every tile route: a Feature body (POST feature/statistics) with finite
+    coordinates, in range when they are WGS84 (GDAL and PROJ overflow on the rest)."""
+    if request.method != "POST" or "json" not in request.headers.get("content-type", ""):
+        return
+    try:
+        body = json.loads(await request.body())  # FastAPI re-uses the body read here
+    except ValueError:
+        return  # FastAPI answers 422
+    geometries = (
+        [f.get("geometry") for f in body.get("features", []) if isinstance(f, dict)] if isinstance(body, dict) else []
+    )
+    if isinstance(body, dict) and isinstance(body.get("geometry"), dict):
+        geometries.append(body["geometry"])
+    wgs84 = request.query_params.get("coord_crs", "").upper() in ("", "EPSG:4326")
+    for geometry in (g for g in geometries if isinstance(g, dict)):
+        positions = [p for p in _positions(geometry.get("coordinates")) if len(p) >= 2]
+        for x, y, *_ in positions:
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise LimitExceeded("the geometry's coordinates must be finite numbers")
+            if wgs84 and not (-180 <= x <= 180 and -90 <= y <= 90):
+                raise LimitExceeded("the geometry's longitudes must be within -180..180 and latitudes within -90..90")
+        xs, ys = {p[0] for p in positions}, {p[1] for p in positions}
+        if positions and (len(xs) < 2 or len(ys) < 2):
+            raise LimitExceeded("the geometry has no area (its bounding box is a line or a point)")
+
+
+def check_nodata(nodata, dtype) -> None:
+    """400 for a `nodata` that the asset's integer values cannot hold (numpy raises on it)."""
+    if nodata is None or not np.issubdtype(np.dtype(dtype), np.integer):
+        return
+    info = np.iinfo(np.dtype(dtype))
+    value = float(nodata)
+    if not (math.isfinite(value) and value == int(value) and info.min <= value <= info.max):
+        raise LimitExceeded(f"nodata={nodata} does not fit this asset's {dtype} values ({info.min}..{info.max})")
 
 
 def mosaic_zoom_check(limits: TileLimits, unknown_mosaic):
@@ -185,6 +250,8 @@ def mosaic_zoom_check(limits: TileLimits, unknown_mosaic):
             tms = morecantile.tms.get(request.path_params.get("tileMatrixSetId", "WebMercatorQuad"))
         except morecantile.errors.InvalidIdentifier:
             return
+        if not tms.minzoom <= z <= tms.maxzoom:
+            return  # not a tile of this TMS: request_checks or FastAPI answer
         coarsest = WEB_MERCATOR.matrix(minzoom).scaleDenominator * 1.01  # same scale, rounding aside
         if tms.matrix(z).scaleDenominator > coarsest:
             if message := unknown_mosaic(request.path_params):
@@ -195,6 +262,35 @@ def mosaic_zoom_check(limits: TileLimits, unknown_mosaic):
             )
 
     return check
+
+
+def document_limits(openapi: dict, limits: TileLimits) -> dict:
+    """The limits of `request_checks` as `minimum`/`maximum` of the parameters in the
+    OpenAPI document, so clients (and schemathesis) see them."""
+    bounds = {
+        "tilesize": (1, limits.max_tilesize),
+        "width": (1, limits.max_image_size),
+        "height": (1, limits.max_image_size),
+        "max_size": (1, limits.max_image_size),
+        "buffer": (None, MAX_TILE_BUFFER),
+        "padding": (None, MAX_TILE_BUFFER),
+        "items_limit": (1, limits.mosaic_max_items),
+        "scan_limit": (1, limits.mosaic_max_scan),
+        "time_limit": (1, limits.mosaic_max_search_seconds),
+    }
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if param.get("name") not in bounds:
+                    continue
+                low, high = bounds[param["name"]]
+                schema = param.get("schema", {})
+                for branch in schema.get("anyOf", [schema]):
+                    if branch.get("type") in ("integer", "number"):
+                        branch["maximum"] = high
+                        if low is not None and "exclusiveMinimum" not in branch:
+                            branch["minimum"] = low
+    return openapi
 
 
 @dataclass
@@ -320,11 +416,22 @@ class BoundedReader(Reader):
     budget: OutputBudget | None = attr.ib(default=None, kw_only=True)
 
     def part(self, bbox, dst_crs=None, bounds_crs=WGS84_CRS, indexes=None, expression=None, **kwargs):
+        check_nodata(kwargs.get("nodata"), self.dataset.dtypes[0])
         bands = bands_asked(indexes, expression, self.dataset.count)
         kwargs = check_part(self, self.budget, bbox, bounds_crs, bands, {**kwargs, "dst_crs": dst_crs})
         return super().part(bbox, bounds_crs=bounds_crs, indexes=indexes, expression=expression, **kwargs)
 
+    def point(self, lon, lat, **kwargs):
+        check_nodata(kwargs.get("nodata"), self.dataset.dtypes[0])
+        return super().point(lon, lat, **kwargs)
+
+    def info(self, indexes=None, **kwargs):
+        # rio-tiler's multi-asset info passes an asset's band options (`DEM|bidx=1`), which
+        # its Reader.info does not take: the info of the whole asset
+        return super().info(**kwargs)
+
     def read(self, indexes=None, expression=None, **kwargs):
+        check_nodata(kwargs.get("nodata"), self.dataset.dtypes[0])
         if self.budget is not None:
             h, w = output_size(
                 dataset_height=self.dataset.height,

@@ -44,7 +44,7 @@ from cachetools import TTLCache
 from fastapi import Depends, FastAPI, Query, status
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
-from pydantic import ValidationError
+from pydantic import ValidationError, ValidationInfo, field_validator
 from rasterio.errors import CRSError
 from rio_tiler import errors as rt_errors
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -53,8 +53,9 @@ from titiler.core.factory import ColorMapFactory, MultiBaseTilerFactory, TMSFact
 from titiler.extensions import stacRenderExtension
 from titiler.mosaic.errors import MOSAIC_STATUS_CODES
 from titiler.pgstac import __version__ as titiler_pgstac_version
+from titiler.pgstac import model as pgstac_model
 from titiler.pgstac.db import close_db_connection, connect_to_db
-from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams
+from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams, SearchParams
 from titiler.pgstac.errors import PGSTAC_STATUS_CODES, BackendError
 from titiler.pgstac.extensions import searchInfoExtension
 from titiler.pgstac.factory import (
@@ -74,6 +75,8 @@ from terramesh_stac.catalog.tile_limits import (
     BudgetedBackend,
     MosaicReadTimeout,
     TileLimits,
+    document_limits,
+    feature_body_check,
     mosaic_zoom_check,
     request_checks,
 )
@@ -151,6 +154,22 @@ class CollectionRenders:
         return {k: titiler_render(v) for k, v in renders.items()}
 
 
+class RegisterSearch(pgstac_model.RegisterMosaic):
+    """titiler-pgstac's `/searches/register` body, with its `intersects` validator reading
+    `bbox` safely: when `bbox` itself failed validation the original raises KeyError (a 500)
+    instead of reporting the bbox error."""
+
+    @field_validator("intersects")
+    def validate_spatial(cls, v, info: ValidationInfo):
+        if v and info.data.get("bbox"):
+            raise ValueError("intersects and bbox parameters are mutually exclusive")
+        return v
+
+
+def register_search_params(body: RegisterSearch) -> tuple[pgstac_model.PgSTACSearch, pgstac_model.Metadata]:
+    return SearchParams(body)
+
+
 def _collection_mosaic_renders(backend) -> dict:
     """Presets of a collection mosaic (titiler-pgstac keeps them as `defaults_params`)."""
     return {k: titiler_render(v) for k, v in (backend.info().metadata.defaults_params or {}).items()}
@@ -183,7 +202,9 @@ _CLIENT_MESSAGES: dict[type[Exception], re.Pattern] = {
     IndexError: re.compile(r"^band index -?\d+ out of range"),  # rasterio: `assets=S2L2A|bidx=20`
     rt_errors.RioTilerError: re.compile(r"^Invalid geometry"),  # a Feature without a geometry
     # PROJ/GDAL on coordinates or CRSs they cannot transform (our datasets' CRSs are valid)
-    rasterio._err.CPLE_BaseError: re.compile(r"^PROJ: |^Cannot invert geotransform|^Too many points"),
+    rasterio._err.CPLE_BaseError: re.compile(
+        r"^PROJ: |^Cannot invert geotransform|^Too many points|^latitude max < latitude min"
+    ),
 }
 
 
@@ -454,7 +475,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     # counted (pixels x bands) and a read deadline for mosaics.
     limits = TileLimits.from_settings(settings)
     app.state.tile_limits = limits
-    checks = [Depends(request_checks(limits))]
+    checks = [Depends(request_checks(limits)), Depends(feature_body_check)]
     mosaic_checks = [*checks, Depends(mosaic_zoom_check(limits, renders.unknown_mosaic))]
     part_params = type("PartParams", (BoundedPartParams,), {"default_max_size": limits.max_image_size})
     backend = type(
@@ -486,6 +507,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     add_search_register_route(
         app,
         prefix="/searches",
+        search_dependency=register_search_params,
         tile_dependencies=[
             searches.layer_dependency,
             searches.dataset_dependency,
@@ -532,7 +554,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     )
 
     app.include_router(TMSFactory().router, tags=["Tiling Schemes"])
-    app.include_router(ColorMapFactory().router, tags=["ColorMaps"])
+    app.include_router(ColorMapFactory().router, tags=["ColorMaps"], dependencies=checks)  # legend width/height
 
     @app.get("/healthz", tags=["Health Check"])
     def healthz(timeout: int = Query(1, ge=0, le=30)) -> dict[str, Any]:
@@ -547,5 +569,11 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
             "versions": {"titiler.pgstac": titiler_pgstac_version, "gdal": rasterio.__gdal_version__},
         }
 
+    def openapi() -> dict:  # FastAPI's document, with the limits of tile_limits in it
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(FastAPI.openapi(app), limits)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id)
     return app

@@ -90,6 +90,9 @@ class ZarrSampleReader(XarrayReader):
         self.input = sample_bands(self.input, self.item_id, self.nodata, self.storage_options)
         super().__attrs_post_init__()
 
+    def info(self, indexes=None, **kwargs):
+        return super().info()  # band options of the asset (`|bidx=`) do not apply to info
+
     def _bands(self, indexes) -> int:
         return bands_asked(indexes, None, self.input.shape[0] if self.input.ndim == 3 else 1)
 
