@@ -37,21 +37,26 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
+import morecantile
+import psycopg
 import rasterio
 from cachetools import TTLCache
-from fastapi import FastAPI, Query, status
+from fastapi import Depends, FastAPI, Query, status
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
-from pydantic import ValidationError
+from pydantic import ValidationError, ValidationInfo, field_validator
+from rasterio.errors import CRSError
+from rio_tiler import errors as rt_errors
 from starlette.types import ASGIApp, Receive, Scope, Send
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 from titiler.core.factory import ColorMapFactory, MultiBaseTilerFactory, TMSFactory
 from titiler.extensions import stacRenderExtension
 from titiler.mosaic.errors import MOSAIC_STATUS_CODES
 from titiler.pgstac import __version__ as titiler_pgstac_version
-from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams
-from titiler.pgstac.errors import PGSTAC_STATUS_CODES
+from titiler.pgstac import model as pgstac_model
+from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams, SearchParams
+from titiler.pgstac.errors import PGSTAC_STATUS_CODES, BackendError
 from titiler.pgstac.extensions import searchInfoExtension
 from titiler.pgstac.factory import (
     MosaicTilerFactory,
@@ -61,8 +66,20 @@ from titiler.pgstac.factory import (
 from titiler.pgstac.reader import PgSTACReader
 from titiler.pgstac.settings import PostgresSettings
 
+from terramesh_stac.catalog.errors import error_response, redact, service_unavailable
 from terramesh_stac.catalog.links import render_query, titiler_render
 from terramesh_stac.catalog.settings import ServiceSettings
+from terramesh_stac.catalog.tile_limits import (
+    RENDER_ZOOMS_KEY,
+    BoundedPartParams,
+    BudgetedBackend,
+    MosaicReadTimeout,
+    TileLimits,
+    document_limits,
+    feature_body_check,
+    mosaic_zoom_check,
+    request_checks,
+)
 from terramesh_stac.catalog.zarr_tiles import ItemReader, MosaicItemReader
 
 logger = logging.getLogger(__name__)
@@ -119,6 +136,14 @@ class CollectionRenders:
             self._searches[search_id] = collections
         return collections
 
+    def unknown_mosaic(self, path_params: dict) -> str | None:
+        """The 404 message for a registered search or collection that does not exist."""
+        if (search_id := path_params.get("search_id")) is not None:
+            return None if self.search_collections(search_id) is not None else f"SearchId `{search_id}` not found"
+        if (collection_id := path_params.get("collection_id")) is not None:
+            return None if self.get(collection_id) is not None else f"CollectionId `{collection_id}` not found"
+        return None
+
     def for_item(self, reader: PgSTACReader) -> dict[str, dict]:
         """Collection presets overlaid by the item's own `renders` (titiler `get_renders`)."""
         renders: dict[str, dict] = {}
@@ -129,22 +154,119 @@ class CollectionRenders:
         return {k: titiler_render(v) for k, v in renders.items()}
 
 
+class RegisterSearch(pgstac_model.RegisterMosaic):
+    """titiler-pgstac's `/searches/register` body, with its `intersects` validator reading
+    `bbox` safely: when `bbox` itself failed validation the original raises KeyError (a 500)
+    instead of reporting the bbox error."""
+
+    @field_validator("intersects")
+    def validate_spatial(cls, v, info: ValidationInfo):
+        if v and info.data.get("bbox"):
+            raise ValueError("intersects and bbox parameters are mutually exclusive")
+        return v
+
+
+def register_search_params(body: RegisterSearch) -> tuple[pgstac_model.PgSTACSearch, pgstac_model.Metadata]:
+    return SearchParams(body)
+
+
 def _collection_mosaic_renders(backend) -> dict:
     """Presets of a collection mosaic (titiler-pgstac keeps them as `defaults_params`)."""
     return {k: titiler_render(v) for k, v in (backend.info().metadata.defaults_params or {}).items()}
 
 
-# rasterio's message for a band that the dataset does not have (`assets=S2L2A|bidx=20`).
-_BAND_INDEX_ERROR = re.compile(r"^band index -?\d+ out of range")
+# What a client's input makes the libraries raise, and the status it gets. titiler's own
+# table without its 500s (RasterioError, RioTilerError, Exception), which would put the
+# library's message, server paths included, in the body: those fall to the last-resort
+# handlers of catalog/errors.py (503 for unreadable assets, 500 "internal error").
+CLIENT_STATUS_CODES: dict[type[Exception], int] = {
+    **{
+        exc: code
+        for exc, code in {**DEFAULT_STATUS_CODES, **MOSAIC_STATUS_CODES, **PGSTAC_STATUS_CODES}.items()
+        if code < 500
+    },
+    ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    rt_errors.PointOutsideBounds: 404,  # like TileOutsideBounds
+    rt_errors.InvalidBufferSize: 400,
+    rt_errors.InvalidBounds: 400,
+    rt_errors.InvalidGeographicBounds: 400,
+    rt_errors.InvalidColorMapName: 400,
+    rt_errors.InvalidMosaicMethod: 400,
+    rt_errors.AssetAsBandError: 400,
+    morecantile.errors.MorecantileError: 400,
+    CRSError: 400,  # a dst_crs / coord_crs that PROJ cannot use
+}
+
+# Errors of a library's base class whose message shows the client's input was the cause.
+_CLIENT_MESSAGES: dict[type[Exception], re.Pattern] = {
+    IndexError: re.compile(r"^band index -?\d+ out of range"),  # rasterio: `assets=S2L2A|bidx=20`
+    rt_errors.RioTilerError: re.compile(r"^Invalid geometry"),  # a Feature without a geometry
+    # PROJ/GDAL on coordinates or CRSs they cannot transform (our datasets' CRSs are valid)
+    rasterio._err.CPLE_BaseError: re.compile(
+        r"^PROJ: |^Cannot invert geotransform|^Too many points|^latitude max < latitude min"
+    ),
+}
+
+
+def _short(exc) -> str:
+    """First line of a library's message, server paths taken out, at most 300 characters."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()[:3])
+    elif isinstance(exc, ValidationError):  # titiler-pgstac's: a cql2 message as the title
+        text = "invalid filter: " + " ".join(exc.title.split())
+    else:
+        text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else "")[:300]
+
+
+def client_error_response(request, exc: Exception) -> JSONResponse:
+    status_code = next(code for cls, code in CLIENT_STATUS_CODES.items() if isinstance(exc, cls))
+    return error_response(status_code, _short(exc) or type(exc).__name__)
+
+
+def message_error_response(request, exc: Exception) -> JSONResponse:
+    """400 when the message says the client's input was the cause (`_CLIENT_MESSAGES`); else a
+    bug of ours or a library's: 500, logged, without internals."""
+    for cls, pattern in _CLIENT_MESSAGES.items():
+        if isinstance(exc, cls) and pattern.search(str(exc)):
+            return error_response(400, _short(exc))
+    logger.error("unexpected %s on %s", type(exc).__name__, request.url.path if request else "?", exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def index_error_response(request, exc: IndexError) -> JSONResponse:
-    """400 for rasterio's "band index N out of range" (the client asked for a band the
-    asset lacks); any other IndexError is a bug of ours or a library's: 500, logged."""
-    if _BAND_INDEX_ERROR.match(str(exc)):
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
-    logger.error("unexpected IndexError", exc_info=exc)
-    return JSONResponse({"detail": "internal error (IndexError)"}, status_code=500)
+    """400 for rasterio's "band index N out of range" (the client asked for a band the asset
+    lacks); any other IndexError is a bug: 500."""
+    return message_error_response(request, exc)
+
+
+def database_input_error_response(request, exc: Exception) -> JSONResponse:
+    """pgstac rejecting what the client sent (a CQL2 op it does not know, a value of the wrong
+    type): 400 with PostgreSQL's primary message, without its CONTEXT (PL/pgSQL lines) or SQL.
+    titiler-pgstac wraps some as BackendError (with the search's JSON): the cause is used."""
+    cause = exc.__cause__ if isinstance(exc, BackendError) else exc
+    if not isinstance(cause, psycopg.Error):
+        logger.error("unexpected %s", type(exc).__name__, exc_info=exc)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details")
+    primary = cause.diag.message_primary or type(cause).__name__
+    return error_response(400, f"the search was rejected: {_short(primary)}")
+
+
+def mosaic_timeout_response(request, exc: MosaicReadTimeout) -> JSONResponse:
+    return service_unavailable(str(exc))
+
+
+def add_tile_error_handlers(app: FastAPI) -> None:
+    # titiler's 204s (no item in a mosaic tile) answer without a body, as titiler does
+    add_exception_handlers(app, {exc: code for exc, code in MOSAIC_STATUS_CODES.items() if code == 204})
+    for exc, code in CLIENT_STATUS_CODES.items():
+        if code != 204:
+            app.add_exception_handler(exc, client_error_response)
+    for exc in _CLIENT_MESSAGES:
+        app.add_exception_handler(exc, message_error_response)
+    for exc in (psycopg.errors.DataError, psycopg.errors.RaiseException, BackendError):
+        app.add_exception_handler(exc, database_input_error_response)
+    app.add_exception_handler(MosaicReadTimeout, mosaic_timeout_response)
 
 
 def _json_error(status_code: int, detail: str):
@@ -245,6 +367,7 @@ class RenderPresetMiddleware:
         preset = [(k, v) for k, v in render_query(found) if k not in given_keys]
         scope = dict(scope)
         scope["query_string"] = urlencode(preset + given).encode("latin-1")
+        scope[RENDER_ZOOMS_KEY] = found.get("minmax_zoom")  # the mosaic minzoom (tile_limits)
         await self.app(scope, receive, send)
 
 
@@ -301,7 +424,11 @@ def open_pool(dsn: str, settings: ServiceSettings) -> ConnectionPool:
         timeout=settings.db_acquire_timeout,
         num_workers=1,
         check=ConnectionPool.check_connection,
-        kwargs={"options": "-c search_path=pgstac,public -c application_name=pgstac"},
+        # statement_timeout: a query ends with its request's time limit (catalog/guard.py)
+        kwargs={
+            "options": "-c search_path=pgstac,public -c application_name=pgstac"
+            f" -c statement_timeout={int(settings.request_time_limit * 1000)}"
+        },
         open=True,
     )
     pool.wait()
@@ -344,30 +471,47 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
         docs_url="/api.html",
         lifespan=lifespan,
     )
-    add_exception_handlers(
-        app,
-        {
-            **DEFAULT_STATUS_CODES,
-            **MOSAIC_STATUS_CODES,
-            **PGSTAC_STATUS_CODES,
-            ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT,
-        },
-    )
-    app.add_exception_handler(IndexError, index_error_response)
+    add_tile_error_handlers(app)
     app.state.renders = renders
 
+    # Bounded work per request (catalog/tile_limits.py): checks before any work on every
+    # tile route, mosaic tiles from a minimum zoom, bbox/feature images sized, every read
+    # counted (pixels x bands) and a read deadline for mosaics.
+    limits = TileLimits.from_settings(settings)
+    app.state.tile_limits = limits
+    checks = [Depends(request_checks(limits)), Depends(feature_body_check)]
+    mosaic_checks = [*checks, Depends(mosaic_zoom_check(limits, renders.unknown_mosaic))]
+    part_params = type("PartParams", (BoundedPartParams,), {"default_max_size": limits.max_image_size})
+    backend = type(
+        "Backend",
+        (BudgetedBackend,),
+        {
+            "read_seconds": limits.mosaic_read_seconds,
+            "max_values": limits.max_values,
+            "max_side": limits.max_image_size,
+        },
+    )
+
     # Readers that also read Zarr assets (catalog/zarr_tiles.py), with this app's S3 endpoint.
-    zarr_options = {"s3_endpoint_url": settings.s3_endpoint_url}
+    zarr_options = {
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "max_values": limits.max_values,
+        "max_side": limits.max_image_size,
+    }
     item_reader = type("ItemReader", (ItemReader,), zarr_options)
     mosaic_item_reader = type("MosaicItemReader", (MosaicItemReader,), zarr_options)
+    mosaic_options = {"backend": backend, "img_part_dependency": part_params}
 
     # Registered-search mosaics.
-    searches = _mosaic_factory(mosaic_item_reader, SearchIdParams, "/searches/{search_id}")
-    app.include_router(searches.router, tags=["STAC Search"], prefix="/searches/{search_id}")
+    searches = _mosaic_factory(mosaic_item_reader, SearchIdParams, "/searches/{search_id}", **mosaic_options)
+    app.include_router(
+        searches.router, tags=["STAC Search"], prefix="/searches/{search_id}", dependencies=mosaic_checks
+    )
     add_search_list_route(app, prefix="/searches", tags=["STAC Search"])
     add_search_register_route(
         app,
         prefix="/searches",
+        search_dependency=register_search_params,
         tile_dependencies=[
             searches.layer_dependency,
             searches.dataset_dependency,
@@ -383,9 +527,18 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
 
     # Collection mosaics (all items of a collection, as in titiler-pgstac's main.py).
     collections = _mosaic_factory(
-        mosaic_item_reader, CollectionIdParams, "/collections/{collection_id}", get_renders=_collection_mosaic_renders
+        mosaic_item_reader,
+        CollectionIdParams,
+        "/collections/{collection_id}",
+        get_renders=_collection_mosaic_renders,
+        **mosaic_options,
     )
-    app.include_router(collections.router, tags=["STAC Collection"], prefix="/collections/{collection_id}")
+    app.include_router(
+        collections.router,
+        tags=["STAC Collection"],
+        prefix="/collections/{collection_id}",
+        dependencies=mosaic_checks,
+    )
 
     # Items.
     items = MultiBaseTilerFactory(
@@ -395,11 +548,17 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
         add_viewer=False,
         get_renders=renders.for_item,
         extensions=[stacRenderExtension()],
+        img_part_dependency=part_params,
     )
-    app.include_router(items.router, tags=["STAC Item"], prefix="/collections/{collection_id}/items/{item_id}")
+    app.include_router(
+        items.router,
+        tags=["STAC Item"],
+        prefix="/collections/{collection_id}/items/{item_id}",
+        dependencies=checks,
+    )
 
     app.include_router(TMSFactory().router, tags=["Tiling Schemes"])
-    app.include_router(ColorMapFactory().router, tags=["ColorMaps"])
+    app.include_router(ColorMapFactory().router, tags=["ColorMaps"], dependencies=checks)  # legend width/height
 
     @app.get("/healthz", tags=["Health Check"])
     def healthz(timeout: int = Query(1, ge=0, le=30)) -> dict[str, Any]:
@@ -414,5 +573,11 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
             "versions": {"titiler.pgstac": titiler_pgstac_version, "gdal": rasterio.__gdal_version__},
         }
 
+    def openapi() -> dict:  # FastAPI's document, with the limits of tile_limits in it
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(FastAPI.openapi(app), limits)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id)
     return app

@@ -9,6 +9,10 @@ as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
 on an item converted to Zarr only, that name resolves to its `S2L2A_zarr` asset.
 
 float16 samples are widened to float32 (exact) because GDAL's warper has no float16.
+
+Both readers also bound the output of a request (catalog/tile_limits.py): every asset read,
+COG or Zarr, is counted against one `OutputBudget` per item reader, and a mosaic's item
+reader declines to open once the mosaic's read deadline has passed.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor XarrayReader uses)
 import xarray as xr
 from cachetools import TTLCache
+from rio_tiler.constants import WGS84_CRS
 from rio_tiler.io.stac import DEFAULT_VALID_TYPE
 from rio_tiler.io.xarray import XarrayReader
+from rio_tiler.utils import output_size
 from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
 
+from terramesh_stac.catalog.guard import Budget
+from terramesh_stac.catalog.tile_limits import (
+    BoundedReader,
+    OutputBudget,
+    bands_asked,
+    check_deadline,
+    check_part,
+)
 from terramesh_stac.converters import zarrstack
 
 
@@ -71,10 +85,35 @@ class ZarrSampleReader(XarrayReader):
     item_id: str = attr.ib(kw_only=True)
     nodata: float | int | str | None = attr.ib(default=None, kw_only=True)
     storage_options: dict | None = attr.ib(default=None, kw_only=True)
+    budget: OutputBudget | None = attr.ib(default=None, kw_only=True)
 
     def __attrs_post_init__(self):
         self.input = sample_bands(self.input, self.item_id, self.nodata, self.storage_options)
         super().__attrs_post_init__()
+
+    def info(self, indexes=None, **kwargs):
+        return super().info()  # band options of the asset (`|bidx=`) do not apply to info
+
+    def _bands(self, indexes) -> int:
+        return bands_asked(indexes, None, self.input.shape[0] if self.input.ndim == 3 else 1)
+
+    def part(self, bbox, dst_crs=None, bounds_crs=WGS84_CRS, indexes=None, **kwargs):
+        # explicit output size (rioxarray reprojects to it); never its native-resolution VRT
+        kwargs = check_part(self, self.budget, bbox, bounds_crs, self._bands(indexes), {**kwargs, "dst_crs": dst_crs})
+        kwargs.pop("vrt_options", None)  # GDAL VRTs are for COGs; xarray reprojects to the output size
+        return super().part(bbox, bounds_crs=bounds_crs, indexes=indexes, **kwargs)
+
+    def preview(self, max_size=1024, height=None, width=None, indexes=None, **kwargs):
+        if self.budget is not None:
+            h, w = output_size(
+                dataset_height=self.height,
+                dataset_width=self.width,
+                output_height=height,
+                output_width=width,
+                max_size=None if (height or width) else max_size,
+            )
+            self.budget.take(h, w, self._bands(indexes))
+        return super().preview(max_size=max_size, height=height, width=width, indexes=indexes, **kwargs)
 
 
 class ZarrAssets:
@@ -82,6 +121,14 @@ class ZarrAssets:
     without an asset of its own (`S2L2A`) resolves to its Zarr asset (`S2L2A_zarr`)."""
 
     s3_endpoint_url: str | None = None  # set by the app from its settings
+    max_values: int | None = None  # output pixels x bands per item reader (tile_limits.OutputBudget)
+    max_side: int | None = None
+
+    def _add_budget(self, max_values: int | None = None):
+        """One OutputBudget for all the assets this reader reads."""
+        if max_values := max_values or self.max_values:
+            budget = OutputBudget(max_values, self.max_side or max_values)
+            self.reader_options = {**self.reader_options, "budget": budget}
 
     def _stac_asset(self, name: str) -> tuple[str, dict]:
         """(item id, the asset as a dict) of the item being read."""
@@ -113,6 +160,11 @@ class ItemReader(ZarrAssets, PgSTACReader):
     """Item endpoints: titiler-pgstac's reader plus Zarr assets."""
 
     include_asset_types: set[str] = attr.ib(default=DEFAULT_VALID_TYPE | {zarrstack.MEDIA_TYPE})
+    reader: type = attr.ib(default=BoundedReader)
+
+    def __attrs_post_init__(self):
+        super().__attrs_post_init__()
+        self._add_budget()
 
     def _stac_asset(self, name):
         return self.item.id, self.item.assets[name].to_dict()
@@ -120,7 +172,21 @@ class ItemReader(ZarrAssets, PgSTACReader):
 
 @attr.s
 class MosaicItemReader(ZarrAssets, SimpleSTACReader):
-    """Mosaic endpoints (searches, collections): each item of the mosaic, plus Zarr assets."""
+    """Mosaic endpoints (searches, collections): each item of the mosaic, plus Zarr assets.
+    `deadline` (time.monotonic), `request` (the request's catalog.guard.Budget: cancelled
+    when its client goes away) and `item_max_values` come from tile_limits.BudgetedBackend:
+    after the deadline or the cancellation the item is skipped; its reads count against its
+    share of values."""
+
+    reader: type = attr.ib(default=BoundedReader)
+    deadline: float | None = attr.ib(default=None, kw_only=True)
+    request: Budget | None = attr.ib(default=None, kw_only=True)
+    item_max_values: int | None = attr.ib(default=None, kw_only=True)  # this item's share
+
+    def __attrs_post_init__(self):
+        check_deadline(self.deadline, self.request)
+        super().__attrs_post_init__()
+        self._add_budget(self.item_max_values)
 
     def _stac_asset(self, name):
         return self.input["id"], self.input["assets"][name]
