@@ -194,8 +194,23 @@ def test_sigterm_with_requests_in_flight_stops_within_seconds(fault_cluster, fau
 
 # --- load (benchmarks/_loadgen.py, the generator of benchmarks/service_load.py) ------------
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _loadgen import outage_report, request_mix, run_load  # noqa: E402
+
+def _load_benchmark_module(name: str):
+    """benchmarks/<name>.py as a module, without putting benchmarks/ on sys.path (its
+    `distributed.py` would hide dask's `distributed` from every later import)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"terramesh_benchmarks_{name}", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_loadgen = _load_benchmark_module("_loadgen")
+outage_report, request_mix, run_load = _loadgen.outage_report, _loadgen.request_mix, _loadgen.run_load
 
 LOAD_PRESETS = {"S2L2A": "true_color", "S2RGB": "rgb", "S1RTC": "s1rtc_vv"}
 MAX_RSS_MB = 1500  # the service's bound under this load (measured ~0.7 GB: libraries + 256 MB GDAL cache)

@@ -106,10 +106,14 @@ def _check_at_most(name: str, value, limit) -> None:
         raise LimitExceeded(f"{name}={value} is more than this service gives: at most {limit}")
 
 
+# titiler's rescaling of a 1-2 px image fails (IndexError in rescale_array): smaller sides are refused.
+MIN_IMAGE_SIDE = 4
+
+
 def _check_size(name: str, value, limit) -> None:
-    """An image side: 1..limit pixels."""
-    if value is not None and value < 1:
-        raise LimitExceeded(f"{name}={value}: an image side is at least 1 pixel")
+    """An image side: MIN_IMAGE_SIDE..limit pixels."""
+    if value is not None and value < MIN_IMAGE_SIDE:
+        raise LimitExceeded(f"{name}={value}: an image side is at least {MIN_IMAGE_SIDE} pixels")
     _check_at_most(name, value, limit)
 
 
@@ -270,10 +274,10 @@ def document_limits(openapi: dict, limits: TileLimits) -> dict:
     """The limits of `request_checks` as `minimum`/`maximum` of the parameters in the
     OpenAPI document, so clients (and schemathesis) see them."""
     bounds = {
-        "tilesize": (1, limits.max_tilesize),
-        "width": (1, limits.max_image_size),
-        "height": (1, limits.max_image_size),
-        "max_size": (1, limits.max_image_size),
+        "tilesize": (MIN_IMAGE_SIDE, limits.max_tilesize),
+        "width": (MIN_IMAGE_SIDE, limits.max_image_size),
+        "height": (MIN_IMAGE_SIDE, limits.max_image_size),
+        "max_size": (MIN_IMAGE_SIDE, limits.max_image_size),
         "buffer": (None, MAX_TILE_BUFFER),
         "padding": (None, MAX_TILE_BUFFER),
         "items_limit": (1, limits.mosaic_max_items),
@@ -372,7 +376,9 @@ def plan_part(src, bbox, bounds_crs, dst_crs, height, width, max_size, buffer) -
         height, width = output_size(
             dataset_height=native_h, dataset_width=native_w, output_height=height, output_width=width, max_size=max_size
         )
-    plan = PartPlan(height, width)
+    # a small max_size on an elongated bbox rounds one side to 0-2 px (an IndexError downstream)
+    plan = PartPlan(max(MIN_IMAGE_SIDE, height), max(MIN_IMAGE_SIDE, width))
+    height, width = plan.height, plan.width
     if native_w * native_h > 4 * height * width:  # downsampling: a VRT at the output's size
         left, bottom, right, top = bbox
         if bounds_crs and dst_crs and bounds_crs != dst_crs:
