@@ -106,6 +106,10 @@ def _check_at_most(name: str, value, limit) -> None:
         raise LimitExceeded(f"{name}={value} is more than this service gives: at most {limit}")
 
 
+# The deepest zoom a tile matrix set of titiler's may have (morecantile's default sets end
+# at 24-30); beyond it computations overflow.
+MAX_ZOOM = 30
+
 # titiler's rescaling of a 1-2 px image fails (IndexError in rescale_array): smaller sides are refused.
 MIN_IMAGE_SIDE = 4
 
@@ -168,12 +172,32 @@ def request_checks(limits: TileLimits):
         for name in ("buffer", "padding"):
             _check_at_most(name, _number(query.get(name)), MAX_TILE_BUFFER)
         if (bins := query.get("histogram_bins")) is not None:
-            count = _number(bins, int) if "," not in bins else len(bins.split(","))
-            _check_at_most("histogram_bins", count, MAX_HISTOGRAM_BINS)
+            if "," not in bins:
+                _check_at_most("histogram_bins", _number(bins, int), MAX_HISTOGRAM_BINS)
+            else:  # bin edges: numpy wants them finite and increasing
+                edges = [_number(edge) for edge in bins.split(",")]
+                _check_at_most("histogram_bins", len(edges), MAX_HISTOGRAM_BINS)
+                if None not in edges and not (
+                    all(math.isfinite(e) for e in edges) and all(a < b for a, b in zip(edges, edges[1:]))
+                ):
+                    raise LimitExceeded("histogram_bins: bin edges must be finite and increasing")
         if (bounds := query.get("histogram_range")) is not None:
             low, _, high = bounds.partition(",")
-            if (low := _number(low)) is not None and (high := _number(high)) is not None and not low <= high:
-                raise LimitExceeded("histogram_range: the first value must not be above the second")
+            if (low := _number(low)) is not None and (high := _number(high)) is not None:
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    raise LimitExceeded("histogram_range: both values must be finite")
+                if not low <= high:
+                    raise LimitExceeded("histogram_range: the first value must not be above the second")
+        if (cmap := query.get("colormap")) is not None:  # rio-tiler takes a number for a colormap
+            try:
+                parsed = json.loads(cmap)
+            except ValueError:
+                parsed = {}  # not JSON: titiler's own check answers
+            if not isinstance(parsed, dict | list):
+                raise LimitExceeded("colormap must be a JSON object ({value: [r, g, b, a]}) or a list of intervals")
+        for name in ("minzoom", "maxzoom"):  # TileJSON / map zooms: morecantile overflows far out
+            if (zoom := _number(query.get(name), int)) is not None and not 0 <= zoom <= MAX_ZOOM:
+                raise LimitExceeded(f"{name}={zoom} is not a zoom level (0..{MAX_ZOOM})")
         for p in query.getlist("p"):
             if (value := _number(p)) is not None and not 0 <= value <= 100:
                 raise LimitExceeded(f"percentile p={p} is not within 0..100")

@@ -205,6 +205,9 @@ _CLIENT_MESSAGES: dict[type[Exception], re.Pattern] = {
     rasterio._err.CPLE_BaseError: re.compile(
         r"^PROJ: |^Cannot invert geotransform|^Too many points|^latitude max < latitude min"
     ),
+    # titiler-pgstac's search list puts `sortby` and other parameters into SQL literals; a `%`
+    # in them then trips psycopg's placeholder parsing (safe: literals are quoted, not run)
+    psycopg.ProgrammingError: re.compile(r"^only '%s', '%b', '%t' are allowed as placeholders"),
 }
 
 
