@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from terramesh_stac.catalog import search_checks as limits
+from terramesh_stac.catalog.settings import ServiceSettings
 from tests.conftest import API_COLLECTION_ID
 
 CID = API_COLLECTION_ID
@@ -570,7 +571,7 @@ CASES = [
     pytest.param(
         POST,
         "/search",
-        {"json": {"ids": ["x" * 1000] * (limits.MAX_BODY_BYTES // 1000)}},
+        {"json": {"ids": ["x" * 1000] * (ServiceSettings().max_body_bytes // 1000)}},
         413,
         "larger than",
         id="body-too-large",

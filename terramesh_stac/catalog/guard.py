@@ -26,7 +26,7 @@ import time
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from terramesh_stac.catalog.errors import RETRY_AFTER_SECONDS, RequestCancelled
+from terramesh_stac.catalog.errors import RequestCancelled, error_response, service_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +67,6 @@ def current_budget() -> Budget:
     return _current.get()
 
 
-async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    import json
-
-    body = json.dumps({"code": "RequestLimit", "description": detail, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequestGuard:
     """Body-size limit, time limit and cancel-on-disconnect for every HTTP request whose
     path starts with one of `timed_prefixes` (others, e.g. file downloads, get the body
@@ -112,7 +94,8 @@ class RequestGuard:
         too_large = f"request body larger than {self.max_body_bytes} bytes"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            return await _send_json(send, 413, too_large if length.isdigit() else "invalid Content-Length")
+            detail = too_large if length.isdigit() else "invalid Content-Length"
+            return await error_response(413, detail)(scope, receive, send)
 
         body = bytearray()
         while True:
@@ -121,7 +104,7 @@ class RequestGuard:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
-                return await _send_json(send, 413, too_large)
+                return await error_response(413, too_large)(scope, receive, send)
             if not message.get("more_body", False):
                 break
 
@@ -169,10 +152,6 @@ class RequestGuard:
                     "%s %s: cancelled after the %g s time limit", scope["method"], scope["path"], self.time_limit
                 )
                 if not response_started:
-                    await _send_json(
-                        send,
-                        503,
-                        f"the request took longer than the service's {self.time_limit:g} s limit",
-                        [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
-                    )
+                    limit = f"the request took longer than the service's {self.time_limit:g} s limit"
+                    await service_unavailable(limit)(scope, receive, send)
             tasks.cancel_scope.cancel()

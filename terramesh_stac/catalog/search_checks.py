@@ -1,8 +1,8 @@
 """Checks of STAC API requests before they reach stac-fastapi and pgstac.
 
 What a client sends that PostgreSQL would reject (a 500 with SQL in the log), or that would
-make one request do unbounded work, is answered here with a 400 (413 for a body over the
-size limit) and a short message:
+make one request do unbounded work, is answered here with a 400 (415 for a body that is not
+JSON; the body's size is catalog/guard.py's) and a short message:
 
 - `SearchChecks`, an ASGI middleware of the STAC app: control characters in the path and
   query parameters; for the searches (GET/POST /search, GET /collections/{id}/items,
@@ -53,7 +53,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from terramesh_stac.catalog.errors import error_response
 
 MAX_LIMIT = 1000  # items (or collections) per page; a larger `limit` is served as this
-MAX_BODY_BYTES = 1_048_576  # POST /search body
 MAX_GEOMETRY_POSITIONS = 10_000  # per geometry (`intersects`, a filter's geometry literal)
 MAX_FILTER_DEPTH = 10  # nested CQL2 operators (`a < 1` is 1, `NOT (a < 1 AND b = 2)` is 3)
 MAX_FILTER_TEXT = 20_000  # characters of a cql2-text filter
@@ -725,20 +724,14 @@ def _check_content_type(scope: Scope) -> None:
 
 
 async def _read_body(receive: Receive, scope: Scope) -> bytes:
+    """The body, whose size catalog/guard.RequestGuard has already bounded (413 beyond)."""
     _check_content_type(scope)
-    for name, value in scope.get("headers", []):
-        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-            raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", status=413)
-    chunks, size = [], 0
+    chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", status=413)
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

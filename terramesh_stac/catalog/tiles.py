@@ -27,7 +27,6 @@ reads item-level `renders` only, so two small additions wire the collection's pr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -272,25 +271,6 @@ def add_tile_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MosaicReadTimeout, mosaic_timeout_response)
 
 
-def _json_error(status_code: int, detail: str):
-    body = json.dumps({"detail": detail}).encode()
-
-    async def respond(send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status_code,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    return respond
-
-
 class RenderPresetMiddleware:
     """Expand `?render=<id>` into the collection preset's query parameters.
 
@@ -350,7 +330,7 @@ class RenderPresetMiddleware:
         if not render_ids:
             return await self.app(scope, receive, send)
         if len(render_ids) > 1:
-            return await _json_error(400, "give one `render` preset id")(send)
+            return await error_response(400, "give one `render` preset id")(scope, receive, send)
         render_id = render_ids[0]
 
         path = scope["path"]
@@ -361,9 +341,9 @@ class RenderPresetMiddleware:
             found = await anyio.to_thread.run_sync(self._find_preset, path, render_id)
         except Exception as e:  # database down etc.: not the client's fault
             logger.exception("render lookup failed")
-            return await _json_error(503, f"could not read render presets: {e}")(send)
+            return await service_unavailable(f"could not read render presets: {redact(str(e))}")(scope, receive, send)
         if isinstance(found, tuple):  # (status, message)
-            return await _json_error(*found)(send)
+            return await error_response(*found)(scope, receive, send)
 
         given = [(k, v) for k, v in query if k != RENDER_PARAM]
         given_keys = {k for k, _ in given}
