@@ -95,9 +95,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def temp_dir(prefix: str) -> str:
-    """A fresh 0755 folder under /tmp (as root the `postgres` user must be able to enter it)."""
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+def temp_dir(prefix: str, parent: str = "/tmp") -> str:
+    """A fresh 0755 folder under `parent` (as root the `postgres` user must be able to enter it)."""
+    os.makedirs(parent, exist_ok=True)
+    d = tempfile.mkdtemp(prefix=prefix, dir=parent)
     os.chmod(d, 0o755)
     return d
 

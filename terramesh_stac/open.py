@@ -15,6 +15,7 @@ import copy
 import xarray as xr
 
 from terramesh_stac.converters import references, zarrstack
+from terramesh_stac.converters.item_assets import full_asset
 
 
 def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
@@ -22,7 +23,8 @@ def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
     assets = d["assets"]
     if (asset := assets.get(zarrstack.asset_key(modality))) is not None:
         return zarrstack.open_sample(asset["href"], d["id"], **open_kwargs)
-    if (asset := assets.get(references.asset_key(modality))) is not None:
+    if (asset := assets.get(key := references.asset_key(modality))) is not None:
+        asset = full_asset(key, asset)  # a lean item from the NDJSON: what item_assets says put back
         kwargs = copy.deepcopy(asset["xarray:open_kwargs"])  # fsspec mutates storage options
         for key, value in open_kwargs.items():
             kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value

@@ -473,11 +473,14 @@ def rewrite_member(tar_path, key: str, change) -> None:
     tar_path.write_bytes(buf.getvalue())
 
 
-def read_items(dest, endpoint_url: str | None = None) -> dict:
+def read_items(dest, endpoint_url: str | None = None, full: bool = True) -> dict:
     """{item id: item} of every items/**/*.ndjson under a converted destination (a folder, or
-    s3:// with `endpoint_url`); an id seen twice fails the test."""
+    s3:// with `endpoint_url`); an id seen twice fails the test. `full`: each asset with what
+    the collection's item_assets says put back (item_assets.full_item: what a STAC API serves
+    after hydration); else the lean items as written."""
     from terramesh_stac.catalog.loader import item_files
     from terramesh_stac.catalog.loader import read_items as read_item_file
+    from terramesh_stac.converters.item_assets import full_item
     from terramesh_stac.converters.storage import Store
 
     store = Store(str(dest), endpoint_url=endpoint_url)
@@ -485,7 +488,7 @@ def read_items(dest, endpoint_url: str | None = None) -> dict:
     for path in item_files(store):
         for item in read_item_file(store, path):
             assert item["id"] not in items, f"duplicate item {item['id']}"
-            items[item["id"]] = item
+            items[item["id"]] = full_item(item) if full else item
     return items
 
 

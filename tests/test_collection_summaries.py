@@ -1,5 +1,6 @@
-"""The collection says what was converted (issue 10): its summaries, extent and item_assets
-are computed from the items of every finished shard, through the CLI as a user runs it.
+"""The collection says what was converted (issue 10): its summaries and extent
+are computed from the items of every finished shard, through the CLI as a user runs it
+(item_assets is the fixed description of every asset an item may have: item_assets.py).
 
 One generated source: val has two Major TOM shards and one SSL4EO-S12 shard, train one
 Major TOM shard. The first run converts val's Major TOM shards only; the second, into the
@@ -55,7 +56,12 @@ def _times(values) -> list[datetime]:
 def _modalities_of(items) -> set[str]:
     """Modalities with an asset in any item, whatever its format."""
     names = ("S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC")
-    return {k.split("_")[0] for i in items for k in i["assets"] if k.split("_")[0] in names}
+    return {
+        k.split("_")[0]
+        for i in items
+        for k in i["assets"]
+        if k.split("_")[0] in names and not k.endswith("_source")  # the original bytes, not a conversion
+    }
 
 
 def assert_summaries_describe(collection: dict, items: list[dict]) -> None:
@@ -70,10 +76,12 @@ def assert_summaries_describe(collection: dict, items: list[dict]) -> None:
     assert set(s["terramesh:modalities"]) == _modalities_of(items)
     # S1GRD holds GRD, S1RTC RTC products, whichever format their assets have
     assert s["sar:product_type"] == sorted(m.removeprefix("S1") for m in _modalities_of(items) & set(S1))
-    assert s["sar:polarizations"] == sorted({v for p in props for v in p["sar:polarizations"]})
-    assert s["sar:instrument_mode"] == sorted({p["sar:instrument_mode"] for p in props})
-    # item_assets: exactly the asset keys items have
-    assert set(collection["item_assets"]) == {k for i in items for k in i["assets"]}
+    # SAR facts are the S1 assets' (lean items: said once, in item_assets)
+    s1_assets = [collection["item_assets"][m] for m in _modalities_of(items) & set(S1)]
+    assert s["sar:polarizations"] == sorted({v for a in s1_assets for v in a["sar:polarizations"]})
+    assert s["sar:instrument_mode"] == sorted({a["sar:instrument_mode"] for a in s1_assets})
+    # item_assets: every key an item has is described there (the set is fixed: item_assets.py)
+    assert {k for i in items for k in i["assets"]} <= set(collection["item_assets"])
 
 
 def test_a_major_tom_val_conversion_says_exactly_that(runs):
@@ -86,8 +94,9 @@ def test_a_major_tom_val_conversion_says_exactly_that(runs):
     assert s["terramesh:source"] == ["majortom"]
     assert s["sar:product_type"] == ["RTC"]  # Major TOM has RTC, never GRD
     assert "S1GRD" not in s["terramesh:modalities"] and "S1RTC" in s["terramesh:modalities"]
-    assert "S1GRD" not in collection["item_assets"] and "S1RTC" in collection["item_assets"]
-    assert {i["assets"]["S1RTC"]["sar:product_type"] for i in items} == {"RTC"}
+    assert {collection["item_assets"][k]["sar:product_type"] for i in items for k in i["assets"] if k == "S1RTC"} == {
+        "RTC"
+    }
     assert s["terramesh:formats"] == ["cog"]
     assert_summaries_describe(collection, items)
 
@@ -103,8 +112,8 @@ def test_collection_extent_from_items(runs):
     else:
         assert (west, east) == (min(i["bbox"][0] for i in items), max(i["bbox"][2] for i in items))
     start, end = _times(collection["extent"]["temporal"]["interval"][0])
-    assert start == min(_times(i["properties"]["start_datetime"] for i in items))
-    assert end == max(_times(i["properties"]["end_datetime"] for i in items))
+    assert start == min(_times(i["properties"]["datetime"] for i in items))
+    assert end == max(_times(i["properties"]["datetime"] for i in items))
 
 
 def test_a_second_run_into_the_destination_merges_the_summaries(runs):
@@ -116,17 +125,16 @@ def test_a_second_run_into_the_destination_merges_the_summaries(runs):
     assert s["terramesh:split"] == ["train", "val"]
     assert s["terramesh:source"] == ["majortom", "ssl4eos12"]
     assert s["sar:product_type"] == ["GRD", "RTC"]
-    assert {"S1GRD", "S1RTC"} <= set(collection["item_assets"])
     assert set(first["summaries"]["proj:code"]) < set(s["proj:code"])
     assert_summaries_describe(collection, items)
 
 
 def test_an_empty_destination_invents_nothing(tmp_path):
-    """The collection written before any shard is finished: no summaries, no item_assets."""
+    """The collection written before any shard is finished: no summaries; item_assets is the fixed set."""
     options = ConvertOptions(dest=str(tmp_path / "out"))
     _, collection = write_collection(options, options.store())
     validate(collection)
-    assert "summaries" not in collection and "item_assets" not in collection
+    assert "summaries" not in collection and "S2L2A" in collection["item_assets"]
 
 
 def test_only_the_converted_modalities_and_formats_are_described(source, tmp_path, monkeypatch):
@@ -151,5 +159,6 @@ def test_only_the_converted_modalities_and_formats_are_described(source, tmp_pat
     s = collection["summaries"]
     assert s["terramesh:modalities"] == ["S2L2A", "S1GRD", "S1RTC"]
     assert s["terramesh:formats"] == ["cog", "ref"]
-    assert set(collection["item_assets"]) == {"S2L2A", "S1GRD_ref", "S1RTC_ref", "cloud_mask"}
+    converted = {k for i in read_items(dest).values() for k in i["assets"] if not k.endswith("_source")}
+    assert converted == {"S2L2A", "S1GRD_ref", "S1RTC_ref", "cloud_mask"}
     assert_summaries_describe(collection, list(read_items(dest).values()))

@@ -96,23 +96,20 @@ def test_items_link_the_original_bytes_and_validate(over_http, synth_root):
     for item in items_of(over_http["dest"]):
         validate(item)
         shard = item["properties"]["terramesh:shard"]
-        via = {link["href"]: link for link in item["links"] if link["rel"] == "via"}
         for key, asset in item["assets"].items():
             if not key.endswith("_ref"):
                 continue
             modality = key.removesuffix("_ref")
-            member = asset["terramesh:source_member"]
-            assert member["href"] == f"{over_http['url']}/{SPLIT}/{modality}/{shard}"
+            # the original bytes: the modality's source asset (archive extension), by byte range
+            source = item["assets"][f"{modality}_source"]
+            assert source["href"] == f"{over_http['url']}/{SPLIT}/{modality}/{shard}"
+            assert source["archive:href"] == f"{item['id']}.zarr.zip"
             data = (synth_root / SPLIT / modality / shard).read_bytes()
             with tarfile.open(synth_root / SPLIT / modality / shard) as tar:
                 assert (
-                    data[member["offset"] : member["offset"] + member["size"]]
+                    data[source["archive:start"] : source["archive:end"] + 1]
                     == tar.extractfile(f"{item['id']}.zarr.zip").read()
                 )
-            assert via[member["href"]]["terramesh:byte_range"] == [
-                member["offset"],
-                member["offset"] + member["size"] - 1,
-            ]
             assert asset["type"] == "application/json" and "references" in asset["roles"]
             assert key.removesuffix("_ref") in item["assets"]  # the COG is there too (cog,ref)
     collection = json.loads((over_http["dest"] / "collection.json").read_text())
@@ -172,7 +169,7 @@ def test_references_into_the_s3_server(synth_root, s3_server, tmp_path):
             if not key.endswith("_ref"):
                 continue
             modality = key.removesuffix("_ref")
-            assert asset["terramesh:source_member"]["href"].startswith(f"s3://refs/src/val/{modality}/")
+            assert item["assets"][f"{modality}_source"]["href"].startswith(f"s3://refs/src/val/{modality}/")
             got = open_reference(asset, remote_options={"client_kwargs": {"endpoint_url": s3_server}})
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
             xr.testing.assert_identical(got, want)
@@ -265,7 +262,7 @@ def test_formats_chosen_per_modality(synth_root, tmp_path):
     assert s1_seen == {"S1GRD", "S1RTC"}
     collection = json.loads((dest / "collection.json").read_text())
     validate(collection)
-    refs = {k for k in collection["item_assets"] if k.endswith("_ref")}
+    refs = {k for i in items_of(dest) for k in i["assets"] if k.endswith("_ref")}
     assert refs == {"S1GRD_ref", "S1RTC_ref"}
     assert collection["summaries"]["terramesh:formats"] == ["cog", "ref"]
     # the choice is part of each shard's settings: another choice converts the shards again

@@ -69,6 +69,7 @@ from terramesh_stac.catalog.links import (
     service_root,
 )
 from terramesh_stac.catalog.settings import ServiceSettings
+from terramesh_stac.converters.items import asset_extensions, served_extensions
 
 API_TITLE = "TerraMesh STAC API"
 API_DESCRIPTION = (
@@ -284,22 +285,29 @@ class TerraMeshFiltersClient(FiltersClient):
 class TerraMeshClient(CoreCrudClient):
     """CoreCrudClient that serves URLs instead of local paths and adds tile links."""
 
-    async def _collection_renders(self, collection_id: str, request: Request) -> dict:
+    async def _collection_facts(self, collection_id: str, request: Request) -> tuple[dict, dict]:
+        """(render presets, asset_extensions of item_assets) of a collection, cached."""
         cache = request.app.state.terramesh["renders_cache"]  # one event loop: no lock needed
-        if (renders := cache.get(collection_id)) is not None:
-            return renders
+        if (facts := cache.get(collection_id)) is not None:
+            return facts
         async with request.app.state.get_connection(request, "r") as conn:
             collection = await conn.fetchval("SELECT get_collection($1::text)", collection_id)
-        cache[collection_id] = renders = (collection or {}).get("renders") or {}
-        return renders
+        collection = collection or {}
+        facts = (collection.get("renders") or {}, asset_extensions(collection.get("item_assets") or {}))
+        cache[collection_id] = facts
+        return facts
 
     async def _decorate_item(self, item: dict[str, Any], request: Request, root: str) -> None:
         conf = request.app.state.terramesh
         rewrite_asset_hrefs(item, conf["served_folders"], root)
         cid, iid = item.get("collection"), item.get("id")
-        if not (cid and iid) or not isinstance(item.get("links"), list):
+        if not cid:
+            return
+        renders, extensions_of_assets = await self._collection_facts(cid, request)
+        if "stac_extensions" in item:  # hydrated from the collection's item_assets: say their extensions
+            item["stac_extensions"] = served_extensions(item, extensions_of_assets)
+        if not iid or not isinstance(item.get("links"), list):
             return  # fields extension left no links / ids: nothing to add to
-        renders = await self._collection_renders(cid, request)
         render_id = default_render_id(renders, conf["default_render"])
         if render_id is not None:
             item["links"] += item_render_links(f"{root}{RASTER_PATH}/", cid, iid, render_id, renders[render_id])
@@ -484,6 +492,7 @@ def stac_settings(settings: ServiceSettings) -> StacSettings:
         stac_fastapi_landing_id="terramesh",
         enable_transactions_extensions=settings.enable_transactions,
         enabled_extensions=None,  # all of stac-fastapi-pgstac's read extensions
+        use_api_hydrate=settings.api_hydrate,
         cors_origins=settings.cors_origin_list,
         prefix_path="",
         root_path="",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from terramesh_stac.catalog import database
+from terramesh_stac.converters.item_assets import full_item
 from terramesh_stac.converters.layout import published_path
 from terramesh_stac.converters.storage import Store
 
@@ -140,6 +141,7 @@ class Publisher:
     def __init__(self, dsn: str, store: Store, *, partition: str | None = "month"):
         self.dsn, self.store, self.partition = dsn, store, partition
         self.collection_id: str | None = None
+        self.item_assets: dict = {}  # the collection's: what lean items are loaded with
         self.files: list[FileCount] = []
         self.errors: list[str] = []
         self.items_seconds = self.check_seconds = 0.0
@@ -165,6 +167,7 @@ class Publisher:
         database.prepare_collection(self._conn, collection["id"], self.partition)
         self._loader.collection_json.cache_clear()  # partition_trunc may have changed
         self.collection_id = collection["id"]
+        self.item_assets = collection.get("item_assets") or {}
 
     def load_file(self, relpath: str, expected_ids: set[str] | None = None) -> FileCount | None:
         """Load one NDJSON item file; None (and an error recorded) if it cannot be loaded."""
@@ -184,7 +187,9 @@ class Publisher:
             return [self.load_file(relpath, expected) for relpath, expected in files]
         t = time.perf_counter()
         if batch:
-            self._loader.load_items(iter(batch), Methods.delsert)
+            # whole items: pypgstac stores only what differs from the collection's item_assets
+            # and marks what an item lacks, so a lean item loaded as it is would be served lean
+            self._loader.load_items((full_item(i, self.item_assets) for i in batch), Methods.delsert)
         self.items_seconds += time.perf_counter() - t
         counts = []
         for relpath, items in checked:

@@ -45,6 +45,9 @@ class ServiceSettings(DatabaseSettings):
     # never `dsn` itself (the admin).
     api_dsn: str | None = None
     db_pool_max_size: int = 5  # per service (STAC API, tiles)
+    # Items are merged with their collection's item_assets in the API (stac-fastapi-pgstac's
+    # Rust `hydraters`) instead of in pgstac's PL/pgSQL: see README "pgstac at full size".
+    api_hydrate: bool = True
     # seconds a tile request waits for a pooled connection (titiler-pgstac tries 3 more times)
     db_acquire_timeout: float = Field(2.0, gt=0)
     # DSN of the transaction endpoints' write pool (pgstac_ingest role), used only with

@@ -133,23 +133,6 @@ def stac_nodata(v: float | int | None):
     return int(v) if float(v).is_integer() else float(v)
 
 
-def _stats(band: np.ndarray, nodata) -> dict:
-    valid = ~np.isnan(band) if band.dtype.kind == "f" else np.ones(band.shape, bool)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid &= band != nodata
-    n = int(valid.sum())
-    out = {"valid_percent": round(100.0 * n / band.size, 3)}
-    if n:
-        v = band[valid].astype("float64")
-        out.update(
-            minimum=float(v.min()),
-            maximum=float(v.max()),
-            mean=round(float(v.mean()), 4),
-            stddev=round(float(v.std()), 4),
-        )
-    return out
-
-
 def write_cog(
     data: np.ndarray,
     grid: Grid,
@@ -201,7 +184,7 @@ def _pixels(ds: xr.Dataset, var: str) -> np.ndarray:
 
 def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = None) -> dict:
     """STAC asset fields of a modality's pixels, whatever the file format: projection,
-    `bands` (names, wavelengths, statistics), nodata, unit, data type (`data_type`, or the
+    `bands` (names, common names, wavelengths), nodata, unit, data type (`data_type`, or the
     source's), classes. Shared by the COG and Zarr encoders."""
     info = MODALITY_INFO[modality]
     data = _pixels(ds, "bands")  # (band, y, x)
@@ -210,12 +193,7 @@ def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = No
     nodata = nodata_for(ds, modality)
     names = [str(b) for b in np.asarray(ds["band"].values)] if "band" in ds.coords else info.band_names
     by_name = {b.name: b for b in info.bands}
-    bands = []
-    for i, name in enumerate(names):
-        meta = by_name.get(name)
-        b = meta.stac_fields() if meta is not None else {"name": name}
-        b["statistics"] = _stats(data[i], nodata)
-        bands.append(b)
+    bands = [by_name[n].stac_fields() if n in by_name else {"name": n} for n in names]
 
     fields: dict = {
         "title": info.title,
@@ -232,9 +210,6 @@ def raster_fields(ds: xr.Dataset, modality: str, data_type: np.dtype | None = No
         fields["raster:scale"] = info.scale
     if modality == "LULC":
         fields["classification:classes"] = classes_field(LULC_CLASSES, nodata_value=0)
-    t = sample_time(ds)
-    if t is not None:
-        fields["datetime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return fields
 
 
@@ -295,9 +270,6 @@ def encode_cloud_mask(ds: xr.Dataset, *, profile: CogProfile = DEFAULT_PROFILE) 
         "classification:classes": classes_field(CLOUD_MASK_CLASSES, nodata_value=CLOUD_MASK_NODATA),
         "gsd": 10,
     }
-    t = sample_time(ds)
-    if t is not None:
-        fields["datetime"] = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return EncodedAsset(
         key="cloud_mask",
         data=cog,

@@ -1,9 +1,10 @@
 """The STAC Collection of TerraMesh: `create_collection(...)` (pure).
 
-STAC 1.1 (see items.py for the version choice). Extent, `summaries` and `item_assets` (core
-in STAC 1.1) come from what was converted (summary.Extent / summary.Summary, merged over
-the shards' manifests): a collection describes the items it has, and nothing when there are
-none yet. Items still carry their own band lists, so each stands alone.
+STAC 1.1 (see items.py for the version choice). Extent and `summaries` come from what was
+converted (summary.Extent / summary.Summary, merged over the shards' manifests): a collection
+describes the items it has, and nothing when there are none yet. `item_assets` (core in
+STAC 1.1) is the fixed, complete description of every asset an item may have
+(item_assets.py): items hold only what differs per sample.
 
 Render presets (render extension v2.0.0) are written in the parameter syntax that
 titiler-pgstac 3.2 / titiler-core 2.3 accept, checked in their installed source:
@@ -26,17 +27,9 @@ from datetime import UTC, datetime
 
 import pystac
 
-from . import references, zarrstack
-from .cog import COG_MEDIA_TYPE, classes_field
-from .formats import Format
-from .items import EXTENSIONS, SAR_FIELDS, STAC_VERSION, stac_extensions_for
-from .modalities import (
-    CLOUD_MASK_CLASSES,
-    CLOUD_MASK_NODATA,
-    LULC_CLASSES,
-    MODALITIES,
-    MODALITY_INFO,
-)
+from .item_assets import ITEM_ASSETS
+from .items import EXTENSIONS, STAC_VERSION, stac_extensions_for
+from .modalities import CLOUD_MASK_CLASSES, CLOUD_MASK_NODATA, LULC_CLASSES
 from .summary import Extent, Summary
 
 DOI = "10.48550/arXiv.2504.11172"
@@ -131,71 +124,8 @@ RENDERS: dict[str, dict] = {
 }
 
 
-def _item_asset(modality: str) -> dict:
-    info = MODALITY_INFO[modality]
-    d: dict = {
-        "title": info.title,
-        "type": COG_MEDIA_TYPE,
-        "roles": list(info.roles),
-        "gsd": 10,
-        "proj:shape": [264, 264],
-        "data_type": "float32" if info.dtype == "float16" else info.dtype,
-        "bands": [b.stac_fields() for b in info.bands],
-    }
-    if info.dtype == "float16":
-        d["terramesh:source_data_type"] = "float16"
-        d["nodata"] = "nan"
-    if modality == "LULC":
-        d["nodata"] = 0
-        d["classification:classes"] = classes_field(LULC_CLASSES, nodata_value=0)
-    if info.unit:
-        d["unit"] = info.unit
-    if info.scale:
-        d["raster:scale"] = info.scale
-    if modality in ("S1GRD", "S1RTC"):
-        d.update(SAR_FIELDS)
-        d["sar:polarizations"] = ["VV", "VH"]
-        d["sar:product_type"] = "RTC" if modality == "S1RTC" else "GRD"
-    return d
-
-
-AUXILIARY_ASSETS = {
-    "cloud_mask": {
-        "title": "Sentinel-2 cloud mask",
-        "type": COG_MEDIA_TYPE,
-        "roles": ["data", "cloud"],
-        "gsd": 10,
-        "data_type": "uint8",
-        "nodata": CLOUD_MASK_NODATA,
-        "classification:classes": classes_field(CLOUD_MASK_CLASSES, nodata_value=CLOUD_MASK_NODATA),
-    },
-    "thumbnail": {"title": "True-colour thumbnail (S2RGB)", "type": "image/jpeg", "roles": ["thumbnail"]},
-}
-
 # Before anything is converted: the whole globe from TerraMesh's first year (an extent is required).
 UNKNOWN_EXTENT = Extent(bbox=[-180.0, -90.0, 180.0, 90.0], start=datetime(2017, 1, 1, tzinfo=UTC).isoformat())
-
-
-def item_assets(summary: Summary) -> dict[str, dict]:
-    """What the items hold, as the summary saw it: per modality its COG, Zarr store and/or
-    reference file (the formats its assets were written in), then the cloud mask and the
-    thumbnail where items have them."""
-    out = {}
-    for m in MODALITIES:
-        formats = summary.modalities.get(m, ())
-        if Format.COG in formats:
-            out[m] = _item_asset(m)
-        if Format.ZARR in formats:
-            out[zarrstack.asset_key(m)] = zarrstack.how_to_open(m)
-        if Format.REF in formats:
-            out[references.asset_key(m)] = {
-                "title": f"{m}: kerchunk references into the original shard (no copy)",
-                "type": references.MEDIA_TYPE,
-                "roles": list(references.ROLES),
-                "xarray:open_kwargs": {"engine": "kerchunk"},
-            }
-    out.update({k: v for k, v in AUXILIARY_ASSETS.items() if k in summary.auxiliary})
-    return out
 
 
 def create_collection(
@@ -216,8 +146,8 @@ def create_collection(
     summary = summary or Summary()
     extent = extent if extent is not None and extent.bbox is not None else UNKNOWN_EXTENT
     extra_fields = {"sci:doi": DOI, "sci:citation": CITATION, "renders": json.loads(json.dumps(RENDERS))}
-    if assets := item_assets(summary):  # STAC forbids an empty item_assets
-        extra_fields["item_assets"] = assets
+    # fixed and complete, whatever was converted: pgstac's base_item derives from it (item_assets.py)
+    extra_fields["item_assets"] = json.loads(json.dumps(ITEM_ASSETS))
     coll = pystac.Collection(
         id=collection_id,
         title=title or "TerraMesh",
@@ -284,4 +214,4 @@ def create_collection(
     return coll
 
 
-__all__ = ["create_collection", "item_assets", "RENDERS", "EXTENSIONS", "STAC_VERSION"]
+__all__ = ["create_collection", "RENDERS", "EXTENSIONS", "STAC_VERSION"]

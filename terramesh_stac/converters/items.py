@@ -1,25 +1,25 @@
 """Build the STAC Item of one TerraMesh sample: `create_item(sample, assets, ...)` (pure).
 
-STAC version: 1.1.0 with projection v2 (`proj:code`) and the unified `bands` array
-(eo v2.0.0 / raster v2.0.0 fields inside `bands`, `nodata`/`data_type`/`unit` at asset level).
-Checked against the clients that read our items:
+STAC version: 1.1.0, the unified `bands` array (eo v2.0.0 fields inside `bands`,
+`nodata`/`data_type`/`unit` at asset level) and projection **v1.2.0**, which allows both
+`proj:code` and the deprecated `proj:epsg`. Items are lean (item_assets.py): the fields all
+items share live once in the collection's `item_assets`, the grid once in the item's
+properties (all raster assets share it). Checked against the clients that read our items
+(tests/test_clients.py loads a search with each):
 
-- titiler / rio-tiler 9 `STACReader` (installed source, rio_tiler/io/stac.py): band names from
-  `bands` or `eo:bands`, statistics from `bands` or `raster:bands`; CRS via pystac's
-  `ProjectionExtension.crs_string`, which returns `proj:code` first (pystac 1.15). Both work.
-- pystac / pystac-client 1.15 / 0.9: read both; when an item declares projection v1.x pystac
-  *migrates* `proj:epsg` into `proj:code` on read, so `proj:code` is what pystac users see anyway.
-- GDAL STACIT (rasterio 1.4 bundles GDAL 3.10.3): until 3.10.1 it required `proj:epsg`
-  (OSGeo/gdal#11753); "STACIT: STAC 1.1 support" (#11760, backported to 3.10 as #11774 and
-  released in 3.10.2) reads `proj:code` first. `tests/test_items.py` opens our items with
-  the STACIT driver to prove it on this GDAL.
-- odc-stac 0.5.3 (checked its source): CRS through pystac (so `proj:code` works, issue
-  opendatacube/odc-stac#187 was pystac < 1.12); nodata/data_type/unit from STAC 1.1 `bands`
-  and asset level (`raster:bands` only as a fallback). Its band *aliases* still come from
-  `eo:bands` only, so `odc.stac.load(bands=["red"])` needs the asset name instead
-  (`S2L2A.4`-style keys work).
-- `proj:epsg` and `proj:code` cannot both appear: projection v2.0.0's schema forbids unknown
-  `proj:` fields (additionalProperties false), and v1.x has no `proj:code`.
+- GDAL STACIT: 3.6 (Debian 12) reads only `proj:epsg` (3.10.2+ reads `proj:code` first,
+  OSGeo/gdal#11760) -> both are written.
+- stackstac 0.5: `proj:epsg` only ("Cannot pick a common CRS" without it), from the asset or
+  the item properties.
+- pystac / pystac-client 1.15 / 0.9, titiler / rio-tiler 9, odc-stac 0.5: `proj:code` via
+  pystac; band names from `bands`.
+- `proj:epsg` and `proj:code` cannot both appear under projection v2.0.0 (its schema forbids
+  unknown `proj:` fields), hence v1.2.0.
+
+Time: `datetime` is the S2 acquisition (S1 when a sample has no S2 modality);
+`terramesh:s1_datetime` the S1 acquisition. There is no start/end_datetime: pgstac sorts
+and filters by start_datetime when an item has one, and users filtering or sorting by
+`datetime` expect `properties.datetime`.
 
 Geometry: the pixel-edge footprint from footprint.footprint (densified, antimeridian split).
 Cloud cover rule (`eo:cloud_cover`, percent):
@@ -32,7 +32,8 @@ source Sentinel products; CDSE STAC item ids are the product names without `.SAF
 (ESA's CDSE STAC attribute mapping: "STAC id is without .SAFE"), under
 https://stac.dataspace.copernicus.eu/v1/collections/<collection>/items/<id>.
 Ids that do not look like ESA product names (e.g. Earth Engine style ids) get no link, only
-the `terramesh:*_product_id` property.
+the `terramesh:*_product_id` property (an ESA id is said once, by its link). Each modality's original bytes: the `<MODALITY>_source`
+asset (source_assets.py), with the member's byte range.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ import pystac
 import xarray as xr
 
 from .cog import sample_time
-from .footprint import footprint, grid_of, scalar
+from .footprint import Grid, footprint, grid_of, scalar
+from .item_assets import lean_asset
 from .modalities import CLOUD_MASK_MODALITIES, CLOUD_MASK_NODATA, CLOUDY_CLASSES, MODALITIES
 from .sample import Sample, WrittenAsset
+from .source_assets import ARCHIVE_EXTENSION, source_asset, source_asset_key
 
 STAC_VERSION = "1.1.0"
 EXTENSIONS = {
-    "proj:": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "proj:": "https://stac-extensions.github.io/projection/v1.2.0/schema.json",
     "eo:": "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
     "raster:": "https://stac-extensions.github.io/raster/v2.0.0/schema.json",
     "sar:": "https://stac-extensions.github.io/sar/v1.3.0/schema.json",
@@ -62,25 +65,30 @@ EXTENSIONS = {
     "sci:": "https://stac-extensions.github.io/scientific/v1.0.0/schema.json",
     "renders": "https://stac-extensions.github.io/render/v2.0.0/schema.json",
     "xarray:": "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json",
+    "archive:": ARCHIVE_EXTENSION,
 }
 
 CDSE_STAC = "https://stac.dataspace.copernicus.eu/v1"
 _S2_ID = re.compile(r"^S2[A-D]_MSI(L1C|L2A)_\d{8}T\d{6}_N\d{4}_R\d{3}_T\w{5}_\d{8}T\d{6}$")
 _S1_GRD_ID = re.compile(r"^S1[A-D]_(IW|EW|SM)_GRD[HMF]_1S[DS][VH]_\d{8}T\d{6}_\d{8}T\d{6}_\w+$")
 
-# Sentinel-1 facts shared by S1GRD and S1RTC (IW mode, C band).
-SAR_FIELDS = {
-    "sar:instrument_mode": "IW",
-    "sar:frequency_band": "C",
-    "sar:center_frequency": 5.405,
-}
-
+CENTER_DECIMALS = 6  # 0.1 m: what a recorded centre is good for, half the characters of a float
 S2_MODALITIES = ("S2L2A", "S2L1C", "S2RGB", "NDVI", "LULC")  # carry the S2 time
 S1_MODALITIES = ("S1GRD", "S1RTC")
 
 
 def _iso(t) -> datetime:
     return t.to_pydatetime()
+
+
+def rfc3339(t) -> str:
+    """A UTC time as STAC writes it: second precision unless it has a fraction, `Z`."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if t.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def grid_properties(grid: Grid) -> dict:
+    """The item-level projection fields (projection v1.2.0: proj:epsg for GDAL 3.6 and stackstac)."""
+    return {"proj:epsg": grid.epsg, **grid.stac_proj_fields()}
 
 
 def _file_id(ds: xr.Dataset) -> str | None:
@@ -150,29 +158,15 @@ def _reference(sample: Sample) -> xr.Dataset:
     raise ValueError(f"sample {sample.key} has no modality")
 
 
-def _asset(wa: WrittenAsset, modality_ds: xr.Dataset | None) -> pystac.Asset:
-    fields = dict(wa.fields)
-    title = fields.pop("title", None)
-    description = fields.pop("description", None)
-    extra = dict(fields)
-    if wa.size is not None:  # a file; a Zarr store is many objects
-        extra.update({"file:size": int(wa.size), "file:checksum": wa.checksum})
-    if wa.key in S1_MODALITIES:
-        extra.update(SAR_FIELDS)
-        extra.setdefault("sar:polarizations", ["VV", "VH"])
-        extra.setdefault("sar:product_type", "RTC" if wa.key == "S1RTC" else "GRD")
-    if modality_ds is not None and wa.key != "thumbnail" and (fid := _file_id(modality_ds)):
-        extra["terramesh:file_id"] = fid
+def _asset(wa: WrittenAsset, properties: dict) -> pystac.Asset:
+    """The item's asset: only what the collection's item_assets and the item's grid do not say."""
+    d = {"href": wa.href, "type": wa.media_type, "roles": list(wa.roles), **wa.fields}
+    d.pop("terramesh:source_member", None)  # said by the <MODALITY>_source asset
+    if wa.size is not None:  # a file; a Zarr store is many objects. Checksums: in the shard's manifest
+        d["file:size"] = int(wa.size)
     if wa.alternate_href:
-        extra["alternate"] = {"https": {"href": wa.alternate_href}}
-    return pystac.Asset(
-        href=wa.href,
-        title=title,
-        description=description,
-        media_type=wa.media_type,
-        roles=list(wa.roles),
-        extra_fields=extra,
-    )
+        d["alternate"] = {"https": {"href": wa.alternate_href}}
+    return pystac.Asset.from_dict(lean_asset(wa.key, d, properties))
 
 
 def _uses(d, prefix: str) -> bool:
@@ -189,6 +183,27 @@ def stac_extensions_for(d: dict) -> list[str]:
     return [uri for prefix, uri in EXTENSIONS.items() if _uses(body, prefix)]
 
 
+def asset_extensions(item_assets: dict) -> dict[str, list[str]]:
+    """Per item_assets key, the extensions whose fields its description holds."""
+    return {
+        key: [uri for prefix, uri in EXTENSIONS.items() if _uses(d, prefix)]
+        for key, d in item_assets.items()
+        if isinstance(d, dict)
+    }
+
+
+def served_extensions(item: dict, extensions_of_assets: dict[str, list[str]]) -> list[str]:
+    """The item's `stac_extensions` plus those whose fields its collection's item_assets add
+    to its assets when it is hydrated (what a STAC API serves: sar:, classification:, ...);
+    `extensions_of_assets`: asset_extensions(the collection's item_assets)."""
+    declared = item.get("stac_extensions")
+    assets = item.get("assets")
+    if not isinstance(declared, list) or not isinstance(assets, dict):
+        return declared
+    added = {uri for key in assets for uri in extensions_of_assets.get(key, ())}.difference(declared)
+    return declared + [uri for uri in EXTENSIONS.values() if uri in added]
+
+
 def create_item(
     sample: Sample,
     assets: dict[str, WrittenAsset],
@@ -196,11 +211,12 @@ def create_item(
     collection_id: str,
     revision: str | None,
 ) -> pystac.Item:
-    """The STAC Item of `sample` with `assets` (keys: modality names, cloud_mask, thumbnail).
+    """The STAC Item of `sample` with `assets` (keys: modality names, cloud_mask, thumbnail,
+    Zarr and reference keys) plus a `<MODALITY>_source` asset per modality read.
 
     Pure: reads only its arguments. Item id = sample key; geometry/bbox = WGS84 footprint of
-    the pixel edges; datetime = the S2 acquisition time (S1 time if no S2 modality);
-    start/end_datetime span all modalities' times except DEM's (it has none).
+    the pixel edges; datetime = the S2 acquisition time (S1 time if no S2 modality),
+    terramesh:s1_datetime = the S1 acquisition time.
     """
     ref = _reference(sample)
     grid = grid_of(ref)
@@ -213,18 +229,12 @@ def create_item(
         raise ValueError(f"sample {sample.key} has no dated modality")
     main_time = (s2_times or s1_times or sorted(times.values()))[0]
 
-    props: dict = {
-        "start_datetime": min(times.values()).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "end_datetime": max(times.values()).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "gsd": 10,
-        "proj:code": grid.proj_code,
-    }
+    props: dict = {"gsd": 10, **grid_properties(grid)}
+    if s1_times:
+        props["terramesh:s1_datetime"] = rfc3339(s1_times[0])
     cc = cloud_cover(sample)
     if cc is not None:
         props["eo:cloud_cover"] = cc
-    if any(m in sample.modalities for m in S1_MODALITIES):
-        props.update(SAR_FIELDS)
-        props["sar:polarizations"] = ["VV", "VH"]
 
     sample_id = None
     if "sample" in ref.coords:
@@ -241,7 +251,9 @@ def create_item(
     )
     # centre as recorded by TerraMesh (handy for ML users filtering by location)
     try:
-        props["terramesh:center"] = [float(scalar(ref, "center_lon")), float(scalar(ref, "center_lat"))]
+        props["terramesh:center"] = [
+            round(float(scalar(ref, c)), CENTER_DECIMALS) for c in ("center_lon", "center_lat")
+        ]
     except (KeyError, ValueError):
         pass
 
@@ -253,17 +265,11 @@ def create_item(
             if key == "s2l1c" and ids.get("s2") == pid:
                 continue
             ids.setdefault(key, pid)
-    for key, pid in ids.items():
-        props[f"terramesh:{key}_product_id"] = pid
+    for key, pid in ids.items():  # the link names the product; the property only when no link can
         if url := cdse_item_url(pid):
-            links.append(
-                pystac.Link(
-                    "derived_from",
-                    url,
-                    media_type="application/geo+json",
-                    title=f"Source product {pid} (Copernicus Data Space STAC)",
-                )
-            )
+            links.append(pystac.Link("derived_from", url, media_type="application/geo+json"))
+        else:
+            props[f"terramesh:{key}_product_id"] = pid
 
     item = pystac.Item(
         id=sample.key,
@@ -274,28 +280,19 @@ def create_item(
         collection=collection_id,
     )
     for key in sorted(assets, key=lambda k: (k not in MODALITIES, k)):
-        ds = sample.modalities.get(key)
-        if key == "cloud_mask":
-            ds = None
-        item.add_asset(key, _asset(assets[key], ds))
+        item.add_asset(key, _asset(assets[key], item.properties))
+    for m in MODALITIES:  # the original bytes: what references point into, what ML readers fetch
+        if member := sample.originals.get(m):
+            name = member.name or f"{sample.key}.zarr.zip"
+            end = member.offset + len(member.data) - 1
+            item.add_asset(
+                source_asset_key(m), pystac.Asset.from_dict(source_asset(member.tar_url, name, member.offset, end))
+            )
     # STAC requires a `collection` link when the `collection` field is set. Relative, no host:
     # the static layout is <root>/collection.json + <root>/<item id>/<item id>.json, and the
     # STAC API replaces self/parent/collection/root links with its own.
     item.add_link(pystac.Link("collection", "../collection.json", media_type="application/json"))
     for link in links:
         item.add_link(link)
-    for key in sorted(assets):  # the original bytes, where references point into
-        if member := assets[key].fields.get("terramesh:source_member"):
-            end = member["offset"] + member["size"] - 1
-            item.add_link(
-                pystac.Link(
-                    "via",
-                    member["href"],
-                    media_type="application/x-tar",
-                    title=f"Original shard holding this sample's {key.removesuffix('_ref')} .zarr.zip "
-                    f"(bytes {member['offset']}-{end})",
-                    extra_fields={"terramesh:byte_range": [member["offset"], end]},
-                )
-            )
     item.stac_extensions = stac_extensions_for(item.to_dict(include_self_link=False, transform_hrefs=False))
     return item

@@ -34,6 +34,7 @@ class SourceMember:
     tar_url: str
     offset: int
     data: bytes = field(repr=False)
+    name: str = ""  # the member's name in the tar, e.g. majortom_val_0000001.zarr.zip
 
 
 @dataclass

@@ -103,7 +103,7 @@ class _Stream:
                 self.errors.append(SampleError(key, self.shard, self.modality, "duplicate key in tar"))
                 continue
             self._index(member, name, data=data)
-            self.buffer[key] = SourceMember(self.tar_url, member.offset_data, data)
+            self.buffer[key] = SourceMember(self.tar_url, member.offset_data, data, member.name)
             return True
         return False
 

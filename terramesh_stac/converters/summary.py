@@ -16,6 +16,7 @@ import pystac
 
 from . import references, zarrstack
 from .formats import Format
+from .item_assets import SAR_FIELDS
 from .modalities import MODALITIES, MODALITY_INFO
 
 
@@ -121,13 +122,16 @@ class Summary:
             self.cloud_cover = Range(cc, cc).union(self.cloud_cover)
         sar = {k: v for k, v in props.items() if k.startswith("sar:")}
         for key in item.assets:
+            if key.endswith("_source"):  # the original bytes: every item has them, nothing converted
+                continue
             if key not in _MODALITY_ASSETS:
                 _insert(self.auxiliary, key)
                 continue
             modality, fmt = _MODALITY_ASSETS[key]
             _insert(self.modalities.setdefault(modality, []), str(fmt))
             # what the modality is (e.g. sar:product_type RTC), whatever format it was written in
-            for k, v in MODALITY_INFO[modality].extra.items():
+            facts = {**MODALITY_INFO[modality].extra, **(SAR_FIELDS if modality in ("S1GRD", "S1RTC") else {})}
+            for k, v in facts.items():
                 if k.startswith("sar:"):
                     _insert_all(self.sar.setdefault(k, []), v)
         for k, v in sar.items():

@@ -83,11 +83,6 @@ def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
     return {
         **raster_fields(ds, modality),
         **opening,
-        "description": (
-            "Open with xarray (engine zarr, consolidated) and select this sample with "
-            f"ds.sel(item={item_id!r}); terramesh_stac.open.open_sample(item, modality) "
-            "also restores its x/y coordinates and CRS."
-        ),
         "terramesh:sample_selection": {"item": item_id},
     }
 
