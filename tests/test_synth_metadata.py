@@ -225,3 +225,19 @@ def test_cli_writes_one_split_and_refuses_bad_input(tmp_path, capsys):
         assert e.value.code == 2
         assert re.search(r"--rows: rows must be", capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_utm_zone_as_synths_also_at_180_west():
+    lon = np.array([-180 - 3e-14, -180.0, -179.9, -0.1, 0.0, 5.99, 6.0, 179.99, 180.0])
+    lat = np.array([10.0, -10.0, 0.0, -0.1, 60.0, 1.0, -1.0, 70.0, -70.0])
+    assert list(sm.utm_epsg(lat, lon)) == [synth.utm_epsg(a, o) for a, o in zip(lat, lon)]
+    assert list(sm.utm_epsg(lat, lon)[:3]) == [32601, 32701, 32601]
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path):
+    def stop(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sm.generate_metadata(tmp_path, 50_000, splits=("val",), samples_per_shard=100, progress=stop)
+    assert list(tmp_path.iterdir()) == []

@@ -135,7 +135,7 @@ def _by_zone(epsg: np.ndarray, x: np.ndarray, y: np.ndarray, to_wgs84: bool) -> 
 
 def utm_epsg(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """synth.utm_epsg on arrays."""
-    zone = np.minimum(np.floor((lon + 180) / 6).astype(np.int64) + 1, 60)
+    zone = np.clip(np.floor((lon + 180) / 6).astype(np.int64) + 1, 1, 60)
     return np.where(lat >= 0, 32600, 32700) + zone
 
 
@@ -450,23 +450,33 @@ def generate_metadata(
             ),
         ]
         path = out / f"{split}_metadata.parquet"
+        partial = path.with_name(path.name + ".partial")  # renamed when complete: no half file
         schema = SCHEMA.with_metadata(_metadata.geoparquet_metadata(["Polygon", "MultiPolygon"]))
-        with pq.ParquetWriter(path, schema) as writer:
-            for source, total, batches, key_base, first_shard in streams:
-                done = 0
-                for chunk in _rechunk(batches, total, group):
-                    table = _table(
-                        chunk,
-                        source=source,
-                        split=split,
-                        offset=done,
-                        key_base=key_base,
-                        first_shard=first_shard,
-                        spp=samples_per_shard,
-                    )
-                    writer.write_table(table, row_group_size=len(chunk["crs"]))
-                    done += table.num_rows
-                    if progress:
-                        progress(table.num_rows)
+        try:
+            _write_split(partial, schema, streams, split, group, samples_per_shard, progress)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(path)
         written[split] = n_mt + n_ssl
     return written
+
+
+def _write_split(path, schema, streams, split, group, samples_per_shard, progress) -> None:
+    with pq.ParquetWriter(path, schema) as writer:
+        for source, total, batches, key_base, first_shard in streams:
+            done = 0
+            for chunk in _rechunk(batches, total, group):
+                table = _table(
+                    chunk,
+                    source=source,
+                    split=split,
+                    offset=done,
+                    key_base=key_base,
+                    first_shard=first_shard,
+                    spp=samples_per_shard,
+                )
+                writer.write_table(table, row_group_size=len(chunk["crs"]))
+                done += table.num_rows
+                if progress:
+                    progress(table.num_rows)
