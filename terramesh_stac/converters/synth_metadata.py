@@ -11,7 +11,7 @@ samples, numbered globally per split (majortom_shard_000001.. then ssl4eos12), s
 count gives the card's 793 + 96 train and 8 + 1 val shards.
 
 - `majortom` rows sit on Major TOM grid cells (synth.majortom_patch_grid's convention) whose
-  centre is on land (data/land_mask.npz) within Sentinel-2's 56 S - 84 N, 1-16 patches per
+  centre is on land (data/land_mask.npz: Natural Earth 1:110m, public domain) within Sentinel-2's 56 S - 84 N, 1-16 patches per
   cell (a patch is kept only if its own centre is on land); train and val use disjoint cells.
   S2 dates uniform over 2017-2024 at ~10:36 local solar time, S1 at ~06:00 or ~18:00 local
   time within 3 days of it.
@@ -20,7 +20,8 @@ count gives the card's 793 + 96 train and 8 + 1 val shards.
   seasons each ~91 days apart from a first date in Dec 2019 - Dec 2020 as the real ones;
   sample_id `<7-digit location>_<season>`, location ids unique over both splits.
 - cloud_cover: percent, 30 % of rows 0; the rest 100 x Beta(0.6, 5) for majortom (median
-  ~8 %), 10 x Beta(0.8, 2.5) for ssl4eos12 (SSL4EO-S12 kept scenes under 10 %).
+  ~6 %, 62 % under 10 %), 10 x Beta(0.8, 2.5) for ssl4eos12 (SSL4EO-S12 kept scenes under
+  10 %). No NaN.
 - bounds: the pixel edges in the UTM zone `crs` [xmin, ymin, xmax, ymax] on the 10 m grid;
   geometry: the WKB footprint of its 4 corners in WGS84 (a MultiPolygon split at 180 deg for
   the few that cross it); center_lon/lat: the grid centre (all as synth.py).
@@ -28,7 +29,11 @@ count gives the card's 793 + 96 train and 8 + 1 val shards.
 Whole columns at a time (numpy, pyproj per UTM zone, shapely, pyarrow compute), streamed in
 row groups of 10 shards (102,400 rows), so memory stays bounded and read_metadata's shard
 filter reads one row group. Deterministic per seed; a split's file does not depend on
-whether the other split is written. Measured: see README (section "Generated data").
+whether the other split is written.
+
+Measured for the full 9,178,624 rows (README, "Generated metadata at TerraMesh scale"):
+126 s of CPU on the shared 2-core dev machine (5 min 39 s wall clock at load average ~7),
+peak RSS 490 MB, train file 1.00 GB, val 9.9 MB.
 """
 
 from __future__ import annotations
