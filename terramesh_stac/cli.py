@@ -13,12 +13,60 @@ from terramesh_stac.settings import Settings, get_settings
 
 
 def _cmd_synth(args, settings: Settings) -> int:
+    if args.metadata_only:
+        return _synth_metadata(args)
+    if args.rows is not None:
+        print("error: --rows needs --metadata-only", file=sys.stderr)
+        return EXIT_USAGE
     from terramesh_stac.converters.synth import generate
 
+    split = args.split or "val"
     keys = generate(
-        args.out_dir, split=args.split, shards=args.shards, samples_per_shard=args.samples_per_shard, seed=args.seed
+        args.out_dir,
+        split=split,
+        shards=2 if args.shards is None else args.shards,
+        samples_per_shard=4 if args.samples_per_shard is None else args.samples_per_shard,
+        seed=args.seed,
     )
-    print(f"wrote {len(keys)} samples of split {args.split!r} to {args.out_dir}")
+    print(f"wrote {len(keys)} samples of split {split!r} to {args.out_dir}")
+    return EXIT_OK
+
+
+def _synth_metadata(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from terramesh_stac.converters import synth_metadata
+
+    if args.shards is not None:
+        print("error: --shards does not apply to --metadata-only (no shards are written)", file=sys.stderr)
+        return EXIT_USAGE
+    rows = synth_metadata.FULL_ROWS if args.rows is None else args.rows
+    splits = (args.split,) if args.split else synth_metadata.SPLITS
+    counts = synth_metadata.split_counts(rows)
+    console = Console(stderr=True)  # progress on a terminal only; stdout keeps the plain summary
+    with Progress(
+        TextColumn("metadata rows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("rows", total=sum(sum(counts[s].values()) for s in splits))
+        written = synth_metadata.generate_metadata(
+            args.out_dir,
+            rows,
+            seed=args.seed,
+            splits=splits,
+            samples_per_shard=synth_metadata.SAMPLES_PER_SHARD
+            if args.samples_per_shard is None
+            else args.samples_per_shard,
+            progress=lambda n: bar.advance(task, n),
+        )
+    for split, n in written.items():
+        print(f"wrote {n:,} rows to {args.out_dir}/{split}_metadata.parquet")
     return EXIT_OK
 
 
@@ -95,6 +143,13 @@ def _port(value: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be a number from 1 to 65535, got {value!r}")
     return port
+
+
+@_usage_errors
+def _synth_rows(value: str) -> int:
+    from terramesh_stac.converters.synth_metadata import parse_rows
+
+    return parse_rows(value)
 
 
 def _cmd_convert(args, settings: Settings) -> int:
@@ -245,10 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a small TerraMesh-format tree (generated data)")
     s.add_argument("out_dir")
-    s.add_argument("--split", default="val", choices=["train", "val"])
-    s.add_argument("--shards", type=int, default=2)
-    s.add_argument("--samples-per-shard", type=int, default=4)
+    s.add_argument(
+        "--split", choices=["train", "val"], help="default: val; with --metadata-only both, unless one is named"
+    )
+    s.add_argument("--shards", type=int, help="default 2")
+    s.add_argument("--samples-per-shard", type=int, help="default 4; with --metadata-only 10,240")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--metadata-only",
+        action="store_true",
+        help="only {split}_metadata.parquet, at TerraMesh scale (no shards; see converters/synth_metadata.py)",
+    )
+    s.add_argument(
+        "--rows",
+        type=_synth_rows,
+        help="with --metadata-only: rows over both splits, in TerraMesh's proportions (default 9,178,624)",
+    )
     s.set_defaults(func=_cmd_synth)
 
     c = sub.add_parser("convert", help="convert TerraMesh shards to assets + STAC items")

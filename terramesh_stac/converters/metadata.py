@@ -167,12 +167,17 @@ def write_metadata(
     }
     table = pa.table(cols)
     if geometry_as == "wkb":
-        types = sorted({shapely.get_type_id(r["geometry"]) for r in rows})
         names = {3: "Polygon", 6: "MultiPolygon"}
-        geo = {
-            "version": "1.0.0",
-            "primary_column": "geometry",
-            "columns": {"geometry": {"encoding": "WKB", "geometry_types": [names.get(t, "Unknown") for t in types]}},
-        }
-        table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+        types = [names.get(t, "Unknown") for t in sorted({shapely.get_type_id(r["geometry"]) for r in rows})]
+        table = table.replace_schema_metadata(geoparquet_metadata(types))
     pq.write_table(table, path)
+
+
+def geoparquet_metadata(geometry_types: list[str]) -> dict[bytes, bytes]:
+    """The schema metadata declaring `geometry` a GeoParquet WKB column of these types."""
+    geo = {
+        "version": "1.0.0",
+        "primary_column": "geometry",
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": geometry_types}},
+    }
+    return {b"geo": json.dumps(geo).encode()}

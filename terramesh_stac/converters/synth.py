@@ -71,7 +71,7 @@ def _grid_step(value: float, step: float, positive: str, negative: str) -> tuple
 
 
 def utm_epsg(lat: float, lon: float) -> int:
-    zone = min(int((lon + 180) // 6) + 1, 60)
+    zone = min(max(int((lon + 180) // 6) + 1, 1), 60)  # 1 also for -180 less a rounding error
     return (32600 if lat >= 0 else 32700) + zone
 
 
