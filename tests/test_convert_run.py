@@ -254,10 +254,10 @@ def test_new_revision_updates_exactly_its_shard_and_keeps_superseded_assets(sour
     other_manifest = (dest / manifest_path("val", other_shard)).read_bytes()
     mtimes = {p: p.stat().st_mtime_ns for p in (dest / "assets").rglob("*.tif")}
     old_dem = (dest / "assets" / moved_key / "DEM.tif").read_bytes()
-    # pgstac keys (and partitions) an item by its start_datetime when it has one, else datetime
+    # pgstac keys (and partitions) an item by its datetime (items have no start_datetime)
 
     def partition_time(item):
-        return (item["properties"].get("start_datetime") or item["properties"]["datetime"])[:19]
+        return item["properties"]["datetime"][:19]
 
     old_datetime = partition_time(items[moved_key])
 

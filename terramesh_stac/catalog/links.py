@@ -73,12 +73,16 @@ def is_local_path(href: str) -> bool:
     return href.startswith("file://") or ("://" not in href and os.path.isabs(href))
 
 
+SOURCE_SUFFIX = "_source"  # converters.source_assets.source_asset_key
+
+
 def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str) -> None:
     """In place: local asset paths of an item or collection dict under a served folder become
     URLs under `base`; other local asset paths are left as stored (items of another
     destination than the one served: dropping them would leave items without the assets
-    their extensions describe). Links to local paths (`via` links to the shards of a local
-    source) are left out: the service does not serve them, and they name server folders."""
+    their extensions describe). Links to local paths and `<MODALITY>_source` assets in the
+    shards of a local source are left out: the service does not serve them, and they name
+    server folders."""
     links = obj.get("links")
     if isinstance(links, list):
         obj["links"] = [
@@ -89,12 +93,14 @@ def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str
     assets = obj.get("assets")
     if not isinstance(assets, dict):
         return
-    for asset in assets.values():
+    for key, asset in list(assets.items()):
         href = asset.get("href") if isinstance(asset, dict) else None
         if isinstance(href, str) and is_local_path(href):
             url = local_href_to_url(href, folders, base)
             if url is not None:
                 asset["href"] = url
+            elif key.endswith(SOURCE_SUFFIX):  # the shards of a local source: not served, a server folder
+                del assets[key]
 
 
 # Render-extension fields that are not tile query parameters.
