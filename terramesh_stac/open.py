@@ -6,6 +6,9 @@
 The Dataset equals xarray's reading of the source `.zarr.zip` (values, NaNs, dtype,
 coordinates, CRS attributes). Extra keyword arguments go to xarray.open_dataset, e.g.
 `storage_options={"client_kwargs": {"endpoint_url": ...}}` for an S3-compatible server.
+
+`odc_stac_config(collection_id)`: odc-stac's `stac_cfg` naming S2L2A's bands by band name
+and common name (`odc.stac.load(items, bands=["red"], stac_cfg=odc_stac_config())`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import copy
 import xarray as xr
 
 from terramesh_stac.converters import references, zarrstack
-from terramesh_stac.converters.item_assets import full_asset
+from terramesh_stac.converters.item_assets import ITEM_ASSETS, full_asset
 
 
 def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
@@ -32,3 +35,19 @@ def open_sample(item, modality: str, **open_kwargs) -> xr.Dataset:
     raise KeyError(
         f"item {d['id']!r} has no Zarr or reference asset for {modality!r} (assets: {', '.join(sorted(assets))})"
     )
+
+
+def odc_stac_config(collection_id: str = "terramesh", asset: str = "S2L2A") -> dict:
+    """odc-stac's `stac_cfg` that names `asset`'s bands by band name and common name:
+    `odc.stac.load(items, bands=["red"], stac_cfg=odc_stac_config())` (or `["B04"]`).
+
+    Why a config: odc-stac 0.5 takes band aliases only from the eo v1 `eo:bands` of an
+    asset, and items declare eo v2.0.0 (STAC 1.1 `bands` with `eo:common_name`), whose
+    schema forbids `eo:bands`. The aliases come from the collection's item_assets, so they
+    name the same bands the items describe."""
+    aliases = {}
+    for index, band in enumerate(ITEM_ASSETS[asset]["bands"], start=1):
+        for name in (band["name"], band.get("eo:common_name")):
+            if name:
+                aliases[name] = (asset, index)
+    return {collection_id: {"aliases": aliases}}

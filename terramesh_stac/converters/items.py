@@ -12,7 +12,10 @@ properties (all raster assets share it). Checked against the clients that read o
 - stackstac 0.5: `proj:epsg` only ("Cannot pick a common CRS" without it), from the asset or
   the item properties.
 - pystac / pystac-client 1.15 / 0.9, titiler / rio-tiler 9, odc-stac 0.5: `proj:code` via
-  pystac; band names from `bands`.
+  pystac; titiler takes band names from `bands`; odc-stac only from eo v1 `eo:bands`, which
+  eo v2.0.0 forbids: its aliases come from a config (terramesh_stac.open.odc_stac_config).
+- `<MODALITY>_source` tars null `proj:code`/`proj:epsg` (source_assets.py): STACIT offered
+  them as rasters on the item's grid.
 - `proj:epsg` and `proj:code` cannot both appear under projection v2.0.0 (its schema forbids
   unknown `proj:` fields), hence v1.2.0.
 

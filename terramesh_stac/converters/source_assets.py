@@ -20,13 +20,19 @@ def source_asset_key(modality: str) -> str:
 
 
 def source_item_asset(modality: str) -> dict:
-    """The collection's item_assets entry of a modality's source asset."""
+    """The collection's item_assets entry of a modality's source asset.
+
+    `proj:code` and `proj:epsg` are null: a tar is no raster on the item's grid, but an
+    asset without them inherits the item-level projection, and GDAL STACIT then offers the
+    tar as a raster subdataset (one per CRS of a search) that fails to open."""
     return {
         "title": f"{modality}: original .zarr.zip inside the TerraMesh shard",
         "type": TAR_MEDIA_TYPE,
         "roles": list(ROLES),
         "archive:format": TAR_MEDIA_TYPE,
         "archive:type": MEMBER_MEDIA_TYPE,
+        "proj:code": None,
+        "proj:epsg": None,
     }
 
 
