@@ -131,9 +131,13 @@ def test_stacit_offers_raster_assets_only(catalog):
         names = " ".join(src.subdatasets)
     assert "asset=S2L2A" in names and "asset=DEM" in names
     assert "_source" not in names, names
+    assert_source_assets_have_no_projection(api)
+
+
+def assert_source_assets_have_no_projection(api: str) -> None:
     served = httpx.get(f"{api}/collections/{COLLECTION}/items", timeout=30).json()["features"][0]["assets"]
     sources = [a for k, a in served.items() if k.endswith("_source")]
-    assert sources and all(a["proj:epsg"] is None and a["proj:code"] is None for a in sources)
+    assert sources and all(a["proj:epsg"] is None and a["proj:code"] is None for a in sources), sources
 
 
 def test_stacit_in_the_distributions_gdal_reads_the_cog_pixels(catalog, target, tmp_path):
