@@ -128,108 +128,117 @@ def items_of_table(table: pa.Table, ctx: CatalogContext, byte_ranges=None) -> li
     byte_ranges(shard) -> {(key, modality): (start, end)} (from the byte index) or {}.
     Rows without a usable crs, bounds or time are reported in the shard's `errors` and left out.
     """
-    tars = _strings(table.column("tar"))
-    order = {}
-    for i, t in enumerate(tars):
+    cols = _Columns(table, ctx)
+    order: dict[str | None, list[int]] = {}
+    for i, t in enumerate(cols.tars):
         order.setdefault(t, []).append(i)
-    out = []
-    for shard, rows in order.items():
-        part = table.take(pa.array(rows, pa.int64()))
-        out.append(_shard_items(part, shard, ctx, byte_ranges(shard) if byte_ranges and shard else {}))
-    return out
-
-
-def _shard_items(table: pa.Table, shard: str | None, ctx: CatalogContext, ranges: dict) -> ShardItems:
-    n = table.num_rows
-    names = table.column_names
-    zarrs = _strings(table.column("zarr"))
-    keys = [key_of_member(z) if z else None for z in zarrs]
-    sample_ids = _strings(table.column("sample_id")) if "sample_id" in names else [None] * n
-    crs = pc.cast(table.column("crs"), pa.float64()).to_numpy(zero_copy_only=False) if "crs" in names else None
-    crs = np.full(n, np.nan) if crs is None else crs.astype("float64")
-    bounds = _bounds(table.column("bounds")) if "bounds" in names else np.full((n, 4), np.nan)
-    s2 = _times(table.column("S2_time") if "S2_time" in names else None, n)
-    s1 = _times(table.column("S1_time") if "S1_time" in names else None, n)
-    main = np.where(np.isnat(s2), s1, s2)
-    cc = _floats(table.column("cloud_cover")) * ctx.cloud_cover_scale if "cloud_cover" in names else np.full(n, np.nan)
-    centre = [
-        np.round(_floats(table.column(c)), CENTER_DECIMALS) if c in names else np.full(n, np.nan)
-        for c in ("center_lon", "center_lat")
+    return [
+        _shard_items(cols, rows, shard, ctx, byte_ranges(shard) if byte_ranges and shard else {})
+        for shard, rows in order.items()
     ]
 
-    # bad rows: reported with the reason, the rest goes on
-    reasons: list[str | None] = [None] * n
-    width, height = bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]
-    checks = (
-        (np.array([k is None for k in keys]), "no zarr member name"),
-        (np.isnan(crs) | (crs <= 0), "no crs (EPSG code)"),
-        (~np.isfinite(bounds).all(axis=1), "no bounds (4 numbers)"),
-        (~(width > 0) | ~(height > 0), "bounds are empty (xmin >= xmax or ymin >= ymax)"),
-        (np.isnat(main), "no S2_time nor S1_time"),
-    )
-    for bad, reason in checks:
-        for i in np.flatnonzero(bad):
-            reasons[i] = reasons[i] or reason
 
-    geometries: list = [None] * n
-    good = np.array([r is None for r in reasons], dtype=bool)
-    epsg = np.where(good, crs, 0).astype("int64")
-    for code in np.unique(epsg[good]):
-        idx = np.flatnonzero(good & (epsg == code))
-        try:
-            for i, fp in zip(idx, footprints(int(code), bounds[idx])):
-                geometries[i] = fp
-        except Exception as e:  # noqa: BLE001 - pyproj's errors for an unknown code vary
-            for i in idx:
-                reasons[i] = f"crs EPSG:{int(code)} cannot be used: {e}"
+class _Columns:
+    """A table's columns as what the items need, computed over all rows at once: footprints
+    per UTM zone (one pyproj call each), times formatted, and why a row cannot be an item."""
 
-    datetimes, s1_datetimes = rfc3339_strings(main), rfc3339_strings(s1)
-    cols = np.rint(width / GSD).astype("int64", copy=False) if n else np.zeros(0, "int64")
-    rows_ = np.rint(height / GSD).astype("int64", copy=False) if n else np.zeros(0, "int64")
-    b, widths, heights = bounds.tolist(), width.tolist(), height.tolist()
-    cc_list, lon_list, lat_list = cc.tolist(), centre[0].tolist(), centre[1].tolist()
+    def __init__(self, table: pa.Table, ctx: CatalogContext):
+        n = table.num_rows
+        names = table.column_names
+        self.tars = _strings(table.column("tar"))
+        self.zarrs = _strings(table.column("zarr"))
+        self.keys = [key_of_member(z) if z else None for z in self.zarrs]
+        self.sample_ids = _strings(table.column("sample_id")) if "sample_id" in names else [None] * n
+        crs = pc.cast(table.column("crs"), pa.float64()).to_numpy(zero_copy_only=False) if "crs" in names else None
+        crs = np.full(n, np.nan) if crs is None else crs.astype("float64")
+        bounds = _bounds(table.column("bounds")) if "bounds" in names else np.full((n, 4), np.nan)
+        s2 = _times(table.column("S2_time") if "S2_time" in names else None, n)
+        s1 = _times(table.column("S1_time") if "S1_time" in names else None, n)
+        self.main = np.where(np.isnat(s2), s1, s2)
+        self.cc = (
+            _floats(table.column("cloud_cover")) * ctx.cloud_cover_scale
+            if "cloud_cover" in names
+            else np.full(n, np.nan)
+        )
+        centre = [
+            np.round(_floats(table.column(c)), CENTER_DECIMALS) if c in names else np.full(n, np.nan)
+            for c in ("center_lon", "center_lat")
+        ]
+
+        # bad rows: reported with the reason, the rest goes on
+        self.reasons: list[str | None] = [None] * n
+        width, height = bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]
+        checks = (
+            (np.array([k is None for k in self.keys], dtype=bool), "no zarr member name"),
+            (np.array([t is None for t in self.tars], dtype=bool), "no tar (shard) name"),
+            (np.isnan(crs) | (crs <= 0), "no crs (EPSG code)"),
+            (~np.isfinite(bounds).all(axis=1), "no bounds (4 numbers)"),
+            (~(width > 0) | ~(height > 0), "bounds are empty (xmin >= xmax or ymin >= ymax)"),
+            (np.isnat(self.main), "no S2_time nor S1_time"),
+        )
+        for bad, reason in checks:
+            for i in np.flatnonzero(bad):
+                self.reasons[i] = self.reasons[i] or reason
+
+        self.geometries: list = [None] * n
+        good = np.array([r is None for r in self.reasons], dtype=bool)
+        self.epsg = np.where(good, crs, 0).astype("int64")
+        for code in np.unique(self.epsg[good]):
+            idx = np.flatnonzero(good & (self.epsg == code))
+            try:
+                for i, fp in zip(idx, footprints(int(code), bounds[idx], arrays=True)):
+                    self.geometries[i] = fp
+            except Exception as e:  # noqa: BLE001 - pyproj's errors for an unknown code vary
+                for i in idx:
+                    self.reasons[i] = f"crs EPSG:{int(code)} cannot be used: {e}"
+
+        self.datetimes, self.s1_datetimes = rfc3339_strings(self.main), rfc3339_strings(s1)
+        self.shape_cols = np.rint(width / GSD).astype("int64").tolist() if n else []
+        self.shape_rows = np.rint(height / GSD).astype("int64").tolist() if n else []
+        self.bounds, self.widths, self.heights = bounds.tolist(), width.tolist(), height.tolist()
+        self.epsgs = self.epsg.tolist()
+        self.cc_list, self.lon, self.lat = self.cc.tolist(), centre[0].tolist(), centre[1].tolist()
+
+
+def _shard_items(c: _Columns, rows: list[int], shard: str | None, ctx: CatalogContext, ranges: dict) -> ShardItems:
     to_open = shard_modalities(shard or "")[0]
-    tar_urls = {m: ctx.tar_url(ctx.split, m, shard) for m in to_open} if shard else {}
+    tar_urls = [(m, source_asset_key(m), ctx.tar_url(ctx.split, m, shard)) for m in to_open] if shard else []
     extensions: dict[tuple, list[str]] = {}
-
     result = ShardItems(shard=shard or "", lines=[], extent=Extent(), summary=Summary())
-    codes, sources = set(), set()
-    bbox_union, kept = None, np.zeros(n, dtype=bool)
-    for i in range(n):
-        key = keys[i]
-        if reasons[i] is not None or geometries[i] is None or not shard:
-            reason = reasons[i] or ("no tar (shard) name" if not shard else "no footprint")
-            result.errors.append({"key": key, "shard": shard, "reason": reason})
+    codes, sources, kept, bbox_union = set(), set(), [], None
+    for i in rows:
+        key = c.keys[i]
+        if c.reasons[i] is not None or c.geometries[i] is None:
+            result.errors.append({"key": key, "shard": shard, "reason": c.reasons[i] or "no footprint"})
             continue
-        geometry, bbox = geometries[i]
-        xmin, ymin, xmax, ymax = b[i]
-        w, h = int(cols[i]), int(rows_[i])
-        code = int(epsg[i])
+        geometry, bbox = c.geometries[i]
+        xmin, _, _, ymax = c.bounds[i]
+        w, h, code = c.shape_cols[i], c.shape_rows[i], c.epsgs[i]
         props = {
             "gsd": GSD,
             "proj:epsg": code,
-            **proj_fields(code, (h, w), [widths[i] / w, 0.0, xmin, 0.0, -heights[i] / h, ymax], b[i]),
+            **proj_fields(code, (h, w), [c.widths[i] / w, 0.0, xmin, 0.0, -c.heights[i] / h, ymax], c.bounds[i]),
         }
-        if s1_datetimes[i]:
-            props["terramesh:s1_datetime"] = s1_datetimes[i]
-        if cc_list[i] == cc_list[i]:  # not NaN
-            props["eo:cloud_cover"] = cc_list[i]
+        if c.s1_datetimes[i]:
+            props["terramesh:s1_datetime"] = c.s1_datetimes[i]
+        if c.cc_list[i] == c.cc_list[i]:  # not NaN
+            props["eo:cloud_cover"] = c.cc_list[i]
         source = key.split("_", 1)[0]
         props["terramesh:source"] = source
         props["terramesh:split"] = ctx.split
         props["terramesh:shard"] = shard
-        if sample_ids[i] is not None:
-            props["terramesh:sample_id"] = sample_ids[i]
+        if c.sample_ids[i] is not None:
+            props["terramesh:sample_id"] = c.sample_ids[i]
         if ctx.revision is not None:
             props["terramesh:revision"] = ctx.revision
-        if lon_list[i] == lon_list[i] and lat_list[i] == lat_list[i]:
-            props["terramesh:center"] = [lon_list[i], lat_list[i]]
-        props["datetime"] = datetimes[i]
-        member = zarrs[i].rsplit("/", 1)[-1]
-        assets = {}
-        for m, href in tar_urls.items():
-            r = ranges.get((key, m))
-            assets[source_asset_key(m)] = source_asset(href, member, *(r or ()))
+        if c.lon[i] == c.lon[i] and c.lat[i] == c.lat[i]:
+            props["terramesh:center"] = [c.lon[i], c.lat[i]]
+        props["datetime"] = c.datetimes[i]
+        member = c.zarrs[i].rsplit("/", 1)[-1]
+        if ranges:
+            assets = {k: source_asset(href, member, *ranges.get((key, m), ())) for m, k, href in tar_urls}
+        else:
+            assets = {k: {"href": href, "archive:href": member} for _, k, href in tar_urls}
         item = {
             "type": "Feature",
             "stac_version": STAC_VERSION,
@@ -243,31 +252,28 @@ def _shard_items(table: pa.Table, shard: str | None, ctx: CatalogContext, ranges
             "collection": ctx.collection_id,
         }
         # which extensions an item uses depends only on which fields it has
-        shape = (tuple(props), tuple(k for a in assets.values() for k in a))
+        shape = (tuple(props), bool(assets))
         if shape not in extensions:
             extensions[shape] = stac_extensions_for(item)
         item["stac_extensions"] = extensions[shape]
-        result.lines.append(orjson.dumps(item))
-        kept[i] = True
+        result.lines.append(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY))
+        kept.append(i)
         codes.add(props["proj:code"])
         sources.add(source)
-        bbox_union = union_bbox(bbox_union, bbox) if bbox[0] > bbox[2] else bbox_union
-    if kept.any():
-        simple = [geometries[i][1] for i in np.flatnonzero(kept) if geometries[i][1][0] <= geometries[i][1][2]]
-        if simple:
-            a = np.array(simple)
-            box = [a[:, 0].min(), a[:, 1].min(), a[:, 2].max(), a[:, 3].max()]
+        if bbox[0] > bbox[2]:  # crosses the antimeridian
+            bbox_union = union_bbox(bbox_union, bbox)
+    if kept:
+        boxes = np.array([c.geometries[i][1] for i in kept])
+        simple = boxes[boxes[:, 0] <= boxes[:, 2]]
+        if len(simple):
+            box = [simple[:, 0].min(), simple[:, 1].min(), simple[:, 2].max(), simple[:, 3].max()]
             bbox_union = union_bbox(bbox_union, [float(v) for v in box])
-        times, ccs = main[kept], cc[kept]
+        times, ccs = c.main[kept], c.cc[kept]
         ccs = ccs[~np.isnan(ccs)]
         cc_range = Range(float(ccs.min()), float(ccs.max())) if ccs.size else None
         result.extent = Extent(bbox=bbox_union, start=_iso(times.min()), end=_iso(times.max()))
         result.summary = Summary(
-            split=[ctx.split],
-            source=sorted(sources),
-            gsd=[GSD],
-            proj_code=sorted(codes),
-            cloud_cover=cc_range,
+            split=[ctx.split], source=sorted(sources), gsd=[GSD], proj_code=sorted(codes), cloud_cover=cc_range
         )
     return result
 

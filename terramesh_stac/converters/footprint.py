@@ -142,11 +142,15 @@ def footprint(grid: Grid, densify: int = DENSIFY) -> tuple[dict, list[float]]:
     return footprints(grid.epsg, np.array([grid.bounds]), densify)[0]
 
 
-def footprints(epsg: int, bounds: np.ndarray, densify: int = DENSIFY) -> list[tuple[dict, list[float]]]:
+def footprints(
+    epsg: int, bounds: np.ndarray, densify: int = DENSIFY, *, arrays: bool = False
+) -> list[tuple[dict, list[float]]]:
     """footprint() of many grids of one CRS at once, from their pixel-edge `bounds` rows
     (xmin, ymin, xmax, ymax): the `catalog` command's path, the same rules as a converted
     item's. Outlines that need shapely (crossing the antimeridian, or not counter-clockwise
-    in lon/lat) go through the per-ring path; the rest are built from the arrays directly."""
+    in lon/lat) go through the per-ring path; the rest are built from the arrays directly.
+    `arrays`: their rings as (k, 2) numpy arrays, for orjson's OPT_SERIALIZE_NUMPY (the same
+    JSON as the lists, without building millions of Python floats)."""
     lon, lat = outlines(epsg, bounds, densify)
     lon, lat = np.round(lon, _DECIMALS), np.round(lat, _DECIMALS)
     west, east = lon.min(axis=1), lon.max(axis=1)
@@ -154,7 +158,8 @@ def footprints(epsg: int, bounds: np.ndarray, densify: int = DENSIFY) -> list[tu
     area = (lon[:, :-1] * lat[:, 1:] - lon[:, 1:] * lat[:, :-1]).sum(axis=1)
     simple = (east - west <= 180.0) & (area > 0)
     bboxes = np.column_stack([west, lat.min(axis=1), east, lat.max(axis=1)]).tolist()
-    rings = np.stack([lon, lat], axis=2).tolist()
+    rings = np.stack([lon, lat], axis=2)
+    rings = list(rings) if arrays else rings.tolist()
     return [
         ({"type": "Polygon", "coordinates": [ring]}, bbox) if ok else _footprint_of_ring(lon[i], lat[i])
         for i, (ok, ring, bbox) in enumerate(zip(simple.tolist(), rings, bboxes))
