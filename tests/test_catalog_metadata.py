@@ -167,3 +167,18 @@ def test_catalog_refuses_a_source_without_metadata(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     assert main(["catalog", str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--quiet"]) == 1
     assert "no metadata parquet" in capsys.readouterr().err
+
+
+def test_catalog_on_a_dask_scheduler_writes_the_same_items(synth_root, tmp_path):
+    from distributed import LocalCluster
+
+    local = tmp_path / "local"
+    assert main(["catalog", str(synth_root), "--dest", str(local), "--workers", "1", "--quiet"]) == EXIT_OK
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        dask = tmp_path / "dask"
+        rc = main(
+            ["catalog", str(synth_root), "--dest", str(dask), "--scheduler", cluster.scheduler_address, "--quiet"]
+        )
+    assert rc == EXIT_OK
+    want = catalog_items(local)
+    assert len(want) == 12 and catalog_items(dask) == want
