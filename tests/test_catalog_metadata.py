@@ -182,3 +182,41 @@ def test_catalog_on_a_dask_scheduler_writes_the_same_items(synth_root, tmp_path)
     assert rc == EXIT_OK
     want = catalog_items(local)
     assert len(want) == 12 and catalog_items(dask) == want
+
+
+def test_catalog_of_a_url_source_points_at_its_tars(synth_root, http_server, tmp_path):
+    """Only the parquet is read (range requests); the source assets name the tars by URL,
+    as `convert` of the same URL names them."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["catalog", str(synth_root), "--dest", str(local), "--workers", "1", "--quiet"]) == EXIT_OK
+    assert main(["catalog", f"{http_server}/", "--dest", str(remote), "--workers", "1", "--quiet"]) == EXIT_OK
+    want, got = catalog_items(local), catalog_items(remote)
+    assert sorted(got) == sorted(want)
+    root = str(synth_root).rstrip("/")
+    for key, item in got.items():
+        for name, asset in item["assets"].items():
+            modality = name.removesuffix("_source")
+            shard = item["properties"]["terramesh:shard"]
+            assert asset["href"] == f"{http_server}/val/{modality}/{shard}"
+            assert want[key]["assets"][name]["href"] == f"{root}/val/{modality}/{shard}"
+        assert {**item, "assets": None} == {**want[key], "assets": None}
+
+
+def test_load_checks_catalog_files_against_the_catalog_manifest(synth_root, tmp_path, pgstac_db):
+    cid = "terramesh-catalog-load"
+    dest = tmp_path / "out"
+    try:
+        assert main(["catalog", str(synth_root), "--dest", str(dest), "--collection", cid, "--quiet"]) == EXIT_OK
+        result = load(str(dest), pgstac_db.loader)
+        assert result.ok and result.written == result.in_db == 12 and len(result.files) == 3
+        assert len(_rows(pgstac_db.admin, cid)) == 12
+
+        manifest_path = dest / "catalog/manifests/val.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"][0]["count"] += 1  # the file no longer holds what the manifest says
+        manifest_path.write_text(json.dumps(manifest))
+        result = load(str(dest), pgstac_db.loader, raise_on_error=False)
+        assert not result.ok
+        assert any(manifest["files"][0]["path"] in e and "catalog manifest says" in e for e in result.errors)
+    finally:
+        delete_collection(pgstac_db.admin, cid)
