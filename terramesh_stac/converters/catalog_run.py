@@ -30,7 +30,7 @@ from .catalog_items import COLUMNS, CatalogContext, cloud_cover_scale, items_of_
 from .catalog_manifest import write_catalog_manifest
 from .layout import catalog_items_path, index_path
 from .source import open_source
-from .storage import Store
+from .storage import DestinationError, Store
 from .summary import Extent, Summary
 
 SUMMARY_PROBLEMS = 20  # bad rows listed in the printed summary; the manifest has them all
@@ -165,27 +165,44 @@ def _progress(enabled: bool, total: int):
     return bar
 
 
+def _result(future, task: tuple[str, int, int]) -> TaskResult:
+    """A task's result; a row group that failed as a whole (unreadable, a write error) is
+    reported as one problem and the run goes on."""
+    split, row_group, rows = task
+    try:
+        return future.result()
+    except DestinationError:  # every other row group would fail the same way: stop
+        raise
+    except Exception as e:  # noqa: BLE001 - reported, the other row groups go on
+        reason = f"row group {row_group} of {split}_metadata.parquet failed: {type(e).__name__}: {e}"
+        return TaskResult(split, row_group, rows=rows, errors=[{"key": None, "shard": None, "reason": reason}])
+
+
 def _run_tasks(tasks, source_url, options, scales, scheduler, workers, on_done) -> int:
-    """Run catalog_task for each (split, row group): on Dask given a scheduler, else on a
-    local process pool; on_done(result) in the client as each finishes. Returns workers."""
+    """Run catalog_task for each (split, row group, rows): on Dask given a scheduler, else on
+    a local process pool; on_done(result) in the client as each finishes. Returns workers."""
     if scheduler:
         from distributed import Client, as_completed
 
         with Client(scheduler) as client:
             n = len(client.scheduler_info()["workers"])
-            futures = [
-                client.submit(catalog_task, source_url, s, rg, options, scales[s], pure=False) for s, rg, _ in tasks
-            ]
+            futures = {
+                client.submit(catalog_task, source_url, t[0], t[1], options, scales[t[0]], pure=False): t for t in tasks
+            }
             for future in as_completed(futures):
-                on_done(future.result())
+                on_done(_result(future, futures[future]))
                 future.release()
         return n
     n = workers or len(os.sched_getaffinity(0))
     # spawn: no fork of a client that may hold threads (pyarrow, rich) or a database connection
     with concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(catalog_task, source_url, s, rg, options, scales[s]) for s, rg, _ in tasks]
-        for future in concurrent.futures.as_completed(futures):
-            on_done(future.result())
+        futures = {pool.submit(catalog_task, source_url, t[0], t[1], options, scales[t[0]]): t for t in tasks}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                on_done(_result(future, futures[future]))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
     return n
 
 
