@@ -148,7 +148,8 @@ class CatalogReport:
         return "\n".join(lines)
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool):
+    """A rich progress bar of metadata rows, on stderr, only on a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -160,7 +161,7 @@ def _progress(enabled: bool, total: int):
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=console,
-        disable=not enabled,
+        disable=not enabled or not console.is_terminal,
     )
     return bar
 
@@ -238,7 +239,7 @@ def build_catalog(
     store.check_writable()
 
     results: dict[str, list[TaskResult]] = {s: [] for s in scales}
-    with _progress(progress, sum(n for *_, n in tasks)) as bar:
+    with _progress(progress) as bar:
         task = bar.add_task("rows", total=sum(n for *_, n in tasks), rate="")
 
         def done(result: TaskResult) -> None:
