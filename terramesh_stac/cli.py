@@ -203,6 +203,40 @@ def _cmd_convert(args, settings: Settings) -> int:
     return EXIT_PARTIAL if report.errors else EXIT_OK
 
 
+def _cmd_catalog(args, settings: Settings) -> int:
+    import contextlib
+
+    from terramesh_stac.converters.catalog_run import CatalogOptions, build_catalog
+
+    options = CatalogOptions(
+        dest=args.dest or settings.dest,
+        collection_id=args.collection or settings.collection_id,
+        revision=args.revision,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )
+    with contextlib.ExitStack() as stack:
+        publisher = None
+        if args.load:
+            from terramesh_stac.catalog import database
+            from terramesh_stac.catalog.loader import Publisher
+
+            dsn = args.dsn or database.dsn(settings, role="loader")
+            publisher = stack.enter_context(Publisher(dsn, options.store()))
+        report = build_catalog(
+            args.source,
+            options,
+            split=args.split,
+            scheduler=args.scheduler or settings.scheduler,
+            workers=args.workers,
+            progress=not args.quiet,
+            publisher=publisher,
+        )
+    print(report.summary())
+    if report.published.get("errors"):
+        return EXIT_FAILED
+    return EXIT_PARTIAL if report.errors else EXIT_OK
+
+
 def _write_report(path: str, report: dict) -> None:
     try:
         with open(path, "w") as f:
@@ -357,6 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", help="write the run's report (every problem, per shard) as JSON here")
     c.add_argument("--quiet", action="store_true", help="no progress display")
     c.set_defaults(func=_cmd_convert)
+
+    ca = sub.add_parser("catalog", help="one STAC item per row of {split}_metadata.parquet, without reading a pixel")
+    ca.add_argument(
+        "source", type=_source, help="TerraMesh root: folder, https://…/resolve/<rev>/ or s3://bucket/prefix"
+    )
+    ca.add_argument("--dest", type=_destination, help="local folder or s3://bucket/prefix (default: TERRAMESH_DEST)")
+    ca.add_argument("--split", default="val", choices=["train", "val", "all"])
+    ca.add_argument("--collection", help="collection id (default: terramesh)")
+    ca.add_argument("--revision", help="dataset revision to record (default: from the source URL)")
+    ca.add_argument(
+        "--scheduler", help="address of a running Dask scheduler (default: TERRAMESH_SCHEDULER, else a process pool)"
+    )
+    ca.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    ca.add_argument("--load", action="store_true", help="load the items into pgstac when written")
+    ca.add_argument("--dsn", help="with --load: PostgreSQL DSN (default: the embedded cluster's loader role)")
+    ca.add_argument("--quiet", action="store_true", help="no progress display")
+    ca.set_defaults(func=_cmd_catalog)
 
     pr = sub.add_parser("prune", help="delete superseded assets kept from older source revisions")
     pr.add_argument("dest", nargs="?", type=_destination, help="what `convert` wrote (default: TERRAMESH_DEST)")

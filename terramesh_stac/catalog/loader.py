@@ -4,6 +4,9 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
 
     dest/collection.json
     dest/items/**/*.ndjson      one STAC item per line (.ndjson.gz also read)
+    dest/catalog/manifests/<split>.json + the items files they list: what `catalog` made
+                                from the metadata alone, loaded first and only for shards
+                                `convert` has not finished (publish_catalog)
 
 `load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
 mode, so loading the same output twice leaves the same rows, and an item whose datetime
@@ -284,6 +287,35 @@ class Publisher:
         }
 
 
+CATALOG_BATCH_FILES = 10  # catalog files per pypgstac call (its cost is per call and partition)
+
+
+def publish_catalog(publisher: Publisher) -> dict:
+    """Load the items `terramesh-stac catalog` made from the metadata parquet (listed in
+    `catalog/manifests/<split>.json`), except those of shards `convert` finished: a converted
+    item is never replaced by its metadata-only version. Each file's count is checked
+    against the catalog manifest and in pgstac. Returns what was loaded."""
+    from terramesh_stac.converters.catalog_manifest import pending_catalog_files
+
+    files, skipped = pending_catalog_files(publisher.store, publisher.collection_id)
+    first = len(publisher.files)
+    for i in range(0, len(files), CATALOG_BATCH_FILES):
+        batch = files[i : i + CATALOG_BATCH_FILES]
+        for (relpath, count), loaded in zip(batch, publisher.load_files([(p, None) for p, _ in batch])):
+            if loaded is not None and loaded.written != count:
+                publisher.errors.append(
+                    f"{relpath}: the catalog manifest says {count} items, the file holds {loaded.written}"
+                )
+    loaded = publisher.files[first:]
+    return {
+        "files": len(loaded),
+        "skipped_files": skipped,
+        "items": sum(f.written for f in loaded),
+        "in_db": sum(f.in_db for f in loaded),
+        "errors": list(publisher.errors),
+    }
+
+
 def load(
     dest: str,
     dsn: str,
@@ -316,6 +348,7 @@ def load(
     with Publisher(dsn, store, partition=partition) as publisher:
         publisher.publish_collection(collection)
         result.collection_seconds = time.perf_counter() - t0
+        publish_catalog(publisher)  # first: converted items of the same ids then replace them
         for relpath in item_files(store):
             publisher.load_file(relpath)
     result.files, result.errors = publisher.files, publisher.errors

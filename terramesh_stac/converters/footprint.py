@@ -63,12 +63,17 @@ class Grid:
     def stac_proj_fields(self) -> dict:
         """Projection extension v2 fields for an asset on this grid."""
         t = self.transform
-        return {
-            "proj:code": self.proj_code,
-            "proj:shape": [int(self.shape[0]), int(self.shape[1])],
-            "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
-            "proj:bbox": list(self.bounds),
-        }
+        return proj_fields(self.epsg, self.shape, [t.a, t.b, t.c, t.d, t.e, t.f], self.bounds)
+
+
+def proj_fields(epsg: int, shape, transform: list[float], bounds) -> dict:
+    """The projection fields of a grid (a Grid's, or one `catalog` builds from a metadata row)."""
+    return {
+        "proj:code": f"EPSG:{epsg}",
+        "proj:shape": [int(shape[0]), int(shape[1])],
+        "proj:transform": transform,
+        "proj:bbox": list(bounds),
+    }
 
 
 def _spacing(c: np.ndarray, name: str) -> float:
@@ -99,19 +104,30 @@ def _to_wgs84(epsg: int) -> Transformer:
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
+def _edge_points(bounds: np.ndarray, densify: int) -> tuple[np.ndarray, np.ndarray]:
+    """x, y (shape (n, 4 * (densify - 1))) of the pixel-edge outlines of `bounds` rows
+    (xmin, ymin, xmax, ymax), counter-clockwise from (xmin, ymin), not closed."""
+    xmin, ymin, xmax, ymax = (bounds[:, i : i + 1] for i in range(4))
+    t = np.linspace(0.0, 1.0, densify)[:-1][None, :]
+    one = np.ones_like(t)
+    xs = np.concatenate([xmin + (xmax - xmin) * t, xmax * one, xmax - (xmax - xmin) * t, xmin * one], axis=1)
+    ys = np.concatenate([ymin * one, ymin + (ymax - ymin) * t, ymax * one, ymax - (ymax - ymin) * t], axis=1)
+    return xs, ys
+
+
+def outlines(epsg: int, bounds: np.ndarray, densify: int = DENSIFY) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat (shape (n, 4 * (densify - 1) + 1)) of the closed pixel-edge outlines of `bounds`
+    rows in the grid CRS `epsg`: one pyproj call for all rows."""
+    xs, ys = _edge_points(np.asarray(bounds, dtype="float64").reshape(-1, 4), densify)
+    lon, lat = _to_wgs84(epsg).transform(xs, ys)
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    return np.concatenate([lon, lon[:, :1]], axis=1), np.concatenate([lat, lat[:, :1]], axis=1)
+
+
 def outline(grid: Grid, densify: int = DENSIFY) -> tuple[np.ndarray, np.ndarray]:
     """Lon/lat of the pixel-edge outline, counter-clockwise in the grid CRS, closed."""
-    xmin, ymin, xmax, ymax = grid.bounds
-    t = np.linspace(0.0, 1.0, densify)[:-1]
-    xs = np.concatenate(
-        [xmin + (xmax - xmin) * t, np.full_like(t, xmax), xmax - (xmax - xmin) * t, np.full_like(t, xmin)]
-    )
-    ys = np.concatenate(
-        [np.full_like(t, ymin), ymin + (ymax - ymin) * t, np.full_like(t, ymax), ymax - (ymax - ymin) * t]
-    )
-    lon, lat = _to_wgs84(grid.epsg).transform(xs, ys)
-    lon, lat = np.append(lon, lon[0]), np.append(lat, lat[0])
-    return np.asarray(lon), np.asarray(lat)
+    lon, lat = outlines(grid.epsg, np.array([grid.bounds]), densify)
+    return lon[0], lat[0]
 
 
 def _geojson(geom) -> dict:
@@ -123,9 +139,35 @@ def _geojson(geom) -> dict:
 
 def footprint(grid: Grid, densify: int = DENSIFY) -> tuple[dict, list[float]]:
     """(GeoJSON geometry, bbox) in WGS84 of the grid's pixel edges; antimeridian-aware."""
-    lon, lat = outline(grid, densify)
-    lon = np.round(lon, _DECIMALS)
-    lat = np.round(lat, _DECIMALS)
+    return footprints(grid.epsg, np.array([grid.bounds]), densify)[0]
+
+
+def footprints(
+    epsg: int, bounds: np.ndarray, densify: int = DENSIFY, *, arrays: bool = False
+) -> list[tuple[dict, list[float]]]:
+    """footprint() of many grids of one CRS at once, from their pixel-edge `bounds` rows
+    (xmin, ymin, xmax, ymax): the `catalog` command's path, the same rules as a converted
+    item's. Outlines that need shapely (crossing the antimeridian, or not counter-clockwise
+    in lon/lat) go through the per-ring path; the rest are built from the arrays directly.
+    `arrays`: their rings as (k, 2) numpy arrays, for orjson's OPT_SERIALIZE_NUMPY (the same
+    JSON as the lists, without building millions of Python floats)."""
+    lon, lat = outlines(epsg, bounds, densify)
+    lon, lat = np.round(lon, _DECIMALS), np.round(lat, _DECIMALS)
+    west, east = lon.min(axis=1), lon.max(axis=1)
+    # shoelace: > 0 for a counter-clockwise ring (what orient(polygon, 1.0) returns as is)
+    area = (lon[:, :-1] * lat[:, 1:] - lon[:, 1:] * lat[:, :-1]).sum(axis=1)
+    simple = (east - west <= 180.0) & (area > 0)
+    bboxes = np.column_stack([west, lat.min(axis=1), east, lat.max(axis=1)]).tolist()
+    rings = np.stack([lon, lat], axis=2)
+    rings = list(rings) if arrays else rings.tolist()
+    return [
+        ({"type": "Polygon", "coordinates": [ring]}, bbox) if ok else _footprint_of_ring(lon[i], lat[i])
+        for i, (ok, ring, bbox) in enumerate(zip(simple.tolist(), rings, bboxes))
+    ]
+
+
+def _footprint_of_ring(lon: np.ndarray, lat: np.ndarray) -> tuple[dict, list[float]]:
+    """(GeoJSON geometry, bbox) of one closed, rounded lon/lat outline."""
     if lon.max() - lon.min() <= 180.0:
         poly = orient(Polygon(zip(lon, lat)), 1.0)
         xmin, ymin, xmax, ymax = poly.bounds

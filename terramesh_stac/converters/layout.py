@@ -10,6 +10,8 @@ manifests/<split>/<shard>.json    what a finished shard wrote; written last (res
 revisions/<id>/assets/...         superseded assets of an older source revision (until prune)
 published/<split>/<shard>.json    which content of the shard was loaded into which pgstac
 reports/run.json                  the last run's report (every problem, per shard)
+catalog/items/<split>/<shard>.<row group>.ndjson   items from the metadata parquet alone
+catalog/manifests/<split>.json    what `catalog` wrote for a split (files, counts, extent)
 """
 
 COLLECTION_FILE = "collection.json"
@@ -58,3 +60,13 @@ def staging_path(split: str, shard: str) -> str:
 def revision_path(revision_id: str, relpath: str) -> str:
     """Where a superseded object stays readable: revisions/<id>/<its relative path>."""
     return f"revisions/{revision_id}/{relpath}"
+
+
+def catalog_items_path(split: str, shard: str, row_group: int) -> str:
+    """A shard's items from one row group of the metadata parquet (`catalog`): a shard may
+    span row groups, and each row group is one task."""
+    return f"catalog/items/{split}/{shard.removesuffix('.tar')}.{row_group:05d}.ndjson"
+
+
+def catalog_manifest_path(split: str) -> str:
+    return f"catalog/manifests/{split}.json"

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 
 import pystac
 
+from terramesh_stac.converters.catalog_manifest import catalog_extent_summary
 from terramesh_stac.converters.collection import create_collection
 from terramesh_stac.converters.layout import COLLECTION_FILE, INDEX_DIR, staging_path
 from terramesh_stac.converters.manifest import all_manifests, read_manifest
@@ -39,7 +40,6 @@ from terramesh_stac.converters.pipeline import ConvertOptions, SampleCounts, Sha
 from terramesh_stac.converters.sample import SampleError
 from terramesh_stac.converters.source import open_source
 from terramesh_stac.converters.storage import DestinationError
-from terramesh_stac.converters.summary import Extent, Summary
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ class RunReport:
 
 def collection_from_manifests(options: ConvertOptions, store) -> pystac.Collection:
     """The collection, its extent and summaries the union of every finished shard's (this
-    run or earlier) of this collection."""
-    extent, summary = Extent(), Summary()
+    run or earlier) of this collection, and of the items `catalog` made from the metadata."""
+    extent, summary = catalog_extent_summary(store, options.collection_id)
     for m in all_manifests(store):
         if m.collection == options.collection_id:
             extent, summary = extent.union(m.extent), summary.union(m.summary)
