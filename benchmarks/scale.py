@@ -21,7 +21,10 @@ In one run, on one embedded pgstac cluster (TERRAMESH_STATE_DIR = a fresh folder
    id lookup; p50/p95/p99 and our ratio; per-returned-item cost ((limit 100 - limit 10) / 90);
    our service also with pgstac's own hydration (`TERRAMESH_API_HYDRATE=false`);
 6. `terramesh-stac export geoparquet`: size per item, and the limit-10 search answered from the
-   parquet with DuckDB, timed next to the API.
+   parquet with DuckDB, timed next to the API;
+7. pgstac settings, in SQL (`pgstac.search`, no app): numberMatched `context` off / auto (our
+   setting) / on (exact count), on month partitions, then the collection repartitioned to
+   year partitions (time) and the same again.
 
 Everything is removed at the end unless --keep. Disk: ~2.5 kB per item NDJSON + ~2 kB per
 item in pgstac (+ WAL) + ~0.3 kB parquet: ~45 GB at 9.2 M items.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -86,7 +90,12 @@ def psql(env: dict, cwd: str, sql: str) -> str:
 
 
 def ndjson_files(dest: Path) -> list[Path]:
-    return sorted(dest.glob("items/**/*.ndjson"))
+    """The items files `catalog` wrote, in its manifests' order (train first, then val)."""
+    return [dest / f["path"] for m in catalog_manifests(dest) for f in m["files"]]
+
+
+def catalog_manifests(dest: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(dest.glob("catalog/manifests/*.json"))]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -94,20 +103,25 @@ def ndjson_files(dest: Path) -> list[Path]:
 
 def load_comparison(env: dict, cwd: str, work: Path, dest: Path, raw_rows: int, rounds: int) -> dict:
     """Fresh loads of the same first files by raw pypgstac and by ours, interleaved."""
-    files, n = [], 0
-    for f in ndjson_files(dest):
-        if n >= raw_rows:
-            break
-        files.append(f)
-        n += sum(1 for _ in f.open("rb"))
     subset = work / "subset"
     shutil.rmtree(subset, ignore_errors=True)
-    (subset / "items").mkdir(parents=True)
+    (subset / "catalog" / "manifests").mkdir(parents=True)
     shutil.copy(dest / "collection.json", subset / "collection.json")
-    for f in files:
-        target = subset / f.relative_to(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(f, target)
+    files, n = [], 0
+    for manifest in catalog_manifests(dest):  # the first files, and a manifest of just them
+        kept = []
+        for f in manifest["files"]:
+            if n >= raw_rows:
+                break
+            kept.append(f)
+            files.append(dest / f["path"])
+            n += f["count"]
+            target = subset / f["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(dest / f["path"], target)
+        if kept:
+            path = subset / "catalog" / "manifests" / f"{manifest['split']}.json"
+            path.write_text(json.dumps({**manifest, "files": kept, "items": sum(f["count"] for f in kept)}))
     loader_dsn = run(env, cli(), "db", "dsn", "--role", "loader", cwd=cwd)[1].stdout.strip()
     times: dict[str, list[float]] = {"raw pypgstac": [], "ours": []}
 
@@ -254,6 +268,40 @@ def start_servers(env: dict, cwd: str, log) -> tuple[dict[str, str], list[subpro
     return apps, procs
 
 
+# ----------------------------------------------------------------------------- pgstac settings
+
+
+def sql_search_times(dsn: str, bodies: list[dict], context: str) -> list[float]:
+    """Seconds of `pgstac.search(body)` per body, in SQL (no app), with `context` (the count)."""
+    import psycopg
+
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for b in bodies[:10]:  # warm-up
+            conn.execute(
+                "SELECT pgstac.search(%s::jsonb)", (json.dumps({**b, "conf": {"context": context}}),)
+            ).fetchone()
+        for b in bodies:
+            t = time.perf_counter()
+            conn.execute(
+                "SELECT pgstac.search(%s::jsonb)", (json.dumps({**b, "conf": {"context": context}}),)
+            ).fetchone()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def settings_comparison(dsn: str, bodies: list[dict], label: str, rounds: int) -> dict:
+    """numberMatched off / auto (our setting) / on (exact), interleaved, in SQL."""
+    results: dict = {}
+    for r in range(rounds):
+        contexts = ("off", "auto", "on") if r % 2 == 0 else ("on", "auto", "off")
+        for context in contexts:
+            secs = sql_search_times(dsn, bodies, context)
+            results.setdefault(context, []).extend(secs)
+            print(f"    {label:7} context={context:<4} round {r + 1}: {stats_ms(secs)}", flush=True)
+    return results
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -367,6 +415,17 @@ def main() -> int:
             search_parquet(str(export), bbox=b["bbox"], datetime_range=b["datetime"], max_cloud=20, limit=10)
             secs.append(time.perf_counter() - t)
         print(f"    the limit-10 search from the parquet (DuckDB): {stats_ms(secs)}")
+
+        print("\n## 7. pgstac: numberMatched (context) and partitioning, in SQL (pgstac.search, no app)")
+        admin = run(env, cli(), "db", "dsn", "--role", "admin", cwd=cwd)[1].stdout.strip()
+        month = settings_comparison(admin, bodies, "month", args.search_rounds)
+        t = time.perf_counter()
+        psql(env, cwd, f"UPDATE pgstac.collections SET partition_trunc = 'year' WHERE id = '{CID}'")
+        print(f"    repartitioned month -> year in {time.perf_counter() - t:.1f} s", flush=True)
+        year = settings_comparison(admin, bodies, "year", args.search_rounds)
+        for context in ("off", "auto", "on"):
+            print(f"    context={context:<4} month partitions: {stats_ms(month[context])}")
+            print(f"    context={context:<4} year partitions:  {stats_ms(year[context])}")
     finally:
         for p in procs:
             p.terminate()
