@@ -231,6 +231,8 @@ def export_geoparquet(
     result = ExportResult(collection_id, store.href("").rstrip("/"))
     filesystem = _arrow_filesystem(store)
     with _connect(dsn) as conn:
+        # one snapshot for both passes: an item loaded in between cannot miss the schema
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = conn.execute("SELECT content FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()
         if row is None:
             raise ValueError(f"collection {collection_id!r} is not in pgstac")
@@ -259,15 +261,23 @@ def export_geoparquet(
                 )
             result.files.append(relpath)
             result.items += counts[year]
+        conn.commit()  # the end of the snapshot the items were read in
         _remove_stale(store, result.files)
         result.bytes = sum(store.fs.size(store.path(p)) for p in result.files)
-        collection.setdefault("assets", {})[MIRROR_ASSET_KEY] = mirror_asset(
-            result.href, items=result.items, files=len(result.files)
-        )
-        conn.execute("SELECT pgstac.update_collection(%s::text::jsonb)", (orjson.dumps(collection).decode(),))
+        _link_from_collection(conn, collection_id, result)
         conn.commit()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _link_from_collection(conn: psycopg.Connection, collection_id: str, result: ExportResult) -> None:
+    """The collection as it is now (re-read: it may have been reloaded meanwhile) plus the
+    export's asset, in pgstac."""
+    collection = conn.execute("SELECT content FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()[0]
+    collection.setdefault("assets", {})[MIRROR_ASSET_KEY] = mirror_asset(
+        result.href, items=result.items, files=len(result.files)
+    )
+    conn.execute("SELECT pgstac.update_collection(%s::text::jsonb)", (orjson.dumps(collection).decode(),))
 
 
 def _remove_stale(store: Store, written: list[str]) -> None:
