@@ -243,6 +243,25 @@ def test_search_parquet_answers_as_the_api(pgstac_db, export_catalog, api, tmp_p
         _assert_same_item(item, served[item["id"]])
 
 
+def test_a_bbox_query_reads_few_row_groups(pgstac_db, export_catalog, tmp_path):
+    """The layout's point: DuckDB skips the row groups whose `bbox` statistics are outside."""
+    import duckdb
+
+    out = tmp_path / "export"
+    assert _export(pgstac_db, str(out), "--row-group-size", "2", "--quiet").returncode == 0
+    con = duckdb.connect()
+    con.execute("PRAGMA enable_profiling = 'json'")
+    con.execute(f"PRAGMA profiling_output = '{tmp_path / 'profile.json'}'")
+    ids = con.sql(
+        f"SELECT id FROM read_parquet('{out}/*/*.parquet', hive_partitioning = true) "
+        "WHERE year = 2021 AND bbox.xmin <= 30.03 AND bbox.xmax >= 29.99 AND bbox.ymin <= 0.03 AND bbox.ymax >= -0.01"
+    ).fetchall()
+    assert ids == [("majortom_val_1000001",)]
+    profile = json.loads((tmp_path / "profile.json").read_text())["query"]
+    # year=2021 holds 3 row groups (the other files are pruned by the partition); one is read
+    assert (profile["total_row_groups_scanned"], profile["total_row_groups_to_scan"]) == (1, 3)
+
+
 def test_export_to_s3(pgstac_db, export_catalog, s3_server, tmp_path):
     import boto3
 
