@@ -106,6 +106,23 @@ def queries(dest: Path, count: int, seed: int) -> list[dict]:
     return bodies
 
 
+def run_with_peak_rss(cmd: list[str]) -> int:
+    """Run a command to its end; its peak resident memory in bytes (sampled every 0.1 s)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak, ps = 0, psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    if proc.wait():
+        raise RuntimeError(f"{cmd} failed with {proc.returncode}")
+    return peak
+
+
 def ms(seconds: list[float]) -> str:
     p50, p95, mean = summary_ms(seconds)
     return f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, mean {mean:.1f} ms"
@@ -155,13 +172,13 @@ def main() -> None:
             cmd = [sys.executable, "-m", "terramesh_stac.cli", "export", "geoparquet", "--quiet"]
             cmd += ["--dsn", database.dsn(settings, "loader"), "--collection", CID, "--out", str(out)]
             t = time.perf_counter()
-            subprocess.run(cmd + ["--row-group-size", str(size)], check=True, stdout=subprocess.DEVNULL)
+            peak = run_with_peak_rss(cmd + ["--row-group-size", str(size)])
             seconds = time.perf_counter() - t
             files = sorted(out.rglob("*.parquet"))
             size_bytes = sum(f.stat().st_size for f in files)
             groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
             print(f"\nexport, row groups of {size:,}: {n:,} items in {seconds:.1f} s ({n / seconds:,.0f} items/s); "
-                  f"{size_bytes / 1e6:.1f} MB = {size_bytes / n:,.0f} B per item; {len(files)} files, {groups} row groups")  # fmt: skip
+                  f"{size_bytes / 1e6:.1f} MB = {size_bytes / n:,.0f} B per item; {len(files)} files, {groups} row groups; peak RSS {peak / 1e6:,.0f} MB")  # fmt: skip
             for label in ("cold (first run)", "warm"):
                 secs, found = [], 0
                 for b in bodies:
