@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -84,26 +83,13 @@ def write_items(source: Path, dest: Path) -> int:
     return count
 
 
-def queries(dest: Path, count: int, seed: int) -> list[dict]:
-    """Search bodies: a 1-degree bbox around a random item, a random year, cloud < 20, limit 10."""
-    rng = random.Random(seed)
-    lines = [line for f in sorted((dest / "items").glob("*.ndjson")) for line in f.open()]
-    bodies = []
-    for _ in range(count):
-        item = json.loads(rng.choice(lines))
-        x0, y0, x1, y1 = item["bbox"]
-        lon, lat, year = (x0 + x1) / 2, (y0 + y1) / 2, rng.randrange(2017, 2025)
-        bodies.append(
-            {
-                "collections": [CID],
-                "bbox": [round(lon - 0.5, 4), round(lat - 0.5, 4), round(lon + 0.5, 4), round(lat + 0.5, 4)],
-                "datetime": f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z",
-                "filter-lang": "cql2-json",
-                "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]},
-                "limit": 10,
-            }
-        )
-    return bodies
+def queries(source: Path, count: int, seed: int) -> list[dict]:
+    """benchmarks/scale.py's search bodies (a 1-degree bbox around a random sample, a random
+    year, cloud < 20, limit 10), for this benchmark's collection."""
+    from scale import sample_queries
+
+    bodies, _ = sample_queries(source, count, seed)
+    return [{**b, "collections": [CID]} for b in bodies]
 
 
 def run_with_peak_rss(cmd: list[str]) -> int:
@@ -154,7 +140,7 @@ def main() -> None:
         t = time.perf_counter()
         load(str(work / "dest"), database.dsn(settings, "loader"), partition="year")
         print(f"loaded in {time.perf_counter() - t:.1f} s")
-        bodies = queries(work / "dest", args.queries, args.seed)
+        bodies = queries(work / "source", args.queries, args.seed)
 
         with psycopg.connect(database.dsn(settings, "api")) as conn:
             secs, found = [], 0
