@@ -190,6 +190,9 @@ def test_export_round_trips_to_what_the_api_serves(pgstac_db, export_catalog, ap
     assert mirror["href"] == str(out)
     assert mirror["type"] == "application/vnd.apache.parquet"
     assert mirror["roles"] == ["collection-mirror"]
+    from terramesh_stac.validation import problems
+
+    assert problems(collection) == []  # still a valid collection, offline schemas
 
     # exporting again replaces the files (no stale year left behind, same content)
     (out / "year=2000").mkdir()
