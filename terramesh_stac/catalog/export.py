@@ -17,10 +17,12 @@ Z-order curve, computed and sorted by PostGIS, so a year never has to fit in mem
 groups of ROW_GROUP_SIZE rows, so each covers a small region and the `bbox` struct's
 min/max statistics let a bbox query skip the others. Compression zstd.
 
-Library: stac-geoparquet (pyarrow), chosen over rustac 0.9.18, which was ~3x faster on
-homogeneous items (20,000 items: 1.2 s vs 3.6 s with schema inference) but silently drops
-the assets and properties a later batch has and the first lacked; TerraMesh's items differ
-(S1GRD or S1RTC, metadata-only or converted), so the schema is inferred over all items first.
+Library: stac-geoparquet (pyarrow), chosen over rustac 0.9.18 by fit and measurement: rustac
+keeps only the columns of its first batch, silently dropping the assets and properties a later
+batch adds (TerraMesh's items differ: S1GRD or S1RTC, metadata-only or converted), so the
+schema is inferred over all items first. 20,000 simple items, schema inference included:
+stac-geoparquet's own from_dicts 3.6 s, rustac 1.2 s, the path here 0.3 s (items straight
+into Arrow with PostGIS's WKB: from_dicts deep-copies every item and parses its GeoJSON).
 
 Memory stays bounded: two passes over server-side cursors (PAGE_SIZE rows per fetch): one
 infers the union schema of all items, one writes, ROW_GROUP_SIZE items at a time. The
