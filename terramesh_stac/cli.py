@@ -266,6 +266,62 @@ def _cmd_load(args, settings: Settings) -> int:
     return EXIT_OK
 
 
+class _RichProgress:
+    """catalog.export.Progress on a rich bar (stderr, a terminal only)."""
+
+    def __init__(self, bar):
+        self.bar, self.task = bar, None
+
+    def start(self, phase: str, total: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(phase, total=total)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+
+def _cmd_export(args, settings: Settings) -> int:
+    import psycopg
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.export import export_geoparquet
+
+    dsn = args.dsn or database.dsn(settings, role="loader")
+    console = Console(stderr=True)  # progress on a terminal only; stdout keeps the plain summary
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=args.quiet or not console.is_terminal,
+    ) as bar:
+        try:
+            result = export_geoparquet(
+                dsn,
+                args.collection or settings.collection_id,
+                args.out,
+                endpoint_url=settings.s3_endpoint_url,
+                row_group_size=args.row_group_size,
+                progress=_RichProgress(bar),
+            )
+        except psycopg.Error as e:  # unreachable, refused, ...: one line, no traceback
+            print(f"error: database: {str(e).strip()}", file=sys.stderr)
+            return EXIT_FAILED
+    print(result.summary())
+    return EXIT_OK
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def _cmd_validate(args, settings: Settings) -> int:
     from rich.console import Console
     from rich.progress import Progress, TextColumn
@@ -418,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("dest", nargs="?", type=_destination, help="what `convert` wrote (default: TERRAMESH_DEST)")
     ld.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
     ld.set_defaults(func=_cmd_load)
+
+    ex = sub.add_parser("export", help="bulk export of a collection's items from pgstac")
+    ex_sub = ex.add_subparsers(dest="format", required=True)
+    gp = ex_sub.add_parser(
+        "geoparquet",
+        help="stac-geoparquet, hive-partitioned by year, spatially sorted; linked from the collection",
+    )
+    gp.add_argument("--out", required=True, type=_destination, help="local folder or s3://bucket/prefix")
+    gp.add_argument("--collection", help="collection id (default: TERRAMESH_COLLECTION_ID, else terramesh)")
+    gp.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
+    gp.add_argument(
+        "--row-group-size", type=_positive, default=10_000, help="rows per Parquet row group (default 10,000)"
+    )
+    gp.add_argument("--quiet", action="store_true", help="no progress display")
+    gp.set_defaults(func=_cmd_export)
 
     va = sub.add_parser(
         "validate",

@@ -214,4 +214,26 @@ def create_collection(
     return coll
 
 
-__all__ = ["create_collection", "RENDERS", "EXTENSIONS", "STAC_VERSION"]
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+MIRROR_ASSET_KEY = "geoparquet"
+
+
+def mirror_asset(href: str, *, items: int, files: int) -> dict:
+    """The collection asset of a stac-geoparquet export of its items (`terramesh-stac export
+    geoparquet`, catalog/export.py): role `collection-mirror`, as harvesters look for it."""
+    return {
+        "href": href,
+        "type": PARQUET_MEDIA_TYPE,
+        "roles": ["collection-mirror"],
+        "title": "All items as stac-geoparquet",
+        "description": (
+            f"{items:,} items in {files} Parquet file(s) `year=YYYY/part-0.parquet` (hive "
+            "partitions by the year of `datetime`; rows sorted by the geohash of the footprint's "
+            "centroid, so a bbox + datetime query reads few row groups). Read the folder as one "
+            "dataset, e.g. DuckDB `read_parquet('.../*/*.parquet', hive_partitioning=true)` or "
+            "stac_geoparquet.arrow.stac_table_to_items."
+        ),
+    }
+
+
+__all__ = ["create_collection", "mirror_asset", "RENDERS", "EXTENSIONS", "STAC_VERSION"]
