@@ -126,7 +126,8 @@ def load_comparison(env: dict, cwd: str, work: Path, dest: Path, raw_rows: int, 
     times: dict[str, list[float]] = {"raw pypgstac": [], "ours": []}
 
     def empty() -> None:
-        psql(env, cwd, f"DELETE FROM pgstac.items WHERE collection = '{CID}'; VACUUM pgstac.items;")
+        psql(env, cwd, f"DELETE FROM pgstac.items WHERE collection = '{CID}'")
+        psql(env, cwd, "VACUUM pgstac.items")
 
     # the collection (partitioning, queryables) as ours prepares it, for both
     run(env, cli(), "load", str(subset), cwd=cwd)
@@ -276,7 +277,7 @@ def sql_search_times(dsn: str, bodies: list[dict], context: str) -> list[float]:
     import psycopg
 
     out = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, options="-c search_path=pgstac,public") as conn:
         for b in bodies[:10]:  # warm-up
             conn.execute(
                 "SELECT pgstac.search(%s::jsonb)", (json.dumps({**b, "conf": {"context": context}}),)
@@ -369,7 +370,8 @@ def main() -> int:
         index_sizes = psql(
             env,
             cwd,
-            "SELECT regexp_replace(pg_get_indexdef(x.indexrelid), '_items_[0-9_]+', '_items_N', 'g'), "
+            "SELECT regexp_replace(regexp_replace(pg_get_indexdef(x.indexrelid), '_items_[0-9_]+', '_items_N', 'g'), "
+            "'_idx[0-9]+ ', '_idx ', 'g'), "
             "sum(pg_relation_size(x.indexrelid)) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indrelid "
             "GROUP BY 1 ORDER BY 2 DESC",
         )

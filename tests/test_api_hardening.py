@@ -769,3 +769,21 @@ def test_free_text_and_item_collection_still_work(live_server):
     assert _ids(items) == CLOUD_UNDER_10
     item = _call(live_server, GET, f"/collections/{CID}/items/{ITEM}", {})
     assert item.status_code == 200 and item.json()["id"] == ITEM
+
+
+def test_a_remembered_valid_filter_shape_does_not_pass_an_invalid_one(live_server):
+    """search_checks remembers valid filter shapes (cql2's validate costs ~50 ms); a filter
+    of another shape (a missing argument, a string for a number) is still checked."""
+    search = f"{live_server}/stac/search"
+    valid = {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]}
+    for value in (20, 35.5):  # the second is answered from the remembered shape
+        r = httpx.post(search, json={"filter": {**valid, "args": [valid["args"][0], value]}, "limit": 1})
+        assert r.status_code == 200, r.text
+    for bad in (
+        {"op": "<", "args": [{"property": "eo:cloud_cover"}]},
+        {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20, 30]},
+        {"op": "<", "args": [{"property": "eo:cloud_cover"}, {"op": "<", "args": []}]},
+    ):
+        r = httpx.post(search, json={"filter": bad, "limit": 1})
+        assert r.status_code == 400, (bad, r.text)
+        assert "filter" in r.json()["description"]

@@ -1,7 +1,11 @@
 """The queryables of the TerraMesh collection, as data, and how they are written to pgstac.
 
-Each is registered for our collection only (pgstac.queryables.collection_ids) with a BTREE
-index on the items partitions (pgstac's property_index_type), so filters on them are fast.
+Each is registered for our collection only (pgstac.queryables.collection_ids). Selective
+ones get a BTREE index on the items partitions (pgstac's property_index_type); the others
+are filtered on the rows another index found (bbox, datetime, id). At 9.2 M items each
+BTREE costs ~15-40 B per item (benchmarks/scale.py prints them): an index on a column of 2
+values (source, split) or 1 (revision) is never chosen for a selective search, so they
+have none.
 """
 
 from __future__ import annotations
@@ -17,24 +21,23 @@ def _indexed(title: str, description: str, **schema) -> tuple[dict, str]:
     return {"title": title, "description": description, **schema}, "BTREE"
 
 
+def _unindexed(title: str, description: str, **schema) -> tuple[dict, None]:
+    """A queryable without an index."""
+    return {"title": title, "description": description, **schema}, None
+
+
 # name -> (JSON Schema definition, pgstac property_index_type)
 QUERYABLES: dict[str, tuple[dict, str | None]] = {
-    "terramesh:source": _indexed(
+    "terramesh:source": _unindexed(
         "TerraMesh source", "Dataset the sample comes from", type="string", enum=list(SOURCES)
     ),
-    "terramesh:split": _indexed("TerraMesh split", "Training or validation split", type="string", enum=list(SPLITS)),
+    "terramesh:split": _unindexed("TerraMesh split", "Training or validation split", type="string", enum=list(SPLITS)),
     "terramesh:shard": _indexed("TerraMesh shard", "WebDataset shard the sample is stored in", type="string"),
     "terramesh:sample_id": _indexed("TerraMesh sample id", "Sample key in the source dataset", type="string"),
-    "terramesh:revision": _indexed("TerraMesh revision", "Revision of the source dataset", type="string"),
+    "terramesh:revision": _unindexed("TerraMesh revision", "Revision of the source dataset", type="string"),
     # no index: filtering by S1 time is rare, and each BTREE adds ~40 B per item at 9.2 M items
-    "terramesh:s1_datetime": (
-        {
-            "title": "Sentinel-1 time",
-            "description": "Acquisition time of the Sentinel-1 image",
-            "type": "string",
-            "format": "date-time",
-        },
-        None,
+    "terramesh:s1_datetime": _unindexed(
+        "Sentinel-1 time", "Acquisition time of the Sentinel-1 image", type="string", format="date-time"
     ),
     "eo:cloud_cover": _indexed(
         "Cloud cover",

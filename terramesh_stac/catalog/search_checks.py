@@ -290,6 +290,37 @@ def _filter_depth(node: Any) -> tuple[int, int]:
     return deepest_op, deepest
 
 
+def _shape(node: Any) -> Any:
+    """The filter with every number replaced by 0: what its validity against the CQL2 JSON
+    schema depends on (numbers are only ever checked for being numbers)."""
+    if isinstance(node, dict):
+        return {k: _shape(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shape(v) for v in node]
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        return 0
+    return node
+
+
+_VALID_SHAPES: dict[bytes, None] = {}  # insertion-ordered: the oldest is dropped first
+_VALID_SHAPES_MAX = 4096
+_VALID_SHAPES_LOCK = threading.Lock()
+
+
+def _validate(expr: dict) -> None:
+    """`cql2.Expr(expr).validate()`, remembered for valid filters of the same shape: cql2
+    builds its JSON-schema validator on every call (30-60 ms per filter here), while clients
+    send the same few filters with other values (`eo:cloud_cover < N`)."""
+    key = orjson.dumps(_shape(expr), option=orjson.OPT_SORT_KEYS)
+    if key in _VALID_SHAPES:
+        return
+    Expr(expr).validate()
+    with _VALID_SHAPES_LOCK:
+        if len(_VALID_SHAPES) >= _VALID_SHAPES_MAX:
+            del _VALID_SHAPES[next(iter(_VALID_SHAPES))]
+        _VALID_SHAPES[key] = None
+
+
 def _parse_and_validate(expr: Any) -> dict:
     """In the parser thread: cql2 text or JSON -> checked CQL2 JSON (BadRequest if not)."""
     if isinstance(expr, str):
@@ -309,7 +340,7 @@ def _parse_and_validate(expr: Any) -> dict:
         else:
             check_geometry("filter geometry", literal)
     try:
-        Expr(expr).validate()
+        _validate(expr)
     except Exception as e:  # its message starts with the whole filter: keep what follows
         message = str(e)
         if " is not valid under any of the schemas" in message:  # the usual one, after the whole filter
