@@ -5,12 +5,16 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
     dest/collection.json
     dest/items/**/*.ndjson      one STAC item per line (.ndjson.gz also read)
 
-`load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
-mode, so loading the same output twice leaves the same rows, and an item whose datetime
-changed moves to its new partition instead of being duplicated. Before the first item the
-collection's partitioning and queryables are set (terramesh_stac.catalog.database.prepare_collection). Files are loaded one after the other, never in
-parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
-items of that file are counted in pgstac; a difference is an error.
+`load` runs as the loader role (a member of pgstac_ingest). Items are made whole with the
+collection's item_assets, dehydrated by pypgstac's Loader.format_item and written by
+terramesh_stac.catalog.bulk.PartitionWriter: COPY straight into the partitions when the
+collection has no items yet, else an upsert of only the rows that changed (an item whose
+datetime moved partition leaves its old one), so loading the same output twice leaves the same
+rows. Before the first item the collection's partitioning and queryables are set
+(terramesh_stac.catalog.database.prepare_collection). Files are read once each and written in
+batches of about BATCH_ITEMS items, one batch after the other, never in parallel: concurrent
+upserts into one partition deadlock (pgstac#285). After each batch the items of each of its
+files are counted in pgstac; a difference is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from terramesh_stac.catalog import database
+from terramesh_stac.catalog.bulk import PartitionWriter
 from terramesh_stac.converters.item_assets import full_item
 from terramesh_stac.converters.layout import published_path
 from terramesh_stac.converters.storage import Store
@@ -34,6 +39,7 @@ if TYPE_CHECKING:  # the manifest module pulls in the converters' codecs
 log = logging.getLogger(__name__)
 
 ITEM_SUFFIXES = (".ndjson", ".ndjson.gz")
+BATCH_ITEMS = 20_000  # items per write: per-partition costs are paid once per batch, not per file
 
 
 class LoadError(RuntimeError):
@@ -105,17 +111,22 @@ def read_items(store: Store, relpath: str) -> Iterator[dict]:
                     raise ValueError(f"{relpath}:{n}: not a JSON line: {e}") from None
 
 
-def _count_in_db(conn, pairs: list[tuple[str, str]]) -> int:
-    """How many of these (collection, id) pairs pgstac holds."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (collection text, id text)")
+def _count_in_db(conn, files: list[list[tuple[str, str]]]) -> list[int]:
+    """For each file's (collection, id) pairs, how many pgstac holds (one query for all)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (file int, collection text, id text)")
     conn.execute("TRUNCATE _terramesh_ids")
-    with conn.cursor().copy("COPY _terramesh_ids (collection, id) FROM STDIN") as copy:
-        for pair in pairs:
-            copy.write_row(pair)
-    return conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT collection, id FROM _terramesh_ids) w "
-        "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id)"
-    ).fetchone()[0]
+    with conn.cursor().copy("COPY _terramesh_ids (file, collection, id) FROM STDIN") as copy:
+        for n, pairs in enumerate(files):
+            for collection, id_ in pairs:
+                copy.write_row((n, collection, id_))
+    found = dict(
+        conn.execute(
+            "SELECT file, count(*) FROM (SELECT DISTINCT file, collection, id FROM _terramesh_ids) w "
+            "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id) "
+            "GROUP BY file"
+        ).fetchall()
+    )
+    return [found.get(n, 0) for n in range(len(files))]
 
 
 def database_identity(dsn: str) -> str:
@@ -129,9 +140,10 @@ def database_identity(dsn: str) -> str:
 class Publisher:
     """One writer into pgstac: the collection, then item files (or finished shards) in turn.
 
-    Items are loaded with pypgstac's `delsert`: rows of the same id are deleted first, in any
-    partition, so an item whose datetime changed moves instead of being duplicated (upsert
-    is keyed on id and datetime). After each file the ids are counted in pgstac.
+    Items are written by a bulk.PartitionWriter (COPY into a fresh collection's partitions,
+    else an upsert of changed rows; an item whose datetime changed moves instead of being
+    duplicated). After each batch each file's ids are counted in pgstac. finish() (also run
+    on exit) brings partition stats and constraints up to date.
 
         with Publisher(dsn, store) as publisher:
             publisher.publish_collection(collection_dict)
@@ -147,6 +159,8 @@ class Publisher:
         self.items_seconds = self.check_seconds = 0.0
         self.batches = self.shards = 0
         self.database = database_identity(dsn)
+        self._writer: PartitionWriter | None = None
+        self._written_since_check = False
 
     def __enter__(self) -> Publisher:
         from pypgstac.load import Loader
@@ -158,7 +172,16 @@ class Publisher:
         return self
 
     def __exit__(self, *exc):
-        self._db_context.__exit__(*exc)
+        try:
+            self.finish()  # even after a failure: what was written gets its stats and constraints
+        finally:
+            self._db_context.__exit__(*exc)
+
+    def finish(self) -> None:
+        """Partition stats and tight constraints of what was written; errors recorded."""
+        if self._writer is not None:
+            self.errors.extend(self._writer.finish(check_twice=self._written_since_check))
+            self._written_since_check = False
 
     def publish_collection(self, collection: dict) -> None:
         from pypgstac.load import Methods
@@ -168,38 +191,42 @@ class Publisher:
         self._loader.collection_json.cache_clear()  # partition_trunc may have changed
         self.collection_id = collection["id"]
         self.item_assets = collection.get("item_assets") or {}
+        self._writer = PartitionWriter(self._loader, self._conn, self.collection_id)
 
     def load_file(self, relpath: str, expected_ids: set[str] | None = None) -> FileCount | None:
         """Load one NDJSON item file; None (and an error recorded) if it cannot be loaded."""
         return self.load_files([(relpath, expected_ids)])[0]
 
     def load_files(self, files: list[tuple[str, set[str] | None]]) -> list[FileCount | None]:
-        """Load NDJSON item files (relpath, ids the file must hold or None) in one pypgstac
-        call: its cost is mostly per (call, month partition), and a shard's items spread over
-        many months. Each file's ids are counted in pgstac afterwards; a file that cannot be
-        read or fails its checks is left out (None, error recorded)."""
-        from pypgstac.load import Methods
+        """Load NDJSON item files (relpath, ids the file must hold or None) in one write: its
+        cost is mostly per (write, month partition), and a shard's items spread over many
+        months. Each file's ids are counted in pgstac afterwards; a file that cannot be read or
+        fails its checks is left out (None, error recorded)."""
+        return self.load_checked([(relpath, self.read_checked(relpath, expected)) for relpath, expected in files])
 
-        checked = [(relpath, self._read_checked(relpath, expected)) for relpath, expected in files]
+    def load_checked(self, checked: list[tuple[str, list[dict] | None]]) -> list[FileCount | None]:
+        """load_files for files already read (read_checked: items, or None if refused)."""
         batch = [item for _, items in checked if items for item in items]
         pairs = [(i["collection"], i["id"]) for i in batch]
-        if len(set(pairs)) != len(pairs) and len(files) > 1:  # ids repeated across files
-            return [self.load_file(relpath, expected) for relpath, expected in files]
+        if len(set(pairs)) != len(pairs) and len(checked) > 1:  # ids repeated across files
+            return [c for one in checked for c in self.load_checked([one])]
         t = time.perf_counter()
         if batch:
             # whole items: pypgstac stores only what differs from the collection's item_assets
             # and marks what an item lacks, so a lean item loaded as it is would be served lean
-            self._loader.load_items((full_item(i, self.item_assets) for i in batch), Methods.delsert)
+            self._writer.write(full_item(i, self.item_assets) for i in batch)
+            self._written_since_check = True
         self.items_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        loaded = [(relpath, items) for relpath, items in checked if items is not None]
+        in_db = iter(_count_in_db(self._conn, [[(i["collection"], i["id"]) for i in items] for _, items in loaded]))
+        self.check_seconds += time.perf_counter() - t
         counts = []
         for relpath, items in checked:
             if items is None:
                 counts.append(None)
                 continue
-            t = time.perf_counter()
-            ids = [(i["collection"], i["id"]) for i in items]
-            count = FileCount(relpath, written=len(items), in_db=_count_in_db(self._conn, ids))
-            self.check_seconds += time.perf_counter() - t
+            count = FileCount(relpath, written=len(items), in_db=next(in_db))
             self.files.append(count)
             if count.in_db != count.written:
                 self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
@@ -207,7 +234,7 @@ class Publisher:
             counts.append(count)
         return counts
 
-    def _read_checked(self, relpath: str, expected_ids: set[str] | None) -> list[dict] | None:
+    def read_checked(self, relpath: str, expected_ids: set[str] | None) -> list[dict] | None:
         """A file's items, or None (error recorded) if unreadable or failing a check."""
         cid = self.collection_id
         try:
@@ -261,6 +288,7 @@ class Publisher:
         for m, _, _ in pending:
             self._delete(m.items.removed)
         counts = self.load_files([(m.items.path, set(m.items.ids)) for m, _, _ in pending])
+        self.finish()  # stats and constraints of this batch's partitions, before it is marked published
         for (m, marker_path, marker), count in zip(pending, counts):
             if count is None or count.in_db != m.items.count:
                 self.errors.append(
@@ -284,6 +312,15 @@ class Publisher:
         }
 
 
+def _progress(enabled: bool):
+    """A rich progress bar on stderr, or one that shows nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=True)
+
+
 def load(
     dest: str,
     dsn: str,
@@ -293,6 +330,7 @@ def load(
     expected_count: int | None = None,
     endpoint_url: str | None = None,
     raise_on_error: bool = True,
+    progress: bool = False,
 ) -> LoadResult:
     """Upsert dest's collection and items into pgstac as `dsn` (the loader role) and check counts.
 
@@ -300,6 +338,7 @@ def load(
     absolute path/URL. partition: pgstac partition_trunc set before the first item ("month",
     "year" or None). expected_count: a total the caller expects, checked on top of the per-file
     counts. Raises LoadError (with .result) on any error unless raise_on_error is False.
+    progress: a rich progress bar (files loaded) on stderr.
     """
     t0 = time.perf_counter()
     store = Store(dest, endpoint_url=endpoint_url)
@@ -313,11 +352,23 @@ def load(
         collection = orjson.loads(store.get(collection_path))
     result = LoadResult(dest=dest, collection_id=collection["id"], expected=expected_count)
 
-    with Publisher(dsn, store, partition=partition) as publisher:
+    with Publisher(dsn, store, partition=partition) as publisher, _progress(progress) as bar:
         publisher.publish_collection(collection)
         result.collection_seconds = time.perf_counter() - t0
-        for relpath in item_files(store):
-            publisher.load_file(relpath)
+        paths = item_files(store)
+        task = bar.add_task("loading items", total=len(paths))
+        batch: list[tuple[str, list[dict] | None]] = []
+        for n, relpath in enumerate(paths, 1):
+            batch.append((relpath, publisher.read_checked(relpath, None)))
+            if n == len(paths) or sum(len(items or ()) for _, items in batch) >= BATCH_ITEMS:
+                publisher.load_checked(batch)
+                bar.update(task, completed=n, description=f"loading items ({publisher.summary()['items']})")
+                batch = []
+        t = time.perf_counter()
+        publisher.finish()
+        result.check_seconds += time.perf_counter() - t
+    result.files, result.errors = publisher.files, publisher.errors
+    result.items_seconds, result.check_seconds = publisher.items_seconds, result.check_seconds + publisher.check_seconds
     result.files, result.errors = publisher.files, publisher.errors
     result.items_seconds, result.check_seconds = publisher.items_seconds, publisher.check_seconds
 
