@@ -27,13 +27,33 @@ import itertools
 import logging
 from dataclasses import dataclass
 
+import orjson
 import psycopg
+import shapely
 from psycopg import sql
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("id", "collection", "datetime", "end_datetime", "geometry", "content", "private")
 _COPY_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+
+
+def ewkb(geometries: list[dict | None], ids: list[str]) -> list[str | None]:
+    """GeoJSON geometries as hex EWKB (SRID 4326), None kept; ValueError naming a bad item."""
+    present = [n for n, g in enumerate(geometries) if g is not None]
+    try:
+        shapes = shapely.from_geojson([orjson.dumps(geometries[n]) for n in present])
+    except shapely.errors.GEOSException:
+        for n in present:  # which one
+            try:
+                shapely.from_geojson(orjson.dumps(geometries[n]))
+            except shapely.errors.GEOSException as e:
+                raise ValueError(f"item {ids[n]!r}: invalid geometry: {e}") from None
+        raise
+    out: list[str | None] = [None] * len(geometries)
+    for n, wkb in zip(present, shapely.to_wkb(shapely.set_srid(shapes, 4326), hex=True, include_srid=True)):
+        out[n] = wkb
+    return out
 
 
 @dataclass
@@ -59,7 +79,12 @@ class PartitionWriter:
 
     def write(self, items) -> int:
         """Format and write whole items (dicts); returns the number of rows written."""
-        rows = [self.loader.format_item(item) for item in items]
+        items = list(items)
+        # geometries as EWKB in one vectorised shapely call: pypgstac's per-item plpygis
+        # conversion was a quarter of the load's Python time (same hex EWKB, SRID 4326)
+        rows = [self.loader.format_item({**item, "geometry": None}) for item in items]
+        for row, wkb in zip(rows, ewkb([item.get("geometry") for item in items], [r["id"] for r in rows])):
+            row["geometry"] = wkb
         rows.sort(key=lambda r: r["partition"])
         for name, group in itertools.groupby(rows, key=lambda r: r["partition"]):
             self._write_partition(name, list(group))
