@@ -76,15 +76,24 @@ class PartitionWriter:
             "SELECT EXISTS (SELECT 1 FROM pgstac.items WHERE collection = %s)", (collection_id,)
         ).fetchone()[0]
         self.fallbacks = 0  # fresh batches that had to be upserted (an id given twice)
+        loader.collection_json(collection_id)  # cached now: format() then needs no database
 
     def write(self, items) -> int:
         """Format and write whole items (dicts); returns the number of rows written."""
+        return self.write_rows(self.format(items))
+
+    def format(self, items) -> list[dict]:
+        """Whole items as pgstac rows (pure Python, no database: may run beside write_rows)."""
         items = list(items)
         # geometries as EWKB in one vectorised shapely call: pypgstac's per-item plpygis
         # conversion was a quarter of the load's Python time (same hex EWKB, SRID 4326)
         rows = [self.loader.format_item({**item, "geometry": None}) for item in items]
         for row, wkb in zip(rows, ewkb([item.get("geometry") for item in items], [r["id"] for r in rows])):
             row["geometry"] = wkb
+        return rows
+
+    def write_rows(self, rows: list[dict]) -> int:
+        """Write rows made by format(); returns their number."""
         rows.sort(key=lambda r: r["partition"])
         for name, group in itertools.groupby(rows, key=lambda r: r["partition"]):
             self._write_partition(name, list(group))

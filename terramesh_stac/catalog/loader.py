@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -204,17 +205,27 @@ class Publisher:
         fails its checks is left out (None, error recorded)."""
         return self.load_checked([(relpath, self.read_checked(relpath, expected)) for relpath, expected in files])
 
-    def load_checked(self, checked: list[tuple[str, list[dict] | None]]) -> list[FileCount | None]:
-        """load_files for files already read (read_checked: items, or None if refused)."""
+    def rows(self, checked: list[tuple[str, list[dict] | None]]) -> list[dict] | None:
+        """The pgstac rows of files already read, or None if the files repeat ids (then
+        load_checked loads them file by file). Pure Python: may run beside load_checked."""
         batch = [item for _, items in checked if items for item in items]
-        pairs = [(i["collection"], i["id"]) for i in batch]
-        if len(set(pairs)) != len(pairs) and len(checked) > 1:  # ids repeated across files
-            return [c for one in checked for c in self.load_checked([one])]
+        if len({i["id"] for i in batch}) != len(batch) and len(checked) > 1:  # ids repeated across files
+            return None
+        # whole items: pypgstac stores only what differs from the collection's item_assets
+        # and marks what an item lacks, so a lean item loaded as it is would be served lean
+        return self._writer.format(full_item(i, self.item_assets) for i in batch)
+
+    def load_checked(
+        self, checked: list[tuple[str, list[dict] | None]], rows: list[dict] | None = None
+    ) -> list[FileCount | None]:
+        """load_files for files already read (read_checked: items, or None if refused), with
+        their rows when already made (rows())."""
         t = time.perf_counter()
-        if batch:
-            # whole items: pypgstac stores only what differs from the collection's item_assets
-            # and marks what an item lacks, so a lean item loaded as it is would be served lean
-            self._writer.write(full_item(i, self.item_assets) for i in batch)
+        rows = self.rows(checked) if rows is None else rows
+        if rows is None:
+            return [c for one in checked for c in self.load_checked([one])]
+        if rows:
+            self._writer.write_rows(rows)
             self._written_since_check = True
         self.items_seconds += time.perf_counter() - t
         t = time.perf_counter()
@@ -299,6 +310,10 @@ class Publisher:
             self.store.put(marker_path, orjson.dumps(marker, option=orjson.OPT_SORT_KEYS))
             self.shards += 1
 
+    @property
+    def in_db(self) -> int:
+        return sum(f.in_db for f in self.files)
+
     def summary(self) -> dict:
         written = sum(f.written for f in self.files)
         return {
@@ -310,6 +325,16 @@ class Publisher:
             "items_per_second": written / self.items_seconds if self.items_seconds else 0.0,
             "errors": list(self.errors),
         }
+
+
+def _batches(publisher: Publisher, paths: list[str]) -> Iterator[tuple[int, list]]:
+    """(files read so far, [(relpath, items or None)]) of about BATCH_ITEMS items each."""
+    batch: list[tuple[str, list[dict] | None]] = []
+    for n, relpath in enumerate(paths, 1):
+        batch.append((relpath, publisher.read_checked(relpath, None)))
+        if n == len(paths) or sum(len(items or ()) for _, items in batch) >= BATCH_ITEMS:
+            yield n, batch
+            batch = []
 
 
 def _progress(enabled: bool):
@@ -357,13 +382,22 @@ def load(
         result.collection_seconds = time.perf_counter() - t0
         paths = item_files(store)
         task = bar.add_task("loading items", total=len(paths))
-        batch: list[tuple[str, list[dict] | None]] = []
-        for n, relpath in enumerate(paths, 1):
-            batch.append((relpath, publisher.read_checked(relpath, None)))
-            if n == len(paths) or sum(len(items or ()) for _, items in batch) >= BATCH_ITEMS:
-                publisher.load_checked(batch)
-                bar.update(task, completed=n, description=f"loading items ({publisher.summary()['items']})")
-                batch = []
+        # Reading and formatting a batch (Python) runs while the previous one is written (the
+        # database): one writer thread, so the database still sees one batch at a time.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending = None
+            for n, batch in _batches(publisher, paths):
+                t = time.perf_counter()
+                rows = publisher.rows(batch)
+                publisher.items_seconds += time.perf_counter() - t
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(publisher.load_checked, batch, rows)
+                pending.add_done_callback(
+                    lambda _, n=n: bar.update(task, completed=n, description=f"loading items ({publisher.in_db})")
+                )
+            if pending is not None:
+                pending.result()
         t = time.perf_counter()
         publisher.finish()
         result.check_seconds += time.perf_counter() - t
