@@ -261,7 +261,7 @@ def _cmd_load(args, settings: Settings) -> int:
     from terramesh_stac.catalog.loader import load
 
     dsn = args.dsn or database.dsn(settings, role="loader")
-    result = load(args.dest or settings.dest, dsn, endpoint_url=settings.s3_endpoint_url)
+    result = load(args.dest or settings.dest, dsn, endpoint_url=settings.s3_endpoint_url, progress=True)
     print(result.summary())
     return EXIT_OK
 

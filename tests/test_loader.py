@@ -208,3 +208,112 @@ def test_load_from_s3(pgstac_db, s3_server, tmp_path):
     result = loader.load("s3://loader-test/out", pgstac_db.loader, endpoint_url=s3_server)
     assert result.ok, result.summary()
     assert (result.written, result.in_db, len(result.files)) == (5, 5, 2)
+
+
+# --- the bulk path (terramesh_stac.catalog.bulk.PartitionWriter) ------------------------------
+
+ITEM_ASSETS = {"S2L2A": {"type": pystac.MediaType.COG, "roles": ["data"], "title": "Sentinel-2 L2A"}}
+
+
+def _lean_output(root: Path, cid: str, items_by_file: dict[str, list[dict]]) -> Path:
+    """write_output with a collection that has item_assets and lean items (href only)."""
+    write_output(root, cid, items_by_file)
+    collection = json.loads((root / "collection.json").read_text())
+    collection["item_assets"] = ITEM_ASSETS
+    (root / "collection.json").write_text(json.dumps(collection))
+    for path in (root / "items").rglob("*.ndjson"):
+        items = [json.loads(line) for line in path.read_text().splitlines()]
+        for item in items:
+            item["assets"] = {k: {"href": a["href"]} for k, a in item["assets"].items()}
+        path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return root
+
+
+def _versions(dsn: str, cid: str) -> dict[str, tuple]:
+    """id -> (row version xmin, datetime, leaf partition) of the collection's rows."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, xmin::text, datetime, tableoid::regclass::text FROM pgstac.items WHERE collection = %s",
+            (cid,),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_fresh_load_serves_whole_items(pgstac_db, tmp_path):
+    from terramesh_stac.converters.item_assets import full_item
+
+    cid = _collection_id("fresh")
+    jan, mar = dt.datetime(2021, 1, 15, tzinfo=dt.UTC), dt.datetime(2021, 3, 15, tzinfo=dt.UTC)
+    dest = _lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, n, jan) for n in range(4)] + [_item(cid, 9, mar)]})
+    lean = [json.loads(line) for line in (dest / "items/val/a.ndjson").read_text().splitlines()]
+    result = loader.load(str(dest), pgstac_db.loader)
+    assert result.ok and (result.written, result.in_db) == (5, 5), result.summary()
+    with psycopg.connect(pgstac_db.api) as conn:
+        for item in lean:
+            served = conn.execute("SELECT pgstac.get_item(%s, %s)", (item["id"], cid)).fetchone()[0]
+            whole = full_item(item, ITEM_ASSETS)
+            assert served["assets"] == whole["assets"]
+            assert served["assets"]["S2L2A"]["title"] == "Sentinel-2 L2A"  # from item_assets
+            assert served["properties"] == whole["properties"] and served["geometry"] == whole["geometry"]
+
+
+def test_reload_rewrites_only_the_changed_item_and_moves_partition(pgstac_db, tmp_path):
+    cid = _collection_id("reload")
+    jan, jun = dt.datetime(2021, 1, 15, tzinfo=dt.UTC), dt.datetime(2021, 6, 15, tzinfo=dt.UTC)
+    dest = _lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, n, jan) for n in range(4)]})
+    loader.load(str(dest), pgstac_db.loader)
+    before = _versions(pgstac_db.admin, cid)
+    path = dest / "items/val/a.ndjson"
+    items = [json.loads(line) for line in path.read_text().splitlines()]
+    items[1]["properties"]["eo:cloud_cover"] = 55.0  # content changed, same partition
+    items[2]["properties"]["datetime"] = jun.isoformat().replace("+00:00", "Z")  # moves to June
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    result = loader.load(str(dest), pgstac_db.loader)
+    assert result.ok and result.in_db == 4, result.summary()
+    after = _versions(pgstac_db.admin, cid)
+    assert len(after) == 4  # the moved item is stored once
+    changed = {i for i in after if after[i] != before[i]}
+    assert changed == {items[1]["id"], items[2]["id"]}  # unchanged rows not rewritten (same xmin)
+    assert after[items[2]["id"]][1] == jun and after[items[2]["id"]][2] != before[items[2]["id"]][2]
+    with psycopg.connect(pgstac_db.admin) as conn:
+        n = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s AND id = %s", (cid, items[2]["id"]))
+        assert n.fetchone()[0] == 1
+
+
+def test_fresh_load_id_in_two_months_reported(pgstac_db, tmp_path):
+    cid = _collection_id("twice")
+    jan, feb = dt.datetime(2021, 1, 15, tzinfo=dt.UTC), dt.datetime(2021, 2, 15, tzinfo=dt.UTC)
+    dest = _lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, 1, jan)], "val/b.ndjson": [_item(cid, 1, feb)]})
+    result = loader.load(str(dest), pgstac_db.loader, raise_on_error=False)
+    assert not result.ok and any("stored twice" in e for e in result.errors), result.errors
+
+
+def test_same_id_in_two_files_of_one_month_loaded_once(pgstac_db, tmp_path):
+    cid = _collection_id("samemonth")
+    jan = dt.datetime(2021, 1, 15, tzinfo=dt.UTC)
+    second = _item(cid, 1, jan)
+    second["properties"]["eo:cloud_cover"] = 77.0
+    dest = _lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, 1, jan)], "val/b.ndjson": [second]})
+    result = loader.load(str(dest), pgstac_db.loader)
+    assert result.ok and result.in_db == 2, result.summary()  # each file's id is in pgstac
+    rows = _rows(pgstac_db.admin, cid)
+    assert len(rows) == 1 and rows[0][2]["properties"]["eo:cloud_cover"] == 77.0  # the later file wins
+
+
+def test_indexes_and_stats_present_after_load(pgstac_db, tmp_path):
+    cid = _collection_id("indexes")
+    loader.load(str(_sample_output(tmp_path, cid)), pgstac_db.loader)
+    with psycopg.connect(pgstac_db.admin) as conn:
+        parts = conn.execute(
+            "SELECT partition, dtrange, constraint_dtrange FROM pgstac.partitions_view WHERE collection = %s",
+            (cid,),
+        ).fetchall()
+        assert len(parts) == 2
+        for name, dtrange, constraint in parts:
+            indexes = {
+                r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (name,)).fetchall()
+            }
+            assert any("(id)" in i for i in indexes)  # the partition's primary key
+            assert any("terramesh:shard" in i for i in indexes), indexes  # a queryable's index
+            assert not any("terramesh:split" in i for i in indexes), indexes  # 2 values: none
+            assert dtrange is not None and constraint == dtrange  # stats and tight constraints

@@ -8,12 +8,16 @@ Layout read at `dest` (a local folder or s3://bucket/prefix):
                                 from the metadata alone, loaded first and only for shards
                                 `convert` has not finished (publish_catalog)
 
-`load` runs as the loader role (a member of pgstac_ingest), with pypgstac's Loader in delsert
-mode, so loading the same output twice leaves the same rows, and an item whose datetime
-changed moves to its new partition instead of being duplicated. Before the first item the
-collection's partitioning and queryables are set (terramesh_stac.catalog.database.prepare_collection). Files are loaded one after the other, never in
-parallel: concurrent upserts into one partition deadlock (pgstac#285). After each file the
-items of that file are counted in pgstac; a difference is an error.
+`load` runs as the loader role (a member of pgstac_ingest). Items are made whole with the
+collection's item_assets, dehydrated by pypgstac's Loader.format_item and written by
+terramesh_stac.catalog.bulk.PartitionWriter: COPY straight into the partitions when the
+collection has no items yet, else an upsert of only the rows that changed (an item whose
+datetime moved partition leaves its old one), so loading the same output twice leaves the same
+rows. Before the first item the collection's partitioning and queryables are set
+(terramesh_stac.catalog.database.prepare_collection). Files are read once each and written in
+batches of about BATCH_ITEMS items, one batch after the other, never in parallel: concurrent
+upserts into one partition deadlock (pgstac#285). After each batch the items of each of its
+files are counted in pgstac; a difference is an error.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
 
 from terramesh_stac.catalog import database
+from terramesh_stac.catalog.bulk import PartitionWriter
 from terramesh_stac.converters.item_assets import full_item
 from terramesh_stac.converters.layout import published_path
 from terramesh_stac.converters.storage import Store
@@ -37,6 +43,7 @@ if TYPE_CHECKING:  # the manifest module pulls in the converters' codecs
 log = logging.getLogger(__name__)
 
 ITEM_SUFFIXES = (".ndjson", ".ndjson.gz")
+BATCH_ITEMS = 20_000  # items per write: per-partition costs are paid once per batch, not per file
 
 
 class LoadError(RuntimeError):
@@ -108,17 +115,22 @@ def read_items(store: Store, relpath: str) -> Iterator[dict]:
                     raise ValueError(f"{relpath}:{n}: not a JSON line: {e}") from None
 
 
-def _count_in_db(conn, pairs: list[tuple[str, str]]) -> int:
-    """How many of these (collection, id) pairs pgstac holds."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (collection text, id text)")
+def _count_in_db(conn, files: list[list[tuple[str, str]]]) -> list[int]:
+    """For each file's (collection, id) pairs, how many pgstac holds (one query for all)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (file int, collection text, id text)")
     conn.execute("TRUNCATE _terramesh_ids")
-    with conn.cursor().copy("COPY _terramesh_ids (collection, id) FROM STDIN") as copy:
-        for pair in pairs:
-            copy.write_row(pair)
-    return conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT collection, id FROM _terramesh_ids) w "
-        "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id)"
-    ).fetchone()[0]
+    with conn.cursor().copy("COPY _terramesh_ids (file, collection, id) FROM STDIN") as copy:
+        for n, pairs in enumerate(files):
+            for collection, id_ in pairs:
+                copy.write_row((n, collection, id_))
+    found = dict(
+        conn.execute(
+            "SELECT file, count(*) FROM (SELECT DISTINCT file, collection, id FROM _terramesh_ids) w "
+            "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id) "
+            "GROUP BY file"
+        ).fetchall()
+    )
+    return [found.get(n, 0) for n in range(len(files))]
 
 
 def database_identity(dsn: str) -> str:
@@ -132,9 +144,10 @@ def database_identity(dsn: str) -> str:
 class Publisher:
     """One writer into pgstac: the collection, then item files (or finished shards) in turn.
 
-    Items are loaded with pypgstac's `delsert`: rows of the same id are deleted first, in any
-    partition, so an item whose datetime changed moves instead of being duplicated (upsert
-    is keyed on id and datetime). After each file the ids are counted in pgstac.
+    Items are written by a bulk.PartitionWriter (COPY into a fresh collection's partitions,
+    else an upsert of changed rows; an item whose datetime changed moves instead of being
+    duplicated). After each batch each file's ids are counted in pgstac. finish() (also run
+    on exit) brings partition stats and constraints up to date.
 
         with Publisher(dsn, store) as publisher:
             publisher.publish_collection(collection_dict)
@@ -150,6 +163,8 @@ class Publisher:
         self.items_seconds = self.check_seconds = 0.0
         self.batches = self.shards = 0
         self.database = database_identity(dsn)
+        self._writer: PartitionWriter | None = None
+        self._written_since_check = False
 
     def __enter__(self) -> Publisher:
         from pypgstac.load import Loader
@@ -161,7 +176,16 @@ class Publisher:
         return self
 
     def __exit__(self, *exc):
-        self._db_context.__exit__(*exc)
+        try:
+            self.finish()  # even after a failure: what was written gets its stats and constraints
+        finally:
+            self._db_context.__exit__(*exc)
+
+    def finish(self) -> None:
+        """Partition stats and tight constraints of what was written; errors recorded."""
+        if self._writer is not None:
+            self.errors.extend(self._writer.finish(check_twice=self._written_since_check))
+            self._written_since_check = False
 
     def publish_collection(self, collection: dict) -> None:
         from pypgstac.load import Methods
@@ -171,38 +195,52 @@ class Publisher:
         self._loader.collection_json.cache_clear()  # partition_trunc may have changed
         self.collection_id = collection["id"]
         self.item_assets = collection.get("item_assets") or {}
+        self._writer = PartitionWriter(self._loader, self._conn, self.collection_id)
 
     def load_file(self, relpath: str, expected_ids: set[str] | None = None) -> FileCount | None:
         """Load one NDJSON item file; None (and an error recorded) if it cannot be loaded."""
         return self.load_files([(relpath, expected_ids)])[0]
 
     def load_files(self, files: list[tuple[str, set[str] | None]]) -> list[FileCount | None]:
-        """Load NDJSON item files (relpath, ids the file must hold or None) in one pypgstac
-        call: its cost is mostly per (call, month partition), and a shard's items spread over
-        many months. Each file's ids are counted in pgstac afterwards; a file that cannot be
-        read or fails its checks is left out (None, error recorded)."""
-        from pypgstac.load import Methods
+        """Load NDJSON item files (relpath, ids the file must hold or None) in one write: its
+        cost is mostly per (write, month partition), and a shard's items spread over many
+        months. Each file's ids are counted in pgstac afterwards; a file that cannot be read or
+        fails its checks is left out (None, error recorded)."""
+        return self.load_checked([(relpath, self.read_checked(relpath, expected)) for relpath, expected in files])
 
-        checked = [(relpath, self._read_checked(relpath, expected)) for relpath, expected in files]
+    def rows(self, checked: list[tuple[str, list[dict] | None]]) -> list[dict] | None:
+        """The pgstac rows of files already read, or None if the files repeat ids (then
+        load_checked loads them file by file). Pure Python: may run beside load_checked."""
         batch = [item for _, items in checked if items for item in items]
-        pairs = [(i["collection"], i["id"]) for i in batch]
-        if len(set(pairs)) != len(pairs) and len(files) > 1:  # ids repeated across files
-            return [self.load_file(relpath, expected) for relpath, expected in files]
+        if len({i["id"] for i in batch}) != len(batch) and len(checked) > 1:  # ids repeated across files
+            return None
+        # whole items: pypgstac stores only what differs from the collection's item_assets
+        # and marks what an item lacks, so a lean item loaded as it is would be served lean
+        return self._writer.format(full_item(i, self.item_assets) for i in batch)
+
+    def load_checked(
+        self, checked: list[tuple[str, list[dict] | None]], rows: list[dict] | None = None
+    ) -> list[FileCount | None]:
+        """load_files for files already read (read_checked: items, or None if refused), with
+        their rows when already made (rows())."""
         t = time.perf_counter()
-        if batch:
-            # whole items: pypgstac stores only what differs from the collection's item_assets
-            # and marks what an item lacks, so a lean item loaded as it is would be served lean
-            self._loader.load_items((full_item(i, self.item_assets) for i in batch), Methods.delsert)
+        rows = self.rows(checked) if rows is None else rows
+        if rows is None:
+            return [c for one in checked for c in self.load_checked([one])]
+        if rows:
+            self._writer.write_rows(rows)
+            self._written_since_check = True
         self.items_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        loaded = [(relpath, items) for relpath, items in checked if items is not None]
+        in_db = iter(_count_in_db(self._conn, [[(i["collection"], i["id"]) for i in items] for _, items in loaded]))
+        self.check_seconds += time.perf_counter() - t
         counts = []
         for relpath, items in checked:
             if items is None:
                 counts.append(None)
                 continue
-            t = time.perf_counter()
-            ids = [(i["collection"], i["id"]) for i in items]
-            count = FileCount(relpath, written=len(items), in_db=_count_in_db(self._conn, ids))
-            self.check_seconds += time.perf_counter() - t
+            count = FileCount(relpath, written=len(items), in_db=next(in_db))
             self.files.append(count)
             if count.in_db != count.written:
                 self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
@@ -210,7 +248,7 @@ class Publisher:
             counts.append(count)
         return counts
 
-    def _read_checked(self, relpath: str, expected_ids: set[str] | None) -> list[dict] | None:
+    def read_checked(self, relpath: str, expected_ids: set[str] | None) -> list[dict] | None:
         """A file's items, or None (error recorded) if unreadable or failing a check."""
         cid = self.collection_id
         try:
@@ -264,6 +302,7 @@ class Publisher:
         for m, _, _ in pending:
             self._delete(m.items.removed)
         counts = self.load_files([(m.items.path, set(m.items.ids)) for m, _, _ in pending])
+        self.finish()  # stats and constraints of this batch's partitions, before it is marked published
         for (m, marker_path, marker), count in zip(pending, counts):
             if count is None or count.in_db != m.items.count:
                 self.errors.append(
@@ -273,6 +312,10 @@ class Publisher:
                 continue
             self.store.put(marker_path, orjson.dumps(marker, option=orjson.OPT_SORT_KEYS))
             self.shards += 1
+
+    @property
+    def in_db(self) -> int:
+        return sum(f.in_db for f in self.files)
 
     def summary(self) -> dict:
         written = sum(f.written for f in self.files)
@@ -287,10 +330,45 @@ class Publisher:
         }
 
 
-CATALOG_BATCH_FILES = 10  # catalog files per pypgstac call (its cost is per call and partition)
+def _batches(publisher: Publisher, paths: list[str]) -> Iterator[tuple[int, list]]:
+    """(files read so far, [(relpath, items or None)]) of about BATCH_ITEMS items each."""
+    batch: list[tuple[str, list[dict] | None]] = []
+    for n, relpath in enumerate(paths, 1):
+        batch.append((relpath, publisher.read_checked(relpath, None)))
+        if n == len(paths) or sum(len(items or ()) for _, items in batch) >= BATCH_ITEMS:
+            yield n, batch
+            batch = []
 
 
-def publish_catalog(publisher: Publisher) -> dict:
+def _progress(enabled: bool):
+    """A rich progress bar on stderr, or one that shows nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=True)
+
+
+def _load_pipelined(publisher: Publisher, paths: list[str], on_files_done=None) -> None:
+    """Load these item files in batches. Reading and formatting a batch (Python) runs while
+    the previous one is written (the database): one writer thread, so the database still
+    sees one batch at a time. `on_files_done(n)`: after each batch, files done so far."""
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for n, batch in _batches(publisher, paths):
+            t = time.perf_counter()
+            rows = publisher.rows(batch)
+            publisher.items_seconds += time.perf_counter() - t
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(publisher.load_checked, batch, rows)
+            if on_files_done is not None:
+                pending.add_done_callback(lambda _, n=n: on_files_done(n))
+        if pending is not None:
+            pending.result()
+
+
+def publish_catalog(publisher: Publisher, on_files_done=None) -> dict:
     """Load the items `terramesh-stac catalog` made from the metadata parquet (listed in
     `catalog/manifests/<split>.json`), except those of shards `convert` finished: a converted
     item is never replaced by its metadata-only version. Each file's count is checked
@@ -299,14 +377,14 @@ def publish_catalog(publisher: Publisher) -> dict:
 
     files, skipped = pending_catalog_files(publisher.store, publisher.collection_id)
     first = len(publisher.files)
-    for i in range(0, len(files), CATALOG_BATCH_FILES):
-        batch = files[i : i + CATALOG_BATCH_FILES]
-        for (relpath, count), loaded in zip(batch, publisher.load_files([(p, None) for p, _ in batch])):
-            if loaded is not None and loaded.written != count:
-                publisher.errors.append(
-                    f"{relpath}: the catalog manifest says {count} items, the file holds {loaded.written}"
-                )
+    _load_pipelined(publisher, [relpath for relpath, _ in files], on_files_done)
+    expected = dict(files)
     loaded = publisher.files[first:]
+    for f in loaded:
+        if f.written != expected.get(f.path, f.written):
+            publisher.errors.append(
+                f"{f.path}: the catalog manifest says {expected[f.path]} items, the file holds {f.written}"
+            )
     return {
         "files": len(loaded),
         "skipped_files": skipped,
@@ -325,6 +403,7 @@ def load(
     expected_count: int | None = None,
     endpoint_url: str | None = None,
     raise_on_error: bool = True,
+    progress: bool = False,
 ) -> LoadResult:
     """Upsert dest's collection and items into pgstac as `dsn` (the loader role) and check counts.
 
@@ -332,6 +411,7 @@ def load(
     absolute path/URL. partition: pgstac partition_trunc set before the first item ("month",
     "year" or None). expected_count: a total the caller expects, checked on top of the per-file
     counts. Raises LoadError (with .result) on any error unless raise_on_error is False.
+    progress: a rich progress bar (files loaded) on stderr.
     """
     t0 = time.perf_counter()
     store = Store(dest, endpoint_url=endpoint_url)
@@ -345,14 +425,25 @@ def load(
         collection = orjson.loads(store.get(collection_path))
     result = LoadResult(dest=dest, collection_id=collection["id"], expected=expected_count)
 
-    with Publisher(dsn, store, partition=partition) as publisher:
+    with Publisher(dsn, store, partition=partition) as publisher, _progress(progress) as bar:
         publisher.publish_collection(collection)
         result.collection_seconds = time.perf_counter() - t0
-        publish_catalog(publisher)  # first: converted items of the same ids then replace them
-        for relpath in item_files(store):
-            publisher.load_file(relpath)
+        task = bar.add_task("loading items", total=None)
+        files_before = 0  # files of the steps before the current one
+
+        def files_done(n: int) -> None:
+            bar.update(task, completed=files_before + n, description=f"loading items ({publisher.in_db:,} in pgstac)")
+
+        publish_catalog(publisher, files_done)  # first: converted items of the same ids then replace them
+        files_before = len(publisher.files)
+        paths = item_files(store)
+        bar.update(task, total=files_before + len(paths))
+        _load_pipelined(publisher, paths, files_done)
+        t = time.perf_counter()
+        publisher.finish()
+        result.check_seconds += time.perf_counter() - t
     result.files, result.errors = publisher.files, publisher.errors
-    result.items_seconds, result.check_seconds = publisher.items_seconds, publisher.check_seconds
+    result.items_seconds, result.check_seconds = publisher.items_seconds, result.check_seconds + publisher.check_seconds
 
     if not result.files and not result.errors:
         result.errors.append(f"no item files under {store.href('items')} (*.ndjson)")
