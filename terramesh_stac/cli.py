@@ -152,6 +152,16 @@ def _synth_rows(value: str) -> int:
     return parse_rows(value)
 
 
+def _publisher(stack, args, settings: Settings, store):
+    """The loader (--load) of convert and catalog: into --dsn or the embedded database, as
+    the loader role, closed (and finished) with `stack`."""
+    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog.loader import Publisher
+
+    dsn = args.dsn or database.dsn(settings, role="loader")
+    return stack.enter_context(Publisher(dsn, store))
+
+
 def _cmd_convert(args, settings: Settings) -> int:
     import contextlib
 
@@ -169,13 +179,7 @@ def _cmd_convert(args, settings: Settings) -> int:
         s3_public_url=settings.s3_public_url,
     )
     with contextlib.ExitStack() as stack:
-        publisher = None
-        if args.load:
-            from terramesh_stac.catalog import database
-            from terramesh_stac.catalog.loader import Publisher
-
-            dsn = args.dsn or database.dsn(settings, role="loader")
-            publisher = stack.enter_context(Publisher(dsn, options.store()))
+        publisher = _publisher(stack, args, settings, options.store()) if args.load else None
         try:
             report = convert(
                 args.source,
@@ -215,13 +219,7 @@ def _cmd_catalog(args, settings: Settings) -> int:
         s3_endpoint_url=settings.s3_endpoint_url,
     )
     with contextlib.ExitStack() as stack:
-        publisher = None
-        if args.load:
-            from terramesh_stac.catalog import database
-            from terramesh_stac.catalog.loader import Publisher
-
-            dsn = args.dsn or database.dsn(settings, role="loader")
-            publisher = stack.enter_context(Publisher(dsn, options.store()))
+        publisher = _publisher(stack, args, settings, options.store()) if args.load else None
         report = build_catalog(
             args.source,
             options,

@@ -317,3 +317,81 @@ def test_indexes_and_stats_present_after_load(pgstac_db, tmp_path):
             assert any("terramesh:shard" in i for i in indexes), indexes  # a queryable's index
             assert not any("terramesh:split" in i for i in indexes), indexes  # 2 values: none
             assert dtrange is not None and constraint == dtrange  # stats and tight constraints
+
+
+def _index_definitions(conn, partition: str) -> set[str]:
+    rows = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'pgstac' AND tablename = %s", (partition,))
+    return {r[0] for r in rows}
+
+
+def test_fresh_load_builds_queryable_indexes_after_the_rows(pgstac_db, tmp_path):
+    cid = _collection_id("deferred")
+    jan, feb = dt.datetime(2021, 1, 15, tzinfo=dt.UTC), dt.datetime(2021, 2, 28, 23, tzinfo=dt.UTC)
+    items = [_item(cid, n, jan) for n in range(3)] + [_item(cid, 10 + n, feb) for n in range(3)]
+    for item in items[3:]:  # an end_datetime past its partition's month
+        item["properties"].update(start_datetime=item["properties"]["datetime"], end_datetime="2021-03-02T00:00:00Z")
+    result = loader.load(str(_lean_output(tmp_path, cid, {"val/a.ndjson": items})), pgstac_db.loader)
+    assert result.ok and result.in_db == 6, result.summary()
+    with psycopg.connect(pgstac_db.admin) as conn:
+        conn.execute("SET search_path = pgstac, public")
+        assert not conn.execute("SELECT * FROM terramesh.deferred_indexes WHERE collection = %s", (cid,)).fetchall()
+        parts = conn.execute(
+            "SELECT partition, edtrange, constraint_edtrange FROM pgstac.partitions_view WHERE collection = %s",
+            (cid,),
+        ).fetchall()
+        assert len(parts) == 2
+        for name, edtrange, constraint in parts:
+            loaded = _index_definitions(conn, name)
+            for queryable in ("terramesh:shard", "terramesh:sample_id", "eo:cloud_cover"):
+                assert any(queryable in i for i in loaded), (queryable, loaded)
+            conn.execute("SELECT pgstac.maintain_partitions(%s)", (name,))
+            assert _index_definitions(conn, name) == loaded  # what pgstac itself would build
+            assert constraint == edtrange  # the load's wide end_datetime range made tight again
+
+
+def test_index_deferral_only_on_empty_partitions_of_items(pgstac_db, tmp_path):
+    cid = _collection_id("defer-guard")
+    loader.load(str(_lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, 1, dt.datetime(2021, 1, 15, tzinfo=dt.UTC))]})), pgstac_db.loader)  # fmt: skip
+    with psycopg.connect(pgstac_db.loader, autocommit=True) as conn:
+        (name,) = conn.execute("SELECT partition FROM pgstac.partitions_view WHERE collection = %s", (cid,)).fetchone()
+        before = _index_definitions(conn, name)
+        assert conn.execute("SELECT terramesh.defer_queryable_indexes(%s)", (name,)).fetchone()[0] == 0  # has rows
+        assert _index_definitions(conn, name) == before
+        for other in ("items", "collections", "no_such_table", "_items_1"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a leaf partition"):
+                conn.execute("SELECT terramesh.defer_queryable_indexes(%s)", (other,))
+    with psycopg.connect(pgstac_db.api) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT terramesh.defer_queryable_indexes(%s)", (name,))
+
+
+def test_killed_fresh_load_gets_its_indexes_on_the_next_load(pgstac_db, tmp_path):
+    import subprocess
+    import sys
+
+    cid = _collection_id("killed")
+    jan, jun = dt.datetime(2021, 1, 15, tzinfo=dt.UTC), dt.datetime(2021, 6, 15, tzinfo=dt.UTC)
+    dest = _lean_output(tmp_path, cid, {"val/a.ndjson": [_item(cid, n, jan) for n in range(3)]})
+    # a load that dies after writing its rows, before finish() (os._exit: no cleanup runs)
+    killed = (
+        "import json, os, sys\n"
+        "from terramesh_stac.catalog.loader import Publisher\n"
+        "from terramesh_stac.converters.storage import Store\n"
+        "store = Store(sys.argv[1])\n"
+        "with Publisher(sys.argv[2], store) as publisher:\n"
+        "    publisher.publish_collection(json.loads(store.get('collection.json')))\n"
+        "    assert publisher.load_file('items/val/a.ndjson').in_db == 3\n"
+        "    os._exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killed, str(dest), pgstac_db.loader], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    with psycopg.connect(pgstac_db.admin) as conn:
+        (name,) = conn.execute(
+            "SELECT partition FROM terramesh.deferred_indexes WHERE collection = %s", (cid,)
+        ).fetchone()
+        assert not any("terramesh:shard" in i for i in _index_definitions(conn, name))  # deferred, never built
+    again = _lean_output(tmp_path / "again", cid, {"val/b.ndjson": [_item(cid, 20, jun)]})  # another month
+    result = loader.load(str(again), pgstac_db.loader)
+    assert result.ok, result.summary()
+    with psycopg.connect(pgstac_db.admin) as conn:
+        assert any("terramesh:shard" in i for i in _index_definitions(conn, name))
+        assert not conn.execute("SELECT * FROM terramesh.deferred_indexes WHERE collection = %s", (cid,)).fetchall()

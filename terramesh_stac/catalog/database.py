@@ -55,6 +55,59 @@ PGSTAC_SETTINGS: dict[str, str] = {
 
 SYSTEM_USER = "postgres"  # who runs the cluster when we are root
 
+# A fresh bulk load is faster when a partition's queryable indexes (pgstac's expression
+# indexes, one SQL function call per row each) are built after its rows are in, not kept up
+# row by row: catalog/bulk.py drops them from a partition that is still empty and has pgstac
+# rebuild them (maintain_partitions) when the load finishes. Partitions belong to pgstac_admin,
+# so the drop runs as its owner, and only on an empty leaf partition of pgstac.items, only on
+# indexes that are neither unique nor part of a partitioned index (id, datetime, geometry stay).
+# Each such partition is recorded in terramesh.deferred_indexes until its indexes are back, so
+# the next load rebuilds them when one was killed before it finished.
+DEFER_INDEXES_SQL = (
+    "CREATE SCHEMA IF NOT EXISTS terramesh",
+    "ALTER SCHEMA terramesh OWNER TO pgstac_admin",
+    "CREATE TABLE IF NOT EXISTS terramesh.deferred_indexes (partition text PRIMARY KEY, collection text NOT NULL)",
+    """CREATE OR REPLACE FUNCTION terramesh.defer_queryable_indexes(_partition text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgstac AS $$
+DECLARE
+    rel regclass := to_regclass(format('pgstac.%I', _partition));
+    idx regclass;
+    has_rows boolean;
+    dropped integer := 0;
+BEGIN
+    IF rel IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_partition_ancestors(rel) a WHERE a.relid = 'pgstac.items'::regclass
+    ) OR EXISTS (SELECT 1 FROM pg_partition_tree(rel) t WHERE t.relid = rel AND NOT t.isleaf) THEN
+        RAISE EXCEPTION '% is not a leaf partition of pgstac.items', _partition
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', rel) INTO has_rows;
+    IF has_rows THEN
+        RETURN 0;  -- searches may be using them: kept
+    END IF;
+    FOR idx IN
+        SELECT i.indexrelid::regclass FROM pg_index i
+        WHERE i.indrelid = rel AND NOT i.indisunique
+          AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+    LOOP
+        EXECUTE format('DROP INDEX %s', idx);
+        dropped := dropped + 1;
+    END LOOP;
+    IF dropped > 0 THEN
+        INSERT INTO terramesh.deferred_indexes (partition, collection)
+        SELECT _partition, p.collection FROM pgstac.partitions p WHERE p.partition = _partition
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN dropped;
+END $$""",
+    "ALTER TABLE terramesh.deferred_indexes OWNER TO pgstac_admin",
+    "GRANT SELECT, DELETE ON terramesh.deferred_indexes TO pgstac_ingest",
+    "ALTER FUNCTION terramesh.defer_queryable_indexes(text) OWNER TO pgstac_admin",
+    "REVOKE ALL ON FUNCTION terramesh.defer_queryable_indexes(text) FROM PUBLIC",
+    "GRANT USAGE ON SCHEMA terramesh TO pgstac_ingest",
+    "GRANT EXECUTE ON FUNCTION terramesh.defer_queryable_indexes(text) TO pgstac_ingest",
+)
+
 
 class DatabaseError(RuntimeError):
     """The database cannot be set up or reached; the message says what to do."""
@@ -404,6 +457,8 @@ def bootstrap(settings: DatabaseSettings) -> None:
                 "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                 (name, value),
             )
+        for statement in DEFER_INDEXES_SQL:
+            conn.execute(statement)
 
 
 def stop(settings: DatabaseSettings) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from terramesh_stac import cyclic_gc
 from terramesh_stac.catalog import database
 from terramesh_stac.catalog.bulk import PartitionWriter
 from terramesh_stac.converters.item_assets import full_item
@@ -113,24 +114,6 @@ def read_items(store: Store, relpath: str) -> Iterator[dict]:
                     yield orjson.loads(line)
                 except orjson.JSONDecodeError as e:
                     raise ValueError(f"{relpath}:{n}: not a JSON line: {e}") from None
-
-
-def _count_in_db(conn, files: list[list[tuple[str, str]]]) -> list[int]:
-    """For each file's (collection, id) pairs, how many pgstac holds (one query for all)."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _terramesh_ids (file int, collection text, id text)")
-    conn.execute("TRUNCATE _terramesh_ids")
-    with conn.cursor().copy("COPY _terramesh_ids (file, collection, id) FROM STDIN") as copy:
-        for n, pairs in enumerate(files):
-            for collection, id_ in pairs:
-                copy.write_row((n, collection, id_))
-    found = dict(
-        conn.execute(
-            "SELECT file, count(*) FROM (SELECT DISTINCT file, collection, id FROM _terramesh_ids) w "
-            "WHERE EXISTS (SELECT 1 FROM pgstac.items i WHERE i.collection = w.collection AND i.id = w.id) "
-            "GROUP BY file"
-        ).fetchall()
-    )
-    return [found.get(n, 0) for n in range(len(files))]
 
 
 def database_identity(dsn: str) -> str:
@@ -232,15 +215,14 @@ class Publisher:
             self._written_since_check = True
         self.items_seconds += time.perf_counter() - t
         t = time.perf_counter()
-        loaded = [(relpath, items) for relpath, items in checked if items is not None]
-        in_db = iter(_count_in_db(self._conn, [[(i["collection"], i["id"]) for i in items] for _, items in loaded]))
+        stored = self._writer.stored_ids(rows)
         self.check_seconds += time.perf_counter() - t
         counts = []
         for relpath, items in checked:
             if items is None:
                 counts.append(None)
                 continue
-            count = FileCount(relpath, written=len(items), in_db=next(in_db))
+            count = FileCount(relpath, written=len(items), in_db=sum(i["id"] in stored for i in items))
             self.files.append(count)
             if count.in_db != count.written:
                 self.errors.append(f"{relpath}: wrote {count.written} items, pgstac holds {count.in_db} of them")
@@ -353,9 +335,10 @@ def _load_pipelined(publisher: Publisher, paths: list[str], on_files_done=None) 
     """Load these item files in batches. Reading and formatting a batch (Python) runs while
     the previous one is written (the database): one writer thread, so the database still
     sees one batch at a time. `on_files_done(n)`: after each batch, files done so far."""
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1) as writer, cyclic_gc.paused() as collect:
         pending = None
         for n, batch in _batches(publisher, paths):
+            collect()
             t = time.perf_counter()
             rows = publisher.rows(batch)
             publisher.items_seconds += time.perf_counter() - t
