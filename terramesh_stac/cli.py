@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 import pydantic
@@ -306,6 +307,7 @@ def _cmd_export(args, settings: Settings) -> int:
                 endpoint_url=settings.s3_endpoint_url,
                 row_group_size=args.row_group_size,
                 progress=_RichProgress(bar),
+                workers=args.workers or os.cpu_count() or 1,
             )
         except psycopg.Error as e:  # unreachable, refused, ...: one line, no traceback
             print(f"error: database: {str(e).strip()}", file=sys.stderr)
@@ -484,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
     gp.add_argument(
         "--row-group-size", type=_positive, default=10_000, help="rows per Parquet row group (default 10,000)"
+    )
+    gp.add_argument(
+        "--workers", type=_positive, help="processes, one year of items each at a time (default: one per core)"
     )
     gp.add_argument("--quiet", action="store_true", help="no progress display")
     gp.set_defaults(func=_cmd_export)

@@ -186,6 +186,26 @@ def test_geometry_matches_the_utm_footprint(epsg, lat):
     validate(item.to_dict())
 
 
+def test_straight_edges_keep_only_their_corners():
+    from terramesh_stac.converters.footprint import DENSIFY, footprints
+
+    to_utm = Transformer.from_crs(4326, 32633, always_xy=True)
+    vertices = {}
+    for lat in (0.5, 45.0, 80.0):
+        x, y = to_utm.transform(15.0, lat)  # on the central meridian: the edges bend least
+        x, y = round(x) + 100_000, round(y)
+        (geometry, bbox), (dense, _) = (
+            footprints(32633, np.array([[x, y, x + 2640, y + 2640]]), d)[0] for d in (DENSIFY, 101)
+        )
+        ring = geometry["coordinates"][0]
+        vertices[lat] = len(ring)
+        assert shape(geometry).hausdorff_distance(shape(dense)) < 1e-6
+        lons, lats = zip(*ring)
+        assert bbox == [min(lons), min(lats), max(lons), max(lats)]  # the bbox of what is written
+    assert vertices[0.5] == 5  # a rectangle near the equator: 4 corners, closed
+    assert vertices[0.5] < vertices[80.0] <= 4 * (DENSIFY - 1) + 1  # points only where an edge bends
+
+
 def test_antimeridian_patch_becomes_a_multipolygon():
     # zone 60 south (Fiji): find the easting of 180 degrees at 17 S and straddle it
     epsg = 32760

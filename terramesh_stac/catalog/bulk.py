@@ -11,10 +11,9 @@ partition for the whole session instead:
 - a collection without items when the writer started is loaded "fresh": a batch's rows are
   COPYed into pgstac.items in one statement (PostgreSQL routes them; no temp table, no
   conflict handling). A unique-id violation (an id given twice) falls back to the upsert
-  path for that batch. A partition
-  still empty when first written gets its queryable indexes after its rows
-  (terramesh.defer_queryable_indexes, then pgstac's maintain_partitions in finish()): kept up
-  row by row, those expression indexes were ~40 % of the database's time of a fresh load;
+  path for that batch. A partition still empty when first written gets its queryable indexes
+  after its rows (terramesh.defer_queryable_indexes, then pgstac's maintain_partitions in
+  finish()): kept up row by row, those expression indexes were ~40 % of the database's time;
 - otherwise (a re-load) rows go through a temp table into their partition, upserted with
   `WHERE t IS DISTINCT FROM EXCLUDED`, so unchanged items are not rewritten; a row new to its
   partition (the item's datetime moved, or a new item) has its id deleted from the others;

@@ -25,7 +25,10 @@ stac-geoparquet's own from_dicts 3.6 s, rustac 1.2 s, the path here 0.3 s (items
 into Arrow with PostGIS's WKB: from_dicts deep-copies every item and parses its GeoJSON).
 
 Memory stays bounded: two passes over server-side cursors (PAGE_SIZE rows per fetch): one
-infers the union schema of all items, one writes, ROW_GROUP_SIZE items at a time. The
+infers the union schema of all items, one writes, ROW_GROUP_SIZE items at a time. Both passes
+go a year at a time, in `workers` processes (the export is Python-bound: hydration and
+Arrow conversion), every process reading the export transaction's snapshot
+(pg_export_snapshot), so the files hold one consistent state of the collection. The
 collection then gets the `geoparquet` asset (role `collection-mirror`,
 converters.collection.mirror_asset), visible on /collections/{id}.
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import posixpath
 import threading
@@ -50,6 +54,7 @@ from typing import Any, Protocol
 
 import orjson
 import psycopg
+import psycopg.sql
 import pyarrow as pa
 import pyarrow.fs as pafs
 from hydraters import hydrate
@@ -180,15 +185,6 @@ def _chunks(items: Iterable[dict], size: int, progress: Progress | None) -> Iter
         yield chunk
 
 
-def _infer_schema(conn, collection_id, years, hydrator, progress) -> pa.Schema:
-    schema = InferredSchema()
-    for year in years:
-        for chunk in _chunks(map(hydrator, _year_rows(conn, collection_id, year, ordered=False)), PAGE_SIZE, progress):
-            schema.inner = pa.unify_schemas([schema.inner, _raw_batch(chunk).schema], promote_options="permissive")
-    schema.manual_updates()
-    return schema.inner
-
-
 def _arrow_filesystem(store: Store) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(store.fs))
 
@@ -222,47 +218,48 @@ def export_geoparquet(
     endpoint_url: str | None = None,
     row_group_size: int = ROW_GROUP_SIZE,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> ExportResult:
     """Write the collection's items at `out` as stac-geoparquet (module docstring) and link
-    the export from the collection in pgstac. ValueError for a collection pgstac lacks."""
+    the export from the collection in pgstac. ValueError for a collection pgstac lacks.
+    `workers` > 1: years in that many processes (the export is Python-bound), all reading
+    the same database snapshot; progress then advances a year at a time."""
     if row_group_size < 1:
         raise ValueError(f"row group size must be at least 1, got {row_group_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     started = time.perf_counter()
     store = Store(out, endpoint_url=endpoint_url)
     store.check_writable()  # a destination that cannot work fails now, not after the first pass
     result = ExportResult(collection_id, store.href("").rstrip("/"))
-    filesystem = _arrow_filesystem(store)
     with _connect(dsn) as conn:
-        # one snapshot for both passes: an item loaded in between cannot miss the schema
+        # one snapshot for both passes and every worker: an item loaded in between cannot
+        # miss the schema (each worker's transaction imports this one's snapshot)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = conn.execute("SELECT content FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()
         if row is None:
             raise ValueError(f"collection {collection_id!r} is not in pgstac")
-        collection = row[0]
         counts = _year_counts(conn, collection_id)
-        hydrator = _Hydrator(conn, collection)
+        job = _YearJob(
+            dsn=dsn,
+            snapshot=conn.execute("SELECT pg_export_snapshot()").fetchone()[0],
+            collection=row[0],
+            out=out,
+            endpoint_url=endpoint_url,
+            row_group_size=row_group_size,
+        )
         if progress:
             progress.start("reading the schema", sum(counts.values()))
-        schema = _infer_schema(conn, collection_id, counts, hydrator, progress)
+        schemas = dict(_per_year(job.infer, counts, workers, progress))
+        inferred = InferredSchema()
+        for year in counts:  # in year order, whichever process finished first: the same schema
+            inferred.inner = pa.unify_schemas([inferred.inner, schemas[year]], promote_options="permissive")
+        inferred.manual_updates()
         if progress:
             progress.start("writing", sum(counts.values()))
-        for year in counts:
-            items = map(hydrator, _year_rows(conn, collection_id, year, ordered=True))
-            batches = (_stac_batch(c, schema) for c in _chunks(items, row_group_size, progress))
-            first = next(batches)
-            relpath = f"{PARTITION}={year}/{FILE_NAME}"
-            with _writing(store, relpath) as target:
-                # each batch is written as one row group (pyarrow's write_batch)
-                reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
-                to_parquet(
-                    reader,
-                    target,
-                    filesystem=filesystem,
-                    collections={collection_id: collection},
-                    compression="zstd",
-                )
-            result.files.append(relpath)
-            result.items += counts[year]
+        written = dict(_per_year(functools.partial(job.write, schema=inferred.inner), counts, workers, progress))
+        result.files = [written[year] for year in counts]
+        result.items = sum(counts.values())
         conn.commit()  # the end of the snapshot the items were read in
         _remove_stale(store, result.files)
         result.bytes = sum(store.fs.size(store.path(p)) for p in result.files)
@@ -270,6 +267,81 @@ def export_geoparquet(
         conn.commit()
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass(frozen=True)
+class _YearJob:
+    """What a process needs to read and write one year of the export (picklable)."""
+
+    dsn: str
+    snapshot: str  # pg_export_snapshot() of the export's transaction
+    collection: dict
+    out: str
+    endpoint_url: str | None
+    row_group_size: int
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        with _connect(self.dsn) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(self.snapshot)))
+            yield conn
+            conn.rollback()  # read only
+
+    def infer(self, year: int, progress: Progress | None = None) -> pa.Schema:
+        """The union schema of the year's items (their raw Arrow structs)."""
+        cid = self.collection["id"]
+        with self._connection() as conn:
+            hydrator, schema = _Hydrator(conn, self.collection), None
+            for chunk in _chunks(map(hydrator, _year_rows(conn, cid, year, ordered=False)), PAGE_SIZE, progress):
+                batch_schema = _raw_batch(chunk).schema
+                schema = (
+                    batch_schema
+                    if schema is None
+                    else pa.unify_schemas([schema, batch_schema], promote_options="permissive")
+                )
+        return schema
+
+    def write(self, year: int, progress: Progress | None = None, *, schema: pa.Schema) -> str:
+        """Write the year's file, spatially sorted, a row group per ROW_GROUP_SIZE items; its path."""
+        cid = self.collection["id"]
+        store = Store(self.out, endpoint_url=self.endpoint_url)
+        relpath = f"{PARTITION}={year}/{FILE_NAME}"
+        with self._connection() as conn:
+            items = map(_Hydrator(conn, self.collection), _year_rows(conn, cid, year, ordered=True))
+            batches = (_stac_batch(c, schema) for c in _chunks(items, self.row_group_size, progress))
+            first = next(batches)
+            with _writing(store, relpath) as target:
+                # each batch is written as one row group (pyarrow's write_batch)
+                reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
+                to_parquet(
+                    reader,
+                    target,
+                    filesystem=_arrow_filesystem(store),
+                    collections={cid: self.collection},
+                    compression="zstd",
+                )
+        return relpath
+
+
+def _per_year(task, counts: dict[int, int], workers: int, progress: Progress | None) -> Iterator[tuple[int, Any]]:
+    """(year, task(year)) for every year: here, item by item progress; or in `workers`
+    processes (spawned: no inherited connections or threads), the largest years first."""
+    if workers == 1 or len(counts) <= 1:
+        for year in counts:
+            yield year, task(year, progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(workers, len(counts)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(task, year): year for year in sorted(counts, key=lambda y: -counts[y])}
+        for future in as_completed(futures):
+            year = futures[future]
+            result = future.result()
+            if progress:
+                progress.advance(counts[year])
+            yield year, result
 
 
 def _link_from_collection(conn: psycopg.Connection, collection_id: str, result: ExportResult) -> None:
