@@ -50,7 +50,8 @@ def _get(url: str, **kw) -> httpx.Response:
     ],
 )
 def test_get_search_returns_exactly_the_expected_items(live_server, params, expected):
-    r = _get(f"{live_server}/stac/search", params={**params, "limit": 100})
+    # in this module's collection: other test modules load items into the same database
+    r = _get(f"{live_server}/stac/search", params={"collections": API_COLLECTION_ID, **params, "limit": 100})
     assert r.status_code == 200, r.text
     assert _ids(r.json()) == expected
 

@@ -310,9 +310,7 @@ def test_indexes_and_stats_present_after_load(pgstac_db, tmp_path):
         ).fetchall()
         assert len(parts) == 2
         for name, dtrange, constraint in parts:
-            indexes = {
-                r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (name,)).fetchall()
-            }
+            indexes = _index_definitions(conn, name)
             assert any("(id)" in i for i in indexes)  # the partition's primary key
             assert any("terramesh:shard" in i for i in indexes), indexes  # a queryable's index
             assert not any("terramesh:split" in i for i in indexes), indexes  # 2 values: none
