@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what terramesh-stac needs on Debian/Ubuntu, skipping what is already there:
-# PostgreSQL + PostGIS (the major version the distribution ships), python3-venv, and the
-# project in .venv/ with the pinned versions of constraints.txt.
+# PostgreSQL + PostGIS (the major version the distribution ships), python3-venv, the
+# project in .venv/ with the pinned versions of constraints.txt, Node.js + npm to build the
+# map page (frontend/, pinned by its package-lock.json), and Chromium + ChromeDriver for the
+# map page's browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,11 @@ else
     missing=()
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-    command -v node >/dev/null || missing+=(nodejs)  # tests syntax-check the map page's script
+    command -v node >/dev/null || missing+=(nodejs)  # builds the map page
+    command -v npm >/dev/null || missing+=(npm)
+    # tests/test_map_page.py: the page in a real browser, driven over WebDriver
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     # tests/test_clients.py: GDAL STACIT in the distribution's GDAL (3.6 on Debian 12), next to rasterio's
     command -v gdal_translate >/dev/null || missing+=(gdal-bin)
     [ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
@@ -47,4 +53,14 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     # installed above, are not re-resolved
     .venv/bin/pip install -q -c constraints.txt --no-deps stackstac
     echo "$want" > "$stamp"
+fi
+
+# The map page: frontend/ bundled (esbuild) into terramesh_stac/catalog/static/map/, again
+# whenever its sources or its lock file change.
+map_stamp=terramesh_stac/catalog/static/map/.built
+map_want=$(cat frontend/package.json frontend/package-lock.json frontend/build.mjs frontend/src/* | sha256sum | cut -c1-16)
+if [ "$(cat "$map_stamp" 2>/dev/null)" != "$map_want" ]; then
+    echo "building the map page (npm ci + npm run build in frontend/)"
+    (cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    echo "$map_want" > "$map_stamp"
 fi

@@ -72,5 +72,5 @@ Search from Python:
         return EXIT_PARTIAL if report.errors else EXIT_OK
     from terramesh_stac.catalog.app import run
 
-    run(settings.model_copy(update={"dest": dest}))
+    run(settings.model_copy(update={"dest": dest, "collection_id": collection_id}))
     return EXIT_OK

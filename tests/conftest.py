@@ -261,7 +261,7 @@ def api_catalog(pgstac_db):
     (as the loader role). Yields (dest, collection dict, item dicts)."""
     from pypgstac.load import Loader, Methods
 
-    from terramesh_stac.catalog import database
+    from terramesh_stac.catalog import database, density
 
     dest = _tempfile.mkdtemp(prefix="terramesh-api-", dir="/tmp")
     _os.chmod(dest, 0o755)
@@ -273,6 +273,7 @@ def api_catalog(pgstac_db):
         database.prepare_collection(db.connect(), API_COLLECTION_ID)
         loader.collection_json.cache_clear()
         loader.load_items(iter(items), insert_mode=Methods.upsert)
+        density.refresh(db.connect(), API_COLLECTION_ID)  # the map's density, as the Publisher does after a load
     try:
         yield _Path(dest), collection, items
     finally:

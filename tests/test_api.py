@@ -1,4 +1,4 @@
-"""The STAC API at /stac, /assets and the map page, on a live server (fixture `live_server`:
+"""The STAC API at /stac and /assets, on a live server (fixture `live_server`:
 uvicorn subprocess, real pgstac database loaded with the sample catalog of conftest.py)."""
 
 from __future__ import annotations
@@ -329,73 +329,6 @@ def test_bad_requests_are_4xx_with_a_message(live_server, case):
 
 
 # --- service ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", ["/", "/map"])
-def test_map_page_is_served_and_uses_the_api_paths(live_server, path):
-    r = _get(live_server + path)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    html = r.text
-    for needle in (
-        'new URL("stac/"',
-        'new URL("raster/"',
-        "searches/register",
-        "tiles/WebMercatorQuad/{z}/{x}/{y}.png?render=",
-        "${STAC}search",
-        "${STAC}collections",
-    ):
-        assert needle in html
-
-
-def _inline_scripts(html: str) -> list[str]:
-    from html.parser import HTMLParser
-
-    class Scripts(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.scripts, self._in = [], False
-
-        def handle_starttag(self, tag, attrs):
-            self._in = tag == "script" and not dict(attrs).get("src")
-            if self._in:
-                self.scripts.append("")
-
-        def handle_endtag(self, tag):
-            if tag == "script":
-                self._in = False
-
-        def handle_data(self, data):
-            if self._in:
-                self.scripts[-1] += data
-
-    parser = Scripts()
-    parser.feed(html)
-    return parser.scripts
-
-
-def _node_check(source: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    import shutil
-
-    node = shutil.which("node")
-    if node is None:  # a failure, not a skip: the check must run where the tests run
-        pytest.fail(
-            "node (Node.js) is not installed: it is needed to syntax-check the map page's "
-            "JavaScript (`node --check`); install it, e.g. `apt-get install nodejs`"
-        )
-    path = tmp_path / "script.js"
-    path.write_text(source)
-    return subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
-
-
-def test_map_page_javascript_parses(tmp_path):
-    """`node --check` (syntax only, nothing runs) on each inline script of the map page."""
-    scripts = _inline_scripts((REPO / "terramesh_stac" / "catalog" / "static" / "map.html").read_text())
-    assert scripts and all(s.strip() for s in scripts)
-    for n, source in enumerate(scripts):
-        proc = _node_check(source, tmp_path)
-        assert proc.returncode == 0, f"inline script {n} of map.html:\n{proc.stderr}"
-    # the check does catch a syntax error
-    assert _node_check(scripts[0] + "\nconst = ;\n", tmp_path).returncode != 0
 
 
 def test_cors_and_stac_redirect(live_server):

@@ -1,6 +1,7 @@
 """`terramesh-stac serve`: one ASGI app for the STAC API, tiles, assets and the map page.
 
-    /           map page (catalog/static/map.html); also /map
+    /           map page (catalog/map_page.py, built from frontend/); also /map
+    /vector     vector tiles of the map: density, footprints (catalog/vector_tiles.py)
     /stac       STAC API (catalog/api.py, stac-fastapi-pgstac)
     /raster     tiles, TileJSON, previews, mosaics (catalog/tiles.py, titiler-pgstac)
     /assets     the converted files (when `settings.dest` is a local folder), with
@@ -23,8 +24,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,12 +33,12 @@ from terramesh_stac.catalog.api import api_dsn, create_stac_api
 from terramesh_stac.catalog.errors import add_fault_handlers
 from terramesh_stac.catalog.guard import RequestGuard
 from terramesh_stac.catalog.links import RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, served_folders
+from terramesh_stac.catalog.map_page import VECTOR_PATH, map_routes
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
+from terramesh_stac.catalog.vector_tiles import create_vector_app
 
 logger = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).parent / "static"
 
 
 class _MountedAsRoot:
@@ -76,17 +76,18 @@ class _Assets(StaticFiles):
         return await super().get_response(path, scope)
 
 
-async def _map_page(request: Request) -> FileResponse:
-    return FileResponse(STATIC_DIR / "map.html", media_type="text/html")
-
-
 def create_app(settings: ServiceSettings) -> Starlette:
     """The whole service as one Starlette app (sub-apps share one lifespan)."""
     dsn = api_dsn(settings)
     stac_api = create_stac_api(settings, dsn)
     stac_app = stac_api.app
     raster_app = create_raster_app(settings, dsn)
-    for sub in (stac_app, raster_app):  # after their own handlers, which they override where both map a class
+    vector_app = create_vector_app(settings, dsn)
+    for sub in (
+        stac_app,
+        raster_app,
+        vector_app,
+    ):  # after their own handlers, which they override where both map a class
         add_fault_handlers(sub)
 
     # GDAL's block cache is per process and defaults to 5 % of RAM: bound it (only if the
@@ -99,16 +100,16 @@ def create_app(settings: ServiceSettings) -> Starlette:
         # the tile work (and memory) in progress at once; more requests wait for a thread.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         async with AsyncExitStack() as stack:
-            for sub in (stac_app, raster_app):
+            for sub in (stac_app, raster_app, vector_app):
                 await stack.enter_async_context(sub.router.lifespan_context(sub))
             yield
 
     routes = [
-        Route("/", _map_page, methods=["GET"]),
-        Route("/map", _map_page, methods=["GET"]),
+        *map_routes(settings),
         Route(f"/{STAC_PATH}", lambda r: RedirectResponse(str(r.url.replace(path=r.url.path + "/")))),
         Mount(f"/{STAC_PATH}", app=_MountedAsRoot(stac_app)),
         Mount(f"/{RASTER_PATH}", app=_MountedAsRoot(raster_app)),
+        Mount(f"/{VECTOR_PATH}", app=_MountedAsRoot(vector_app)),
     ]
     for url_path, folder in served_folders(settings.dest).items():
         routes.append(Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False)))
@@ -128,7 +129,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
                 RequestGuard,
                 max_body_bytes=settings.max_body_bytes,
                 time_limit=settings.request_time_limit,
-                timed_prefixes=(f"/{STAC_PATH}", f"/{RASTER_PATH}"),
+                timed_prefixes=(f"/{STAC_PATH}", f"/{RASTER_PATH}", f"/{VECTOR_PATH}"),
                 untimed_paths=(f"/{RASTER_PATH}/healthz", f"/{STAC_PATH}/_mgmt/ping", f"/{STAC_PATH}/_mgmt/health"),
             ),
         ],

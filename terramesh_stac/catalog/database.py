@@ -459,6 +459,10 @@ def bootstrap(settings: DatabaseSettings) -> None:
             )
         for statement in DEFER_INDEXES_SQL:
             conn.execute(statement)
+        from terramesh_stac.catalog.density import DENSITY_SQL
+
+        for statement in DENSITY_SQL:
+            conn.execute(statement)
 
 
 def stop(settings: DatabaseSettings) -> None:

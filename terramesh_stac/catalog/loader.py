@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from terramesh_stac import cyclic_gc
-from terramesh_stac.catalog import database
+from terramesh_stac.catalog import database, density
 from terramesh_stac.catalog.bulk import PartitionWriter
 from terramesh_stac.converters.item_assets import full_item
 from terramesh_stac.converters.layout import published_path
@@ -148,6 +148,8 @@ class Publisher:
         self.database = database_identity(dsn)
         self._writer: PartitionWriter | None = None
         self._written_since_check = False
+        self._changed = False  # items written or deleted: the map's density is recounted on exit
+        self.density_seconds = 0.0
 
     def __enter__(self) -> Publisher:
         from pypgstac.load import Loader
@@ -161,8 +163,24 @@ class Publisher:
     def __exit__(self, *exc):
         try:
             self.finish()  # even after a failure: what was written gets its stats and constraints
+            if self._changed and exc[0] is None:
+                self.refresh_density()
+            elif self._changed:  # after a failure: try, without hiding the failure
+                try:
+                    self.refresh_density()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("map density of %s not recounted: %s", self.collection_id, e)
         finally:
             self._db_context.__exit__(*exc)
+
+    def refresh_density(self) -> None:
+        """Recount the map's density cells (catalog/density.py) of the collection: once per
+        load, as it reads every item of the collection (~10 s per million items)."""
+        t = time.perf_counter()
+        density.refresh(self._conn, self.collection_id)
+        self._changed = False
+        self.density_seconds += time.perf_counter() - t
+        log.info("map density of %s recounted in %.1f s", self.collection_id, self.density_seconds)
 
     def finish(self) -> None:
         """Partition stats and tight constraints of what was written; errors recorded."""
@@ -212,7 +230,7 @@ class Publisher:
             return [c for one in checked for c in self.load_checked([one])]
         if rows:
             self._writer.write_rows(rows)
-            self._written_since_check = True
+            self._written_since_check = self._changed = True
         self.items_seconds += time.perf_counter() - t
         t = time.perf_counter()
         stored = self._writer.stored_ids(rows)
@@ -261,6 +279,7 @@ class Publisher:
                 "DELETE FROM pgstac.items WHERE collection = %s AND id = ANY(%s)", (self.collection_id, list(ids))
             )
             self._conn.commit()
+            self._changed = True
 
     def publish_shards(self, manifests: list[Manifest]) -> None:
         """Load the items of finished shards not yet published (as their manifest says) into
@@ -307,6 +326,7 @@ class Publisher:
             "shards": self.shards,
             "batches": self.batches,
             "seconds": self.items_seconds + self.check_seconds,
+            "density_seconds": self.density_seconds,
             "items_per_second": written / self.items_seconds if self.items_seconds else 0.0,
             "errors": list(self.errors),
         }

@@ -80,6 +80,11 @@ class ServiceSettings(DatabaseSettings):
     mosaic_max_scan: int = Field(10_000, ge=1)  # pgstac `scan_limit`
     mosaic_max_search_seconds: int = Field(5, ge=1)  # pgstac `time_limit`
     mosaic_read_seconds: float = Field(10.0, gt=0)  # reading a mosaic's items: then stop
+    # The map page (catalog/map_page.py, vector tiles in catalog/vector_tiles.py)
+    footprints_max_features: int = Field(20_000, ge=1)  # footprints in one vector tile
+    # the map's base map: "offline" (Natural Earth land and borders, served by us), "osm"
+    # (OpenStreetMap's raster tiles) or the URL of a MapLibre style
+    basemap: str = "offline"
 
     @property
     def cors_origin_list(self) -> list[str]:
