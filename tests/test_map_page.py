@@ -189,6 +189,8 @@ def test_click_a_footprint_then_a_modality_draws_its_pixels(served_map, browser)
     assert "Copernicus DEM" in legend and " m" in legend
     assert browser.find_elements(By.CSS_SELECTOR, "#sample-legend .colorbar")
     assert "layer=dem" in browser.current_url and f"item={item['id']}" in browser.current_url
+    # the item's tiles carry the catalog revision (cached as immutable until the next load)
+    assert any(f"/items/{item['id']}/tiles/" in u and "v=" in u for u in requested_urls(browser))
     assert console_errors(browser) == []
 
     # the URL is the view: reloading it opens the same sample with the same layer

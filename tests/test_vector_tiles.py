@@ -163,6 +163,28 @@ def test_tiles_of_the_current_revision_are_immutable(live_server, api_catalog):
     item = api_catalog[2][0]
     t = WEB_MERCATOR.tile(*_centre(item), 8)
     assert "immutable" in _tile(live_server, f"footprints/8/{t.x}/{t.y}.pbf", v=revision).headers["cache-control"]
+    search = _register(live_server, {"collections": [API_COLLECTION_ID]})
+    searched = _tile(live_server, f"footprints/8/{t.x}/{t.y}.pbf", v=revision, search=search)
+    assert searched.headers["cache-control"] == "public, max-age=60"  # search-dependent
+
+
+def test_raster_tiles_of_the_current_revision_are_immutable(live_server, api_catalog):
+    revision = httpx.get(f"{live_server}/vector/revision", params={"collection": API_COLLECTION_ID}).json()["revision"]
+    item = api_catalog[2][0]
+    t = WEB_MERCATOR.tile(*_centre(item), 13)
+    tile = f"/tiles/WebMercatorQuad/13/{t.x}/{t.y}.png"
+    url = f"{live_server}/raster/collections/{API_COLLECTION_ID}/items/{item['id']}{tile}"
+    for v, expected in ((revision, "public, max-age=31536000, immutable"), (revision + 7, "public, max-age=60")):
+        r = httpx.get(url, params={"assets": "S2L2A|bidx=4,3,2", "v": v}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.headers["cache-control"] == expected
+    search = _register(live_server, {"collections": [API_COLLECTION_ID]})
+    mosaic = f"{live_server}/raster/searches/{search}{tile}"
+    r = httpx.get(mosaic, params={"assets": "S2L2A|bidx=4,3,2", "v": revision}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "public, max-age=60"  # a mosaic depends on its search
+    missing = httpx.get(url.replace(item["id"], "nope"), params={"assets": "S2L2A", "v": revision}, timeout=60)
+    assert missing.status_code == 404 and "immutable" not in missing.headers.get("cache-control", "")
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,8 @@ function interpolateExpression(property, stops, missing) {
   return ["case", ["has", property], expr, missing];
 }
 
+const width = (plain) => ["case", ["boolean", ["feature-state", "selected"], false], 3, plain];
+
 export function addDataLayers(map, urls, config) {
   map.addSource("mosaic", { type: "raster", tiles: [urls.mosaic], tileSize: 256, minzoom: urls.mosaicMinzoom, maxzoom: 18 });
   map.addLayer({ id: "mosaic", type: "raster", source: "mosaic", minzoom: urls.mosaicMinzoom });
@@ -109,8 +111,9 @@ export function addDataLayers(map, urls, config) {
     "source-layer": "footprints",
     minzoom: config.footprints_minzoom,
     paint: {
-      "line-color": ["case", ["boolean", ["feature-state", "selected"], false], "#1f6feb", "#2d3a46"],
-      "line-width": ["case", ["boolean", ["feature-state", "selected"], false], 3, 0.6],
+      // coloured by cloud cover too, and wide enough at zooms 6-9 (a 2.6 km sample is a few pixels there)
+      "line-color": ["case", ["boolean", ["feature-state", "selected"], false], "#1f6feb", interpolateExpression("cloud", CLOUD_STOPS, "#5b7fa6")],
+      "line-width": ["interpolate", ["linear"], ["zoom"], 6, width(2.5), 10, width(1.2), 14, width(0.8)],
     },
   });
   map.addSource("box", { type: "geojson", data: { type: "FeatureCollection", features: [] } });

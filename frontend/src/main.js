@@ -71,7 +71,7 @@ async function main() {
     mosaicMinzoom: mosaicMinzoom(),
   });
 
-  const panel = new Panel(map, { config, collection, renders, state, status, onChange: () => writeState(state) });
+  const panel = new Panel(map, { config, collection, renders, state, status, revision: () => revision, readyWhenIdle: () => readyWhenIdle(), onChange: () => writeState(state) });
 
   async function register() {
     const body = searchBody(state, config.collection);
@@ -83,12 +83,22 @@ async function main() {
     searchId = registered.id;
   }
 
+  // body[data-ready] is "true" once the map has drawn what the current filters ask for (tests wait for it)
+  function readyWhenIdle() {
+    map.once("idle", () => {
+      document.body.dataset.ready = "true";
+    });
+    map.triggerRepaint();
+  }
+
   async function applyFilters() {
+    document.body.dataset.ready = "false";
     writeState(state);
     try {
       await register();
     } catch (error) {
       status(String(error.message || error));
+      document.body.dataset.ready = "true";
       return;
     }
     const u = urls();
@@ -104,6 +114,7 @@ async function main() {
     document.getElementById("clear-box").disabled = !box;
     updateLegend();
     updateResults();
+    readyWhenIdle();
   }
 
   async function updateLegend() {
@@ -211,10 +222,11 @@ async function main() {
     }, REVISION_POLL_MS);
 
     await applyFilters();
-    if (state.item) await panel.open(state.item);
-    map.once("idle", () => {
-      document.body.dataset.ready = "true";
-    });
+    if (state.item) {
+      document.body.dataset.ready = "false";
+      await panel.open(state.item);
+      readyWhenIdle();
+    }
   });
 }
 

@@ -32,6 +32,7 @@ export class Panel {
 
   close() {
     this.root.hidden = true;
+    this.map.easeTo({ padding: { right: 0 }, duration: 0 });
     this.select(null);
     setSample(this.map, null);
     this.item = null;
@@ -61,6 +62,7 @@ export class Panel {
     this.ctx.state.item = id;
     this.render(item, url);
     this.root.hidden = false;
+    this.map.easeTo({ padding: { right: this.root.offsetWidth }, duration: 0 }); // the sample stays in view
     if (fly && item.bbox) this.map.fitBounds(item.bbox, { padding: 80, maxZoom: 14, duration: 0 });
     const layer = this.ctx.state.layer;
     if (layer && this.ctx.renders[layer] && item.assets[presetAsset(this.ctx.renders[layer])]) await this.showLayer(layer);
@@ -110,6 +112,15 @@ export class Panel {
   }
 
   async showLayer(id) {
+    document.body.dataset.ready = "false";
+    try {
+      await this.drawLayer(id);
+    } finally {
+      this.ctx.readyWhenIdle();
+    }
+  }
+
+  async drawLayer(id) {
     const { config, collection, renders, state } = this.ctx;
     for (const button of this.body.querySelectorAll(".presets button")) button.setAttribute("aria-pressed", String(button.dataset.preset === id));
     state.layer = id;
@@ -120,7 +131,8 @@ export class Panel {
       return;
     }
     const base = `${config.raster}/collections/${encodeURIComponent(config.collection)}/items/${encodeURIComponent(this.item.id)}`;
-    const response = await fetch(`${base}/WebMercatorQuad/tilejson.json?render=${encodeURIComponent(id)}`);
+    // v: the catalog revision, so the item's tiles are cached as immutable until the next load
+    const response = await fetch(`${base}/WebMercatorQuad/tilejson.json?render=${encodeURIComponent(id)}&v=${this.ctx.revision()}`);
     if (!response.ok) {
       this.ctx.status(`${id}: ${response.status} ${(await response.json().catch(() => ({}))).detail || ""}`);
       return;

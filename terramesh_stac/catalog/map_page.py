@@ -66,7 +66,7 @@ def map_routes(settings: ServiceSettings) -> list[BaseRoute]:
                 "density_maxzoom": density.MAX_LEVEL,
                 "footprints_minzoom": FOOTPRINTS_MINZOOM,
                 "footprints_maxzoom": FOOTPRINTS_MAXZOOM,
-                "mosaic_minzoom": settings.mosaic_minzoom,
+                "mosaic_minzoom": max(settings.map_mosaic_minzoom, settings.mosaic_minzoom),
                 "default_render": settings.default_render,
                 "sources": list(SOURCES),
                 "splits": list(SPLITS),

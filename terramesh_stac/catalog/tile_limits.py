@@ -504,12 +504,17 @@ class BudgetedBackend(PGSTACBackend):
       answers with the items it read (logged); 503 when it read none.
     - memory: items are read in parallel only as far as their outputs fit in `max_values`
       together (`ITEM_BANDS` bands each): 10 at once for 256 px tiles, one at a time for a
-      1024 px tile or a 2048 px bbox; each item's reads are counted against its share.
+      1024 px tile or a 2048 px bbox; each item's reads are counted against its share;
+    - threads: at most `max_threads` items at once. An item's read is mostly Python and
+      GIL-bound work around a short GDAL read: on 2 cores a z11 tile of 56 items took
+      ~490-630 ms one item at a time, ~1,050 ms two at a time and ~1,180 ms with titiler's
+      default of 10 (benchmarks/map_tiles.py; requests in parallel still use both cores).
     """
 
     read_seconds: float = 10.0
     max_values: int = 2048 * 2048 * 3
     max_side: int = 2048
+    max_threads: int = 1  # items read at once (settings.mosaic_threads)
 
     def __attrs_post_init__(self):
         self.deadline = time.monotonic() + self.read_seconds
@@ -518,7 +523,7 @@ class BudgetedBackend(PGSTACBackend):
         self.reader_options = {**self.reader_options, "deadline": self.deadline, "request": current_budget()}
 
     def _within_budget(self, method, pixels: int, *args, **kwargs):
-        threads = max(1, min(kwargs.get("threads") or 1, self.max_values // (pixels * ITEM_BANDS)))
+        threads = max(1, min(kwargs.get("threads") or 1, self.max_threads, self.max_values // (pixels * ITEM_BANDS)))
         kwargs["threads"] = threads
         self.reader_options["item_max_values"] = self.max_values // threads
         try:

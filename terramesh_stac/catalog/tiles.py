@@ -68,6 +68,7 @@ from titiler.pgstac.settings import PostgresSettings
 from terramesh_stac.catalog.errors import error_response, redact, service_unavailable
 from terramesh_stac.catalog.links import render_query, titiler_render
 from terramesh_stac.catalog.settings import ServiceSettings
+from terramesh_stac.catalog.tile_cache import RevisionCache, TileCacheHeaders
 from terramesh_stac.catalog.tile_limits import (
     RENDER_ZOOMS_KEY,
     BoundedPartParams,
@@ -472,6 +473,7 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
             "read_seconds": limits.mosaic_read_seconds,
             "max_values": limits.max_values,
             "max_side": limits.max_image_size,
+            "max_threads": settings.mosaic_threads,
         },
     )
 
@@ -563,4 +565,5 @@ def create_raster_app(settings: ServiceSettings, dsn: str) -> FastAPI:
 
     app.openapi = openapi
     app.add_middleware(RenderPresetMiddleware, renders=renders, default_collection=settings.collection_id)
+    app.add_middleware(TileCacheHeaders, revisions=RevisionCache(), pool_of=lambda: app.state.dbpool)
     return app

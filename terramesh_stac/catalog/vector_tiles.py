@@ -7,8 +7,9 @@
                                   search the mosaic draws) or of the whole collection
     /revision                     the collection's catalog revision
 
-Every tile URL may carry `v=<revision>`: a tile asked for the current revision is the same
-until the next load, so it is sent `immutable`; any other gets a short max-age. A footprint
+Every tile URL may carry `v=<revision>` (catalog/tile_cache.py): a tile asked for the current
+revision is the same until the next load, so it is sent `immutable`; any other gets a short
+max-age. A footprint
 tile holds at most `footprints_max_features` items; when there were more it says so in the
 `X-Footprints-Truncated` header (the map then shows density instead of a partial picture).
 """
@@ -16,7 +17,6 @@ tile holds at most `footprints_max_features` items; when there were more it says
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -25,14 +25,12 @@ from psycopg import sql
 
 from terramesh_stac.catalog import density
 from terramesh_stac.catalog.settings import ServiceSettings
+from terramesh_stac.catalog.tile_cache import RevisionCache, cache_control
 from terramesh_stac.catalog.tiles import open_pool
 
 MVT_MEDIA_TYPE = "application/vnd.mapbox-vector-tile"
 FOOTPRINTS_MINZOOM = density.MAX_LEVEL + 1
 FOOTPRINTS_MAXZOOM = 14  # the map overzooms beyond
-IMMUTABLE = "public, max-age=31536000, immutable"
-SHORT_TTL = "public, max-age=60"
-_REVISION_TTL = 2.0  # seconds a collection's revision is cached in this process
 
 _FOOTPRINTS_SQL = """
 SELECT ST_AsMVT(t, 'footprints', 4096, 'geom'), count(*) FROM (
@@ -49,28 +47,6 @@ SELECT ST_AsMVT(t, 'footprints', 4096, 'geom'), count(*) FROM (
     LIMIT {limit}
 ) t WHERE geom IS NOT NULL
 """
-
-
-class _Revisions:
-    """Collection -> (revision, exists), cached for _REVISION_TTL seconds."""
-
-    def __init__(self):
-        self._cache: dict[str, tuple[float, int, bool]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, conn, collection_id: str) -> tuple[int, bool]:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(collection_id)
-        if hit and now - hit[0] < _REVISION_TTL:
-            return hit[1], hit[2]
-        exists = conn.execute("SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()
-        rev = density.revision(conn, collection_id) if exists else 0
-        with self._lock:
-            if len(self._cache) > 1000:
-                self._cache.clear()
-            self._cache[collection_id] = (now, rev, bool(exists))
-        return rev, bool(exists)
 
 
 class _SearchWheres:
@@ -116,7 +92,7 @@ def _names(value: str | None, what: str) -> tuple[str, ...]:
 
 def create_vector_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     """The /vector application."""
-    revisions = _Revisions()
+    revisions = RevisionCache()
     wheres = _SearchWheres()
 
     @asynccontextmanager
@@ -137,7 +113,7 @@ def create_vector_app(settings: ServiceSettings, dsn: str) -> FastAPI:
         return cid, rev
 
     def _tile_response(data: bytes, asked: int | None, current: int, headers: dict | None = None) -> Response:
-        cache = IMMUTABLE if asked is not None and asked == current else SHORT_TTL
+        cache = cache_control(asked, current)
         return Response(
             data,
             media_type=MVT_MEDIA_TYPE,
@@ -196,8 +172,9 @@ def create_vector_app(settings: ServiceSettings, dsn: str) -> FastAPI:
             )
             data, count = conn.execute(query).fetchone()
         headers = {"X-Footprints-Truncated": "true"} if count > limit else {}
-        # a search-dependent layer: short-lived whatever the revision (a search id is stable,
-        # but a truncated tile should not be pinned)
-        return _tile_response(bytes(data or b""), v if not headers else None, rev, headers)
+        # a search's footprints are short-lived whatever the revision (search-dependent, like
+        # the mosaic), and so is a truncated tile
+        pinned = v if not search and not headers else None
+        return _tile_response(bytes(data or b""), pinned, rev, headers)
 
     return app
