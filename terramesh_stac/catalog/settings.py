@@ -82,7 +82,7 @@ class ServiceSettings(DatabaseSettings):
     mosaic_read_seconds: float = Field(10.0, gt=0)  # reading a mosaic's items: then stop
     mosaic_threads: int = Field(1, ge=1, le=64)  # items of one mosaic tile read at once (tile_limits)
     # the map draws the mosaic from this zoom (footprints below it; README "The map")
-    map_mosaic_minzoom: int = Field(12, ge=0, le=24)
+    map_mosaic_minzoom: int = Field(13, ge=0, le=24)
     # The map page (catalog/map_page.py, vector tiles in catalog/vector_tiles.py)
     footprints_max_features: int = Field(20_000, ge=1)  # footprints in one vector tile
     # the map's base map: "offline" (Natural Earth land and borders, served by us), "osm"
