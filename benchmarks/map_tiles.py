@@ -12,12 +12,13 @@ them, one `terramesh-stac serve`, requests one at a time (httpx, c=1, no HTTP ca
      (eo:cloud_cover <= 20 and one year);
    - footprint tiles z6-z10 (`/vector/footprints`), same locations, the whole collection and
      a registered search (the same filters); features per tile and tiles truncated.
-2. real pixels where the large catalog is densest: the zoom-10 tile holding the most samples
-   (from the density table), every item intersecting it fetched from the STAC API and given an
+2. real pixels: the zoom-10 tile holding the most samples (from the density table) and the
+   zoom-11 tiles of random samples, every item intersecting them fetched from the STAC API and given an
    S2L2A COG on its own grid (one converted demo sample's pixels, written as the converter
    writes COGs: no overviews), loaded as collection `terramesh-pixels`; then
-   - mosaic tiles z11-z14 of a registered search over it (render `true-color`), at random
-     places in that tile, with the items each tile holds;
+   - mosaic tiles z11-z14 of a registered search over it (render `true-color`): the tiles
+     holding --mosaic-places random samples (where users look; their zoom-11 tiles' items
+     get COGs too) and random places in the densest tile, with the items each tile holds;
    - one item's tile zoomed out and in (z9-z14): ours (`/raster/.../items/.../tiles`) next to
      plain rio-tiler (`Reader(cog).tile`, in this process) on the same COG and on the same COG
      with 3 overview levels, interleaved.
@@ -189,11 +190,11 @@ def densest_tile(dsn: str, z: int) -> tuple[int, int, int]:
     return x, y, n
 
 
-def pixel_collection(base: str, demo_dest: Path, out: Path, bounds: tuple) -> tuple[int, str, Path, Path]:
-    """Every item of the large catalog within `bounds` (as the STAC API serves them), with an
-    S2L2A COG written on its own grid (the pixels of one converted demo sample): collection
-    PIXELS_CID in folder `out`. Returns the item count, an item near the centre, its COG and
-    the same COG with 3 overview levels (for plain rio-tiler)."""
+def pixel_collection(base: str, demo_dest: Path, out: Path, boxes: list[tuple]) -> tuple[int, str, Path, Path]:
+    """Every item of the large catalog within any of `boxes` (as the STAC API serves them),
+    with an S2L2A COG written on its own grid (the pixels of one converted demo sample):
+    collection PIXELS_CID in folder `out`. Returns the item count, an item near the centre
+    of the first box, its COG and the same COG with 3 overview levels (for plain rio-tiler)."""
     import rasterio
 
     collection = json.loads((demo_dest / "collection.json").read_text())
@@ -203,15 +204,17 @@ def pixel_collection(base: str, demo_dest: Path, out: Path, bounds: tuple) -> tu
         profile, data = src.profile, src.read()
     (out / "assets").mkdir(parents=True, exist_ok=True)
     (out / "items").mkdir(exist_ok=True)
-    items, body = [], {"collections": [CID], "bbox": list(bounds), "limit": 1000}
+    found: dict[str, dict] = {}
     with httpx.Client(timeout=120) as client:
-        url = f"{base}/stac/search"
-        while url:
-            page = client.post(url, json=body).raise_for_status().json()
-            items += page["features"]
-            nxt = next((link for link in page.get("links", []) if link["rel"] == "next"), None)
-            url, body = (nxt["href"], nxt.get("body", body)) if nxt else (None, None)
-    cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+        for bounds in boxes:
+            url, body = f"{base}/stac/search", {"collections": [CID], "bbox": list(bounds), "limit": 1000}
+            while url:
+                page = client.post(url, json=body).raise_for_status().json()
+                found.update((i["id"], i) for i in page["features"])
+                nxt = next((link for link in page.get("links", []) if link["rel"] == "next"), None)
+                url, body = (nxt["href"], nxt.get("body", body)) if nxt else (None, None)
+    items = list(found.values())
+    cx, cy = (boxes[0][0] + boxes[0][2]) / 2, (boxes[0][1] + boxes[0][3]) / 2
     lines = []
     for item in items:
         p = item["properties"]
@@ -239,32 +242,32 @@ def pixel_collection(base: str, demo_dest: Path, out: Path, bounds: tuple) -> tu
     return len(items), centre["id"], centre_cog, with_overviews
 
 
-def raster_tiles(base: str, dsn: str, bounds: tuple, centre_id: str, cogs: dict[int, Path], requests: int, seed: int):
-    """Mosaic tiles z11-z14 at random places within `bounds`, and the centre item's tiles
-    z9-z14, ours and plain rio-tiler (COG without and with overviews), interleaved."""
+def raster_tiles(base: str, dsn: str, places: dict, centre_id: str, cogs: dict[int, Path], requests: int, seed: int):
+    """Mosaic tiles z11-z14 at each set of `places` (label -> [(lon, lat)]: the tile holding
+    each), and the centre item's tiles z9-z14, ours and plain rio-tiler (COG without and
+    with overviews), interleaved."""
     import psycopg
     from rio_tiler.io import Reader
 
-    rng = random.Random(seed)
-    west, south, east, north = bounds
     print("\n" + TABLE_HEAD)
     with httpx.Client(timeout=120) as client, psycopg.connect(dsn) as conn:
         search = register(client, base, {"collections": [PIXELS_CID]})
         for z in range(11, 15):
-            seconds, counts = [], []
-            for _ in range(requests):
-                x, y = tile_of(rng.uniform(west, east), rng.uniform(south, north), z)
-                url = f"{base}/raster/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.png"
-                seconds.append(timed_get(client, url, {"render": "true-color"})[0])
-                counts.append(
-                    conn.execute(
-                        "SELECT count(*) FROM pgstac.items WHERE collection = %s"
-                        " AND geometry && ST_Transform(ST_TileEnvelope(%s, %s, %s), 4326)",
-                        (PIXELS_CID, z, x, y),
-                    ).fetchone()[0]
-                )
-            note = f"items per tile p50 {percentile(counts, 50):,.0f}, max {max(counts)}"
-            print(row(f"mosaic z{z}", seconds, note), flush=True)
+            for label, points in places.items():
+                seconds, counts = [], []
+                for lon, lat in points:
+                    x, y = tile_of(lon, lat, z)
+                    url = f"{base}/raster/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.png"
+                    seconds.append(timed_get(client, url, {"render": "true-color"})[0])
+                    counts.append(
+                        conn.execute(
+                            "SELECT count(*) FROM pgstac.items WHERE collection = %s"
+                            " AND geometry && ST_Transform(ST_TileEnvelope(%s, %s, %s), 4326)",
+                            (PIXELS_CID, z, x, y),
+                        ).fetchone()[0]
+                    )
+                note = f"{label}: items per tile p50 {percentile(counts, 50):,.0f}, max {max(counts)}"
+                print(row(f"mosaic z{z}", seconds, note), flush=True)
         print("\n| item tile, zoom | ours p50 ms | ours p95 ms | plain rio-tiler p50 / p95 ms |"
               " plain rio-tiler, COG with 3 overview levels, p50 / p95 ms |")  # fmt: skip
         print("|---|---|---|---|---|")
@@ -308,6 +311,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000, help="items of the large catalog")
     ap.add_argument("--requests", type=int, default=100, help="tiles per layer and zoom")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mosaic-places", type=int, default=40, help="random samples whose mosaic tiles are timed")
     ap.add_argument("--work", default="/tmp", help="folder for the run's files (~5 kB per row)")
     ap.add_argument("--keep", action="store_true", help="keep the files and the database (stopped)")
     args = ap.parse_args()
@@ -343,19 +347,30 @@ def main() -> int:
         server = serve(env, cwd, dest, CID, port, log)
         vector_tiles(base, locations(source, args.requests, args.seed))
 
-        print("\n## 2. real pixels where the large catalog is densest")
+        print("\n## 2. real pixels: the densest place and where random samples are")
         demo_source, demo_dest = work / "demo-source", work / "demo-dest"
         run(env, cli(), "synth", str(demo_source), cwd=cwd)
         convert = ["convert", str(demo_source), "--dest", str(demo_dest), "--collection", "terramesh-demo"]
         run(env, cli(), *convert, cwd=cwd)
+        tms = morecantile.tms.get("WebMercatorQuad")
         x, y, n = densest_tile(loader, 10)
-        b = morecantile.tms.get("WebMercatorQuad").bounds(morecantile.Tile(x, y, 10))
-        bounds = (b.left, b.bottom, b.right, b.top)
-        count, centre_id, centre_cog, with_overviews = pixel_collection(base, demo_dest, work / "pixels", bounds)
+        b = tms.bounds(morecantile.Tile(x, y, 10))
+        densest = (b.left, b.bottom, b.right, b.top)
+        typical = locations(source, args.mosaic_places, args.seed + 1)  # where users look: where samples are
+        boxes = [densest] + [tuple(tms.bounds(tms.tile(lon, lat, 11))) for lon, lat in typical]
+        count, centre_id, centre_cog, with_overviews = pixel_collection(base, demo_dest, work / "pixels", boxes)
         run(env, cli(), "load", str(work / "pixels"), cwd=cwd)
-        print(f"    the densest zoom-10 tile, 10/{x}/{y}: {n:,} samples counted at their centre, {count:,} items"
-              f" intersecting it, each given an S2L2A COG (collection {PIXELS_CID})")  # fmt: skip
-        raster_tiles(base, loader, bounds, centre_id, {0: centre_cog, 3: with_overviews}, args.requests, args.seed)
+        print(f"    {count:,} items given an S2L2A COG (collection {PIXELS_CID}): those of the densest zoom-10 tile,"
+              f" 10/{x}/{y} ({n:,} samples counted at their centre), and of the zoom-11 tiles of"
+              f" {len(typical)} random samples")  # fmt: skip
+        rng = random.Random(args.seed)
+        places = {
+            f"tiles of {len(typical)} random samples": typical,
+            "random places in the densest zoom-10 tile": [
+                (rng.uniform(densest[0], densest[2]), rng.uniform(densest[1], densest[3])) for _ in range(args.requests)
+            ],
+        }
+        raster_tiles(base, loader, places, centre_id, {0: centre_cog, 3: with_overviews}, args.requests, args.seed)
     finally:
         if server is not None:
             server.terminate()

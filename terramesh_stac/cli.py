@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import pydantic
 
@@ -364,6 +365,16 @@ def _cmd_db(args, settings: Settings) -> int:
         print(json.dumps(database.status(settings), indent=2, default=str))
     elif args.action == "dsn":
         print(database.dsn(settings, role=args.role))
+    elif args.action == "density":  # after items were loaded by another tool than ours
+        import psycopg
+
+        from terramesh_stac.catalog import density
+
+        collection_id = args.collection or settings.collection_id
+        t = time.perf_counter()
+        with psycopg.connect(database.dsn(settings, role="loader"), autocommit=True) as conn:
+            revision = density.refresh(conn, collection_id)
+        print(f"map density of {collection_id!r} recounted in {time.perf_counter() - t:.1f} s (revision {revision})")
     return EXIT_OK
 
 
@@ -514,8 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     va.set_defaults(func=_cmd_validate)
 
     d = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS + pgstac cluster")
-    d.add_argument("action", choices=["start", "stop", "status", "dsn"])
+    d.add_argument(
+        "action",
+        choices=["start", "stop", "status", "dsn", "density"],
+        help="density: recount the map's density cells of a collection (loads do it themselves)",
+    )
     d.add_argument("--role", default="admin", choices=["admin", "loader", "api"])
+    d.add_argument("--collection", help="density: the collection (default TERRAMESH_COLLECTION_ID)")
     d.set_defaults(func=_cmd_db)
 
     sv = sub.add_parser("serve", help="STAC API (/stac), tiles (/raster), assets and map page")

@@ -5,6 +5,7 @@ caching headers, and 4xx answers to bad tile requests."""
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import mapbox_vector_tile
@@ -13,6 +14,7 @@ import pytest
 from shapely.geometry import box, shape
 
 from terramesh_stac.catalog import density
+from terramesh_stac.catalog.tile_cache import REVISION_TTL
 from tests.conftest import API_COLLECTION_ID
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
@@ -212,3 +214,26 @@ def test_bad_tile_requests_get_a_short_4xx(live_server, path, params, status, wo
     assert r.status_code == status, r.text
     assert words in r.text and len(r.text) < 1000
     assert "SELECT" not in r.text and "/tmp" not in r.text
+
+
+def test_db_density_recounts_a_collection_loaded_by_another_tool(live_server, api_catalog, pgstac_db):
+    """`terramesh-stac db density` (items loaded with plain pypgstac, as api_catalog does):
+    a new revision, the same counts."""
+    import os
+    import subprocess
+    import sys
+
+    before = httpx.get(f"{live_server}/vector/revision", params={"collection": API_COLLECTION_ID}).json()["revision"]
+    env = {
+        **os.environ,
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+    }
+    cmd = [sys.executable, "-m", "terramesh_stac.cli", "db", "density", "--collection", API_COLLECTION_ID]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"revision {before + 1}" in proc.stdout
+    time.sleep(REVISION_TTL + 0.2)  # the service caches a revision this long
+    after = httpx.get(f"{live_server}/vector/revision", params={"collection": API_COLLECTION_ID}).json()["revision"]
+    assert after == before + 1
+    assert _world_total(live_server) == len(api_catalog[2])

@@ -150,10 +150,13 @@ class PartitionWriter:
         """The ids of these rows that pgstac holds, each looked up in the partition it was
         written to (its unique index): a lookup across all partitions probes every one of
         them, and a join scans them, which grows with the catalog, not with the batch."""
+        ids_by_partition: dict[str, list[str]] = {}  # (rows stay as they are: no sort)
+        for r in rows:
+            ids_by_partition.setdefault(r["partition"], []).append(r["id"])
         stored: set[str] = set()
-        for name, group in _by_partition(rows):
+        for name, ids in ids_by_partition.items():
             query = sql.SQL("SELECT id FROM pgstac.{} WHERE id = ANY(%s)").format(sql.Identifier(name))
-            stored.update(i for (i,) in self.conn.execute(query, ([r["id"] for r in group],)))
+            stored.update(i for (i,) in self.conn.execute(query, (ids,)))
         return stored
 
     def _upsert(self, groups: list[tuple[str, list[dict]]]) -> None:

@@ -71,6 +71,7 @@ class LoadResult:
     collection_seconds: float = 0.0
     items_seconds: float = 0.0
     check_seconds: float = 0.0
+    density_seconds: float = 0.0  # the map's density recount (catalog/density.py)
     total_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -95,7 +96,7 @@ class LoadResult:
             f"loaded {self.written} items from {len(self.files)} files into collection "
             f"{self.collection_id!r} ({self.in_db} in pgstac) in {self.total_seconds:.1f} s "
             f"(collection {self.collection_seconds:.2f} s, items {self.items_seconds:.2f} s "
-            f"= {self.items_per_second:.0f}/s, check {self.check_seconds:.2f} s)"
+            f"= {self.items_per_second:.0f}/s, check {self.check_seconds:.2f} s, map density {self.density_seconds:.2f} s)"
         )
         return text if self.ok else text + "\nERRORS:\n  " + "\n  ".join(self.errors)
 
@@ -446,6 +447,7 @@ def load(
         publisher.finish()
         result.check_seconds += time.perf_counter() - t
     result.files, result.errors = publisher.files, publisher.errors
+    result.density_seconds = publisher.density_seconds  # recounted as the publisher closed
     result.items_seconds, result.check_seconds = publisher.items_seconds, result.check_seconds + publisher.check_seconds
 
     if not result.files and not result.errors:
