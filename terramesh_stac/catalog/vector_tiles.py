@@ -9,9 +9,8 @@
 
 Every tile URL may carry `v=<revision>` (catalog/tile_cache.py): a tile asked for the current
 revision is the same until the next load, so it is sent `immutable`; any other gets a short
-max-age. A footprint
-tile holds at most `footprints_max_features` items; when there were more it says so in the
-`X-Footprints-Truncated` header (the map then shows density instead of a partial picture).
+max-age. A footprint tile holds at most `footprints_max_features` items; when there were
+more it says so in the `X-Footprints-Truncated` header (the map page does not read it yet).
 """
 
 from __future__ import annotations

@@ -196,7 +196,8 @@ class MosaicItemReader(ZarrAssets, SimpleSTACReader):
         return self.input["id"], self.input["assets"][name]
 
     def tile(self, *args, **kwargs):
-        # the mosaic reads its items in parallel already: an item's assets one after the
-        # other (rio-tiler's default starts a thread pool per item, even for one asset)
+        # the mosaic decides how many items are read at once (tile_limits.BudgetedBackend):
+        # an item's assets one after the other (rio-tiler's default starts a thread pool per
+        # item, even for one asset)
         kwargs.setdefault("threads", 1)
         return super().tile(*args, **kwargs)
