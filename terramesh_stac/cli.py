@@ -140,6 +140,16 @@ def _source(value: str) -> str:
     return value
 
 
+def _zooms(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want MIN-MAX, e.g. 11-13") from None
+    if not 0 <= low <= high <= 14:
+        raise argparse.ArgumentTypeError(f"{text!r}: want 0 <= MIN <= MAX <= 14")
+    return low, high
+
+
 def _port(value: str) -> int:
     port = int(value) if value.isdigit() else -1
     if not 1 <= port <= 65535:
@@ -375,6 +385,21 @@ def _cmd_db(args, settings: Settings) -> int:
         with psycopg.connect(database.dsn(settings, role="loader"), autocommit=True) as conn:
             revision = density.refresh(conn, collection_id)
         print(f"map density of {collection_id!r} recounted in {time.perf_counter() - t:.1f} s (revision {revision})")
+    elif args.action == "mosaic":  # the map's zoom 11-13 mosaic, after each load
+        from terramesh_stac.catalog import mosaic_cache
+
+        renders = args.render or [settings.default_render]
+        loader_dsn = database.dsn(settings, role="loader")
+        try:
+            reports = mosaic_cache.seed_collection(
+                settings, args.collection or settings.collection_id, renders, args.zooms, loader_dsn
+            )
+        except mosaic_cache.UnknownMosaic as e:  # refused before any tile is drawn
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        for report in reports:
+            print(report.summary())
+        return EXIT_PARTIAL if any(r.errors for r in reports) else EXIT_OK
     return EXIT_OK
 
 
@@ -527,11 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("db", help="the embedded PostgreSQL/PostGIS + pgstac cluster")
     d.add_argument(
         "action",
-        choices=["start", "stop", "status", "dsn", "density"],
-        help="density: recount the map's density cells of a collection (loads do it themselves)",
+        choices=["start", "stop", "status", "dsn", "density", "mosaic"],
+        help="density: recount the map's density cells of a collection (loads do it themselves); "
+        "mosaic: seed the map's zoom 11-13 mosaic of a collection (after each load)",
     )
     d.add_argument("--role", default="admin", choices=["admin", "loader", "api"])
-    d.add_argument("--collection", help="density: the collection (default TERRAMESH_COLLECTION_ID)")
+    d.add_argument("--collection", help="density, mosaic: the collection (default TERRAMESH_COLLECTION_ID)")
+    d.add_argument(
+        "--render",
+        action="append",
+        help="mosaic: a render preset of the collection (repeatable; default TERRAMESH_DEFAULT_RENDER)",
+    )
+    d.add_argument("--zooms", type=_zooms, default=(11, 13), help="mosaic: MIN-MAX tile zooms to seed (default 11-13)")
     d.set_defaults(func=_cmd_db)
 
     sv = sub.add_parser("serve", help="STAC API (/stac), tiles (/raster), assets and map page")

@@ -55,6 +55,7 @@ def run_demo(settings: Settings, *, source: str | None = None, serve: bool = Tru
         print(f"error: {report.stopped}", file=sys.stderr)
         return EXIT_FAILED
     print(f"4/4 {report.published.get('in_db', 0)} items published")
+    seed_errors = _seed_map_mosaic(settings.model_copy(update={"dest": dest, "collection_id": collection_id}))
 
     base = f"http://{settings.host}:{settings.port}"
     print(f"""
@@ -69,8 +70,27 @@ Search from Python:
   Client.open("{base}/stac").search(collections=["{collection_id}"], filter="eo:cloud_cover < 10").item_collection()
 """)
     if not serve:
-        return EXIT_PARTIAL if report.errors else EXIT_OK
+        return EXIT_PARTIAL if report.errors or seed_errors else EXIT_OK
     from terramesh_stac.catalog.app import run
 
     run(settings.model_copy(update={"dest": dest, "collection_id": collection_id}))
     return EXIT_OK
+
+
+def _seed_map_mosaic(settings: Settings) -> int:
+    """The map's zoom 11-12 mosaic of the default render (catalog/mosaic_cache.py); returns
+    the tiles that failed."""
+    from terramesh_stac.catalog import database, mosaic_cache
+
+    loader_dsn = database.dsn(settings, role="loader")
+    renders = [settings.default_render]
+    try:
+        reports = mosaic_cache.seed_collection(
+            settings, settings.collection_id, renders, mosaic_cache.DEFAULT_ZOOMS, loader_dsn
+        )
+    except mosaic_cache.UnknownMosaic as e:  # e.g. a source whose collection has other presets
+        print(f"the map's zoom 11-13 mosaic is not seeded: {e}")
+        return 0
+    for seeded in reports:
+        print(seeded.summary())
+    return sum(r.errors for r in reports)

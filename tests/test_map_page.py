@@ -216,3 +216,41 @@ def test_land_cover_legend_lists_the_classes_with_their_colours(served_map, brow
     assert any("Tree" in t or "tree" in t for t in texts), texts
     colours = {r.find_element(By.CSS_SELECTOR, ".swatch").value_of_css_property("background-color") for r in rows}
     assert len(colours) == len(rows)  # one colour per class
+
+
+def test_zoom_11_draws_the_seeded_mosaic_unless_a_filter_is_set(served_map, browser, pgstac_db):
+    base, items = served_map
+    db = {
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+    }
+    seeded = run_cli("db", "mosaic", "--collection", COLLECTION, env=db)  # the default render, zooms 11-13
+    assert "0 failed" in seeded.stdout, seeded.stdout
+    item = next(i for i in items.values() if "S2L2A" in i["assets"] and abs(_centre(i)[0]) < 170)
+    lon, lat = _centre(item)
+    browser.get(f"{base}/#10.4/{lat:.5f}/{lon:.5f}")  # MapLibre draws 256 px tiles of zoom 11 here
+    wait_for_map(browser)
+    wait_for(browser, "return !!window.terrameshMap.getLayer('seeded')", 30, "the seeded mosaic layer")
+    assert console_errors(browser) == []
+    urls = requested_urls(browser)  # (the log is read once: reading empties it)
+    assert foreign_requests(urls, base) == []
+    mosaic_urls = [u for u in urls if "/vector/mosaic/" in u]
+    assert any("/vector/mosaic/true-color/11/" in u and "v=" in u for u in mosaic_urls), mosaic_urls
+    x, y = screen_point(browser, lon, lat)
+    box = [(x + dx, y + dy) for dx in range(-9, 10, 3) for dy in range(-9, 10, 3)]
+    with_mosaic = screenshot(browser)
+    set_layer_visible(browser, "seeded", False)
+    wait_for_map(browser)
+    without = screenshot(browser)
+    set_layer_visible(browser, "seeded", True)
+    changed = sum(_differs(with_mosaic.getpixel(p), without.getpixel(p)) for p in box)
+    assert changed >= len(box) * 0.7, changed  # the sample's pixels drawn at zoom 11
+    assert "made ahead" in browser.find_element(By.ID, "legend").text
+
+    # a filter: the seeded mosaic (of the whole collection) is not drawn, footprints are
+    Select(browser.find_element(By.NAME, "source")).select_by_value(item["properties"]["terramesh:source"])
+    wait_for(browser, "return window.location.search.includes('source=')", 20)
+    wait_for_map(browser)
+    assert browser.execute_script("return window.terrameshMap.getLayer('seeded') === undefined")
+    filtered = screenshot(browser)
+    assert sum(_differs(with_mosaic.getpixel(p), filtered.getpixel(p)) for p in box) >= len(box) * 0.5

@@ -1,7 +1,8 @@
 // The map's style: a base map, then the layers that answer at each zoom (README "The map"):
 // density (vector tiles of counts per cell, zooms 0-5, drawn over-zoomed up to zoom 7),
-// footprints (vector tiles, from zoom 6), the mosaic of the current search (raster, from the
-// mosaic's minzoom) and the selected sample's modality (raster).
+// footprints (vector tiles, from zoom 6), the mosaic seeded ahead for tile zooms 11-13 (raster,
+// the whole collection: drawn when no filter is set), the mosaic of the current search
+// (raster, from the mosaic's minzoom) and the selected sample's modality (raster).
 
 // samples per 1,000 km2 -> colour (a cell's count divided by its ground area, so the colours
 // mean the same at every zoom)
@@ -100,8 +101,8 @@ export function addDataLayers(map, urls, config) {
     minzoom: config.footprints_minzoom,
     paint: {
       "fill-color": interpolateExpression("cloud", CLOUD_STOPS, "#5b7fa6"),
-      // see-through where the mosaic draws the pixels
-      "fill-opacity": ["interpolate", ["linear"], ["zoom"], minzoom - 1, 0.65, minzoom, 0.02],
+      // see-through where the mosaic draws the pixels (fadeFootprints)
+      "fill-opacity": footprintsOpacity(minzoom),
     },
   });
   map.addLayer({
@@ -118,6 +119,25 @@ export function addDataLayers(map, urls, config) {
   });
   map.addSource("box", { type: "geojson", data: { type: "FeatureCollection", features: [] } });
   map.addLayer({ id: "box", type: "line", source: "box", paint: { "line-color": "#1f6feb", "line-width": 2, "line-dasharray": [2, 1] } });
+}
+
+const footprintsOpacity = (zoom) => ["interpolate", ["linear"], ["zoom"], zoom - 1, 0.65, zoom, 0.02];
+
+// The footprints' fill fades out at `zoom`, where a mosaic starts drawing the pixels.
+export function fadeFootprints(map, zoom) {
+  map.setPaintProperty("footprints-fill", "fill-opacity", footprintsOpacity(zoom));
+}
+
+// The seeded mosaic (spec: {url, minzoom, maxzoom: its tiles' zooms; from, until: the map
+// zooms it is drawn at}, or null for none): a source's zooms cannot change, so it is replaced.
+export function setSeeded(map, spec) {
+  const current = map.getSource("seeded");
+  if (current && spec && current.tiles?.[0] === spec.url && current.minzoom === spec.minzoom && current.maxzoom === spec.maxzoom) return;
+  if (map.getLayer("seeded")) map.removeLayer("seeded");
+  if (current) map.removeSource("seeded");
+  if (!spec) return;
+  map.addSource("seeded", { type: "raster", tiles: [spec.url], tileSize: 256, minzoom: spec.minzoom, maxzoom: spec.maxzoom });
+  map.addLayer({ id: "seeded", type: "raster", source: "seeded", minzoom: spec.from, maxzoom: spec.until }, "footprints-fill");
 }
 
 // Sets a tile source's URL template (a new search, new filters, a new catalog revision).

@@ -4,13 +4,14 @@ import "./style.css";
 import * as maplibregl from "maplibre-gl";
 import { TerraDraw, TerraDrawRectangleMode } from "terra-draw";
 import { TerraDrawMapLibreGLAdapter } from "terra-draw-maplibre-gl-adapter";
-import { addDataLayers, baseStyle, setTiles } from "./layers.js";
+import { addDataLayers, baseStyle, fadeFootprints, setSeeded, setTiles } from "./layers.js";
 import { el, mapLegend, presetLegend } from "./legend.js";
 import { Panel } from "./panel.js";
 import { densityQuery, parseBbox, readState, searchBody, writeState } from "./state.js";
 
 const ROOT = document.querySelector('meta[name="terramesh-root"]').content.replace(/\/$/, "");
 const REVISION_POLL_MS = 30000;
+const FILTERS = ["start", "end", "cloud", "source", "split", "bbox"];
 
 function status(text) {
   document.getElementById("status").textContent = text;
@@ -44,7 +45,7 @@ async function main() {
   fillForm(form, config, renders, state);
   state.preset = form.elements.preset.value;
   const revisionUrl = `${config.vector}/revision?collection=${encodeURIComponent(config.collection)}`;
-  let revision = (await getJSON(revisionUrl)).revision;
+  let { revision, seeded_mosaic: seededMosaic = {} } = await getJSON(revisionUrl);
   let searchId = null;
 
   const [w, s, e, n] = collection.extent?.spatial?.bbox?.[0] || [-180, -70, 180, 75];
@@ -70,8 +71,25 @@ async function main() {
       : `${config.raster}/collections/${encodeURIComponent(config.collection)}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?render=${encodeURIComponent(state.preset)}&v=${revision}`,
     mosaicMinzoom: mosaicMinzoom(),
   });
+  // The mosaic seeded ahead (tile zooms 11-13, the whole collection) below the live mosaic's
+  // minzoom, for the chosen preset, when no filter is set (it does not know them).
+  const seeded = () => {
+    const zooms = seededMosaic[state.preset];
+    const until = mosaicMinzoom();
+    if (!zooms || zooms.minzoom - 1 >= until || FILTERS.some((key) => state[key])) return null;
+    const query = `collection=${encodeURIComponent(config.collection)}&v=${revision}`;
+    // MapLibre's zooms are of 512 px tiles: at map zoom z it draws 256 px tiles of zoom z + 1
+    return {
+      url: `${config.vector}/mosaic/${encodeURIComponent(state.preset)}/{z}/{x}/{y}.webp?${query}`,
+      minzoom: zooms.minzoom,
+      maxzoom: zooms.maxzoom,
+      from: zooms.minzoom - 1,
+      until,
+    };
+  };
+  const pixelsFrom = () => seeded()?.from ?? mosaicMinzoom();
 
-  const panel = new Panel(map, { config, collection, renders, state, status, revision: () => revision, readyWhenIdle: () => readyWhenIdle(), onChange: () => writeState(state) });
+  const panel = new Panel(map, { config, collection, renders, state, status, revision: () => revision, setReady: (ready) => setReady(ready), readyWhenIdle: () => readyWhenIdle(), onChange: () => writeState(state) });
 
   async function register() {
     const body = searchBody(state, config.collection);
@@ -84,27 +102,28 @@ async function main() {
   }
 
   // body[data-ready] is "true" once the map has drawn what the current filters ask for (tests wait for it)
+  const setReady = (ready) => (document.body.dataset.ready = String(ready));
   function readyWhenIdle() {
-    map.once("idle", () => {
-      document.body.dataset.ready = "true";
-    });
+    map.once("idle", () => setReady(true));
     map.triggerRepaint();
   }
 
   async function applyFilters() {
-    document.body.dataset.ready = "false";
+    setReady(false);
     writeState(state);
     try {
       await register();
     } catch (error) {
       status(String(error.message || error));
-      document.body.dataset.ready = "true";
+      setReady(true);
       return;
     }
     const u = urls();
     setTiles(map, "density", u.density);
     setTiles(map, "footprints", u.footprints);
     setTiles(map, "mosaic", u.mosaic);
+    setSeeded(map, seeded());
+    fadeFootprints(map, pixelsFrom());
     const box = parseBbox(state.bbox);
     map.getSource("box").setData(
       box
@@ -122,7 +141,9 @@ async function main() {
     const box = [mapLegend()];
     if (renders[state.preset]) {
       const mosaic = await presetLegend(state.preset, renders[state.preset], collection, config.raster);
-      mosaic.prepend(el("h3", {}, `Mosaic (zoom ${mosaicMinzoom()} and up)`));
+      const ahead = seeded();
+      const zooms = ahead ? `zoom ${ahead.from} and up; made ahead for the whole collection below zoom ${ahead.until}` : `zoom ${mosaicMinzoom()} and up`;
+      mosaic.prepend(el("h3", {}, `Mosaic (${zooms})`));
       box.push(mosaic);
     }
     legend.replaceChildren(...box);
@@ -211,9 +232,9 @@ async function main() {
 
     setInterval(async () => {
       try {
-        const current = (await getJSON(revisionUrl)).revision;
-        if (current !== revision) {
-          revision = current;
+        const current = await getJSON(revisionUrl);
+        if (current.revision !== revision || JSON.stringify(current.seeded_mosaic) !== JSON.stringify(seededMosaic)) {
+          ({ revision, seeded_mosaic: seededMosaic = {} } = current);
           applyFilters();
         }
       } catch (error) {
@@ -223,7 +244,7 @@ async function main() {
 
     await applyFilters();
     if (state.item) {
-      document.body.dataset.ready = "false";
+      setReady(false);
       await panel.open(state.item);
       readyWhenIdle();
     }

@@ -112,7 +112,7 @@ export class Panel {
   }
 
   async showLayer(id) {
-    document.body.dataset.ready = "false";
+    this.ctx.setReady(false);
     try {
       await this.drawLayer(id);
     } finally {

@@ -460,8 +460,9 @@ def bootstrap(settings: DatabaseSettings) -> None:
         for statement in DEFER_INDEXES_SQL:
             conn.execute(statement)
         from terramesh_stac.catalog.density import DENSITY_SQL
+        from terramesh_stac.catalog.mosaic_cache import MOSAIC_SQL
 
-        for statement in DENSITY_SQL:
+        for statement in (*DENSITY_SQL, *MOSAIC_SQL):
             conn.execute(statement)
 
 

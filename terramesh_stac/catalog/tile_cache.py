@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from urllib.parse import parse_qs
 
 import anyio
+from cachetools import TTLCache
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,21 +33,18 @@ class RevisionCache:
     """Collection -> (revision, exists), each looked up at most every REVISION_TTL seconds."""
 
     def __init__(self):
-        self._cache: dict[str, tuple[float, int, bool]] = {}
+        self._cache: TTLCache = TTLCache(maxsize=1024, ttl=REVISION_TTL)
         self._lock = threading.Lock()
 
     def get(self, conn, collection_id: str) -> tuple[int, bool]:
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(collection_id)
-        if hit and now - hit[0] < REVISION_TTL:
-            return hit[1], hit[2]
+        if hit is not None:
+            return hit
         exists = conn.execute("SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)).fetchone()
         revision = density.revision(conn, collection_id) if exists else 0
         with self._lock:
-            if len(self._cache) > 1000:
-                self._cache.clear()
-            self._cache[collection_id] = (now, revision, bool(exists))
+            self._cache[collection_id] = (revision, bool(exists))
         return revision, bool(exists)
 
 

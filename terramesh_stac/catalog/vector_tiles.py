@@ -5,7 +5,10 @@
     /footprints/{z}/{x}/{y}.pbf   item footprints, zooms 6-14, of a registered search
                                   (`?search=<id>` from /raster/searches/register, the same
                                   search the mosaic draws) or of the whole collection
-    /revision                     the collection's catalog revision
+    /mosaic/{render}/{z}/{x}/{y}.webp
+                                  the collection's mosaic seeded ahead for zooms 11-13
+                                  (catalog/mosaic_cache.py): 204 where it is empty
+    /revision                     the collection's catalog revision and its seeded mosaics
 
 Every tile URL may carry `v=<revision>` (catalog/tile_cache.py): a tile asked for the current
 revision is the same until the next load, so it is sent `immutable`; any other gets a short
@@ -18,11 +21,12 @@ from __future__ import annotations
 import threading
 from contextlib import asynccontextmanager
 
+from cachetools import LRUCache
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from psycopg import sql
 
-from terramesh_stac.catalog import density
+from terramesh_stac.catalog import density, mosaic_cache
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tile_cache import RevisionCache, cache_control
 from terramesh_stac.catalog.tiles import open_pool
@@ -53,7 +57,7 @@ class _SearchWheres:
     a search id is the hash of its content, so the clause never changes."""
 
     def __init__(self):
-        self._cache: dict[str, str] = {}
+        self._cache: LRUCache = LRUCache(maxsize=1024)
         self._lock = threading.Lock()
 
     def get(self, conn, search_id: str) -> str:
@@ -66,11 +70,10 @@ class _SearchWheres:
         ).fetchone()
         if row is None:
             raise HTTPException(404, f"search {search_id!r} is not registered")
+        where = row[0] or "true"
         with self._lock:
-            if len(self._cache) > 1000:
-                self._cache.clear()
-            self._cache[search_id] = row[0] or "true"
-        return self._cache[search_id]
+            self._cache[search_id] = where
+        return where
 
 
 def _check_tile(z: int, x: int, y: int, minzoom: int, maxzoom: int, layer: str) -> None:
@@ -123,7 +126,10 @@ def create_vector_app(settings: ServiceSettings, dsn: str) -> FastAPI:
     def revision(request: Request, collection: str | None = Query(None, max_length=256)) -> JSONResponse:
         with request.app.state.dbpool.connection() as conn:
             cid, rev = _collection(conn, collection)
-        return JSONResponse({"collection": cid, "revision": rev}, headers={"Cache-Control": "no-cache"})
+            seeded = mosaic_cache.seeded(conn, cid, rev)
+        return JSONResponse(
+            {"collection": cid, "revision": rev, "seeded_mosaic": seeded}, headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/density/{z}/{x}/{y}.pbf", response_class=Response)
     def density_tile(
@@ -175,5 +181,33 @@ def create_vector_app(settings: ServiceSettings, dsn: str) -> FastAPI:
         # the mosaic), and so is a truncated tile
         pinned = v if not search and not headers else None
         return _tile_response(bytes(data or b""), pinned, rev, headers)
+
+    @app.get("/mosaic/{render}/{z}/{x}/{y}.webp", response_class=Response)
+    def seeded_mosaic_tile(
+        request: Request,
+        render: str,
+        z: int,
+        x: int,
+        y: int,
+        collection: str | None = Query(None, max_length=256),
+        v: int | None = Query(None, description="catalog revision (caching)"),
+    ) -> Response:
+        _check_tile(z, x, y, 0, mosaic_cache.MAX_SEED_ZOOM, "seeded mosaic")
+        if len(render) > 64:
+            raise HTTPException(400, "render: at most 64 characters")
+        with request.app.state.dbpool.connection() as conn:
+            cid, rev = _collection(conn, collection)
+            data, seeded_revision = mosaic_cache.tile(conn, cid, render, z, x, y)
+        if seeded_revision is None:
+            raise HTTPException(404, f"the mosaic of {cid!r} with render {render!r} is not seeded at zoom {z}")
+        # immutable only for the revision it was seeded for, when that is the current one
+        headers = {
+            "Cache-Control": cache_control(v if seeded_revision == rev else None, rev),
+            "X-Catalog-Revision": str(rev),
+            "X-Seeded-Revision": str(seeded_revision),
+        }
+        if data is None:
+            return Response(status_code=204, headers=headers)
+        return Response(data, media_type="image/webp", headers=headers)
 
     return app
