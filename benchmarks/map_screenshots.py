@@ -9,6 +9,8 @@ the browser the tests drive), offline:
 
     map-world.png       the whole planet: sample density per cell (zooms 0-5)
     map-region.png      zoom 7 around a sample: density faded, footprints by cloud cover
+    map-seeded.png      zoom 10.5 on a sample: the true-colour mosaic seeded ahead (`db mosaic`,
+                        which the demo runs)
     map-mosaic.png      zoom 13 on a sample: the true-colour mosaic of the current search
     map-sample.png      the same sample clicked: its panel, its DEM drawn with its colour bar
 """
@@ -73,6 +75,11 @@ def main() -> int:
             driver.refresh()
             wait_for_map(driver)
             screenshot(driver).save(out / "map-region.png")
+            driver.get(f"{base}/#10.5/{lat:.5f}/{lon:.5f}")
+            driver.refresh()
+            wait_for_map(driver)
+            wait_for(driver, "return !!window.terrameshMap.getLayer('seeded')", 30, "the seeded mosaic")
+            screenshot(driver).save(out / "map-seeded.png")
             driver.get(f"{base}/#13/{lat:.5f}/{lon:.5f}")
             driver.refresh()
             wait_for_map(driver)
@@ -83,7 +90,7 @@ def main() -> int:
             wait_for(driver, "return !!window.terrameshMap.getSource('sample')", 30, "the DEM layer")
             wait_for_map(driver)
             screenshot(driver).save(out / "map-sample.png")
-        for name in ("map-world", "map-region", "map-mosaic", "map-sample"):
+        for name in ("map-world", "map-region", "map-seeded", "map-mosaic", "map-sample"):
             print(out / f"{name}.png")
     finally:
         if server is not None:

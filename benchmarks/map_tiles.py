@@ -16,9 +16,13 @@ them, one `terramesh-stac serve`, requests one at a time (httpx, c=1, no HTTP ca
    zoom-11 tiles of random samples, every item intersecting them fetched from the STAC API and given an
    S2L2A COG on its own grid (one converted demo sample's pixels, written as the converter
    writes COGs: no overviews), loaded as collection `terramesh-pixels`; then
-   - mosaic tiles z11-z14 of a registered search over it (render `true-color`): the tiles
-     holding --mosaic-places random samples (where users look; their zoom-11 tiles' items
-     get COGs too) and random places in the densest tile, with the items each tile holds;
+   - `db mosaic` (the map's mosaic seeded ahead, tile zooms 11-13: catalog/mosaic_cache.py):
+     its time, tiles and bytes, and what seeding the 9.2 M catalog would cost at that rate;
+   - mosaic tiles z11-z14 at the tiles holding --mosaic-places random samples (where users
+     look; their zoom-11 tiles' items get COGs too) and at random places in the densest
+     tile, with the items each tile holds: as the map asks them (the seeded tiles at z11-13,
+     `/vector/mosaic`; the live mosaic of a registered search at z14), and the live mosaic
+     at z11-13 too (what the seeding replaces);
    - one item's tile zoomed out and in (z9-z14): ours (`/raster/.../items/.../tiles`) next to
      plain rio-tiler (`Reader(cog).tile`, in this process) on the same COG and on the same COG
      with 3 overview levels, interleaved.
@@ -244,21 +248,30 @@ def pixel_collection(base: str, demo_dest: Path, out: Path, boxes: list[tuple]) 
 
 def raster_tiles(base: str, dsn: str, places: dict, centre_id: str, cogs: dict[int, Path], requests: int, seed: int):
     """Mosaic tiles z11-z14 at each set of `places` (label -> [(lon, lat)]: the tile holding
-    each), and the centre item's tiles z9-z14, ours and plain rio-tiler (COG without and
-    with overviews), interleaved."""
+    each): seeded (z11-13) and live; and the centre item's tiles z9-z14, ours and plain
+    rio-tiler (COG without and with overviews), interleaved."""
     import psycopg
     from rio_tiler.io import Reader
 
     print("\n" + TABLE_HEAD)
     with httpx.Client(timeout=120) as client, psycopg.connect(dsn) as conn:
         search = register(client, base, {"collections": [PIXELS_CID]})
-        for z in range(11, 15):
+        revision = client.get(f"{base}/vector/revision", params={"collection": PIXELS_CID}).json()
+        seeded = revision["seeded_mosaic"].get("true-color", {"minzoom": 99, "maxzoom": -1})
+        layers = [(z, "seeded") for z in range(seeded["minzoom"], seeded["maxzoom"] + 1)]
+        layers += [(z, "live") for z in range(11, 15)]
+        for z, kind in layers:
             for label, points in places.items():
                 seconds, counts = [], []
                 for lon, lat in points:
                     x, y = tile_of(lon, lat, z)
-                    url = f"{base}/raster/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.png"
-                    seconds.append(timed_get(client, url, {"render": "true-color"})[0])
+                    if kind == "seeded":  # as the map asks it
+                        url = f"{base}/vector/mosaic/true-color/{z}/{x}/{y}.webp"
+                        params = {"collection": PIXELS_CID, "v": revision["revision"]}
+                    else:
+                        url = f"{base}/raster/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.png"
+                        params = {"render": "true-color"}
+                    seconds.append(timed_get(client, url, params)[0])
                     counts.append(
                         conn.execute(
                             "SELECT count(*) FROM pgstac.items WHERE collection = %s"
@@ -267,7 +280,7 @@ def raster_tiles(base: str, dsn: str, places: dict, centre_id: str, cogs: dict[i
                         ).fetchone()[0]
                     )
                 note = f"{label}: items per tile p50 {percentile(counts, 50):,.0f}, max {max(counts)}"
-                print(row(f"mosaic z{z}", seconds, note), flush=True)
+                print(row(f"mosaic z{z}, {kind}", seconds, note), flush=True)
         print("\n| item tile, zoom | ours p50 ms | ours p95 ms | plain rio-tiler p50 / p95 ms |"
               " plain rio-tiler, COG with 3 overview levels, p50 / p95 ms |")  # fmt: skip
         print("|---|---|---|---|---|")
@@ -292,6 +305,37 @@ def raster_tiles(base: str, dsn: str, places: dict, centre_id: str, cogs: dict[i
                 f" {ms[0][0]:,.0f} / {ms[0][1]:,.0f} | {ms[3][0]:,.0f} / {ms[3][1]:,.0f} |",
                 flush=True,
             )
+
+
+def seed_mosaic(env: dict, cwd: str, dsn: str) -> None:
+    """`db mosaic` on the pixel collection as a user runs it; its tiles and bytes, and the
+    cost of seeding the large catalog's tiles (scaled to TerraMesh's 9,178,624 samples)."""
+    import psycopg
+
+    from terramesh_stac.catalog import mosaic_cache
+
+    seconds, proc = run(env, cli(), "db", "mosaic", "--collection", PIXELS_CID, "--render", "true-color", cwd=cwd)
+    print(f"    `db mosaic` in {seconds:,.1f} s: {proc.stdout.strip()}")
+    with psycopg.connect(dsn) as conn:
+        spent, total = conn.execute(
+            "SELECT seconds, tiles FROM terramesh.mosaic_seeds WHERE collection = %s", (PIXELS_CID,)
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT z, count(*), avg(length(data))::float8 FROM terramesh.mosaic_tiles WHERE collection = %s GROUP BY z",
+            (PIXELS_CID,),
+        ).fetchall()
+        large = {z: mosaic_cache.count_tiles(conn, CID, z) for z, _, _ in rows}
+        items = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (CID,)).fetchone()[0]
+    scale = 9_178_624 / items
+    for z, n, size in sorted(rows):
+        print(f"    z{z}: {n:,} tiles seeded here, {size / 1000:,.1f} kB each; the {items:,}-item catalog has"
+              f" {large[z]:,} tiles with a footprint at z{z}")  # fmt: skip
+    tiles = sum(large.values()) * scale
+    hours = tiles * spent / total / 3600
+    size = sum(large[z] * s for z, _, s in rows) * scale
+    print(f"    seeding the 9.2 M catalog at this rate ({spent / total * 1000:,.0f} ms a tile, one process):"
+          f" ~{tiles:,.0f} tiles, ~{hours:,.0f} process-hours, ~{size / 1e9:,.1f} GB in terramesh.mosaic_tiles"
+          " (the large catalog's tiles scaled by 9.18 M / its items: an upper bound where samples overlap more)")  # fmt: skip
 
 
 def serve(env: dict, cwd: str, dest: Path, collection_id: str, port: int, log) -> subprocess.Popen:
@@ -363,6 +407,7 @@ def main() -> int:
         print(f"    {count:,} items given an S2L2A COG (collection {PIXELS_CID}): those of the densest zoom-10 tile,"
               f" 10/{x}/{y} ({n:,} samples counted at their centre), and of the zoom-11 tiles of"
               f" {len(typical)} random samples")  # fmt: skip
+        seed_mosaic(env, cwd, loader)
         rng = random.Random(args.seed)
         places = {
             f"tiles of {len(typical)} random samples": typical,
