@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pydantic
 
@@ -291,6 +292,68 @@ class _RichProgress:
         self.bar.advance(self.task, n)
 
 
+def _bbox(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want W,S,E,N numbers") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: want four numbers W,S,E,N")
+    return values
+
+
+def _cmd_subset(args, settings: Settings) -> int:
+    import psycopg
+
+    from terramesh_stac.catalog import database
+    from terramesh_stac.ml import subset as subsets
+
+    folder = settings.subsets_dir or settings.state_dir / "subsets"
+    try:
+        path = subsets.path_of(folder, args.name)
+        if args.action == "show":
+            subset = subsets.read(path)
+            picture = subsets.thumbnail(subset, Path(args.thumbnail) if args.thumbnail else path.with_suffix(".png"))
+            print(subsets.describe(subset))
+            print(f"  where the samples are: {picture}")
+            return EXIT_OK
+        if args.action == "export":
+            return _export_subset(subsets.read(path), Path(args.out), args.force, settings)
+        if path.exists() and not args.force:
+            raise subsets.SubsetError(f"subset {args.name!r} exists ({path}): --force replaces it")
+        collections = [c for c in (args.collections or settings.collection_id).split(",") if c]
+        body = subsets.search_body(args.filter, args.bbox, args.datetime, collections)
+        modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+        with psycopg.connect(args.dsn or database.dsn(settings, role="loader")) as conn:
+            subset = subsets.create_from_db(conn, args.name, body, modalities)
+    except subsets.SubsetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except psycopg.Error as e:  # unreachable, refused, ...: one line, no traceback
+        print(f"error: database: {str(e).strip()}", file=sys.stderr)
+        return EXIT_FAILED
+    subsets.write(subset, path)
+    print(subsets.describe(subset))
+    print(f"  manifest: {path}")
+    return EXIT_OK
+
+
+def _export_subset(subset, out: Path, force: bool, settings: Settings) -> int:
+    from rich.progress import Progress
+
+    from terramesh_stac.ml.export import export_webdataset
+    from terramesh_stac.ml.subset import SubsetError
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SubsetError(f"{out} is not empty: --force writes into it")
+    storage_options = {"client_kwargs": {"endpoint_url": settings.s3_endpoint_url}} if settings.s3_endpoint_url else {}
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"exporting {subset.name}", total=None)
+        report = export_webdataset(subset, out, storage_options, progress=lambda n: bar.update(task, advance=n))
+    print(report.summary())
+    return EXIT_OK
+
+
 def _cmd_export(args, settings: Settings) -> int:
     import psycopg
     from rich.console import Console
@@ -528,6 +591,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gp.add_argument("--quiet", action="store_true", help="no progress display")
     gp.set_defaults(func=_cmd_export)
+
+    ss = sub.add_parser("subset", help="a saved selection of samples for training (README 'Training on a subset')")
+    ss_sub = ss.add_subparsers(dest="action", required=True)
+    sc = ss_sub.add_parser("create", help="resolve a search into a frozen manifest of samples")
+    sc.add_argument("name", help="the subset's name (letters, digits, '_', '.', '-')")
+    sc.add_argument(
+        "--filter", help='a CQL2 text filter, e.g. "eo:cloud_cover < 10 AND \\"terramesh:source\\" = \'majortom\'"'
+    )
+    sc.add_argument("--bbox", type=_bbox, help="W,S,E,N in degrees")
+    sc.add_argument("--datetime", help="a STAC datetime or range, e.g. 2020-01-01T00:00:00Z/2020-12-31T23:59:59Z")
+    sc.add_argument("--collections", help="comma-separated collection ids (default: TERRAMESH_COLLECTION_ID)")
+    sc.add_argument("--modalities", help="comma-separated modalities (default: all the samples have)")
+    sc.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
+    sc.add_argument("--force", action="store_true", help="replace a subset of the same name")
+    sh = ss_sub.add_parser("show", help="counts of a subset and a map thumbnail of where its samples are")
+    sh.add_argument("name")
+    sh.add_argument("--thumbnail", help="PNG to write (default: <subsets dir>/<NAME>.png)")
+    se = ss_sub.add_parser("export", help="write a subset as TerraMesh-format shards (the official loader reads them)")
+    se.add_argument("name")
+    se.add_argument("--format", choices=["webdataset"], default="webdataset", help="webdataset: tars of .zarr.zip")
+    se.add_argument("--out", required=True, help="a local folder (empty, or --force)")
+    se.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    ss.set_defaults(func=_cmd_subset)
 
     va = sub.add_parser(
         "validate",

@@ -35,6 +35,7 @@ class Settings(ServiceSettings, BaseSettings):
     # Conversion (`terramesh-stac convert`).
     s3_public_url: str | None = None  # https base that serves the bucket, for asset alternates
     scheduler: str | None = None  # Dask scheduler address for `convert`; None: a LocalCluster
+    subsets_dir: Path | None = None  # `terramesh-stac subset`'s manifests; None: <state_dir>/subsets
     libpq_env: dict[str, str] = Field(default_factory=lambda: {k: v for k in LIBPQ_ENV if (v := os.environ.get(k))})
 
 

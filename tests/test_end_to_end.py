@@ -35,6 +35,16 @@ def run_cli(*args, env=None, check=True):
     return proc
 
 
+def convert_and_load(source, dest, collection: str, loader_dsn: str) -> dict:
+    """`convert` then `load` (which recounts the map's density) as a user runs them; returns
+    the converted items."""
+    from tests.conftest import read_items
+
+    run_cli("convert", source, "--dest", dest, "--collection", collection)
+    run_cli("load", dest, "--dsn", loader_dsn)
+    return read_items(dest)
+
+
 def source_samples(root) -> dict:
     """Every sample of the generated tree, decoded by our reader: key -> Sample."""
     source = open_source(str(root))

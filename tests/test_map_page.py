@@ -27,8 +27,8 @@ from tests.browser import (
     wait_for,
     wait_for_map,
 )
-from tests.conftest import read_items, serve_with_cli
-from tests.test_end_to_end import run_cli
+from tests.conftest import serve_with_cli
+from tests.test_end_to_end import convert_and_load, run_cli
 
 COLLECTION = "terramesh-map"
 
@@ -37,9 +37,7 @@ COLLECTION = "terramesh-map"
 def served_map(synth_root, tmp_path_factory, pgstac_db):
     """Generated shards -> `convert` -> `load` (which recounts the density) -> `serve`."""
     dest = tmp_path_factory.mktemp("map") / "out"
-    run_cli("convert", synth_root, "--dest", dest, "--collection", COLLECTION)
-    run_cli("load", dest, "--dsn", pgstac_db.loader)
-    items = read_items(dest)
+    items = convert_and_load(synth_root, dest, COLLECTION, pgstac_db.loader)
     with serve_with_cli(pgstac_db, dest, TERRAMESH_COLLECTION_ID=COLLECTION) as base:
         yield base, items
 

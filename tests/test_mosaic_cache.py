@@ -188,10 +188,11 @@ def test_a_tile_the_service_fails_on_is_reported_and_the_rest_seeded(seeded, pgs
         assert proc.returncode == EXIT_PARTIAL, proc.stdout + proc.stderr
         x, y = _tile_at(alone, 13)
         failed = [line.split("failed: ", 1)[1] for line in proc.stdout.splitlines() if "failed: " in line]
-        assert any(f.startswith(f"13/{x}/{y}: ") for f in failed), proc.stdout
+        assert any(f.startswith(f"13/{x}/{y} (items {alone['id']}): ") for f in failed), proc.stdout
         w, s, e, n = alone["bbox"]
         for line in failed:  # only the tiles of the broken sample, each with the reason
-            z, tx, ty = map(int, line.split(":")[0].split("/"))
+            z, tx, ty = map(int, line.split(" ")[0].split("/"))
+            assert alone["id"] in line.split(":")[0], line  # the broken sample is named
             b = WEB_MERCATOR.bounds(morecantile.Tile(tx, ty, z))
             assert b.left <= e and w <= b.right and b.bottom <= n and s <= b.top, line
             assert "S2L2A" in line or "read" in line.lower(), line

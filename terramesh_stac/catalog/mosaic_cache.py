@@ -122,6 +122,17 @@ def tiles_with_items(
     yield from conn.cursor().stream(query, params)
 
 
+def items_in_tile(conn: psycopg.Connection, collection_id: str, z: int, x: int, y: int, limit: int = 5) -> list[str]:
+    """Ids of (at most `limit`) items in a tile: where to look when the tile fails."""
+    rows = conn.execute(
+        "SELECT id FROM pgstac.items WHERE collection = %s"
+        " AND geometry && ST_Transform(ST_TileEnvelope(%s, %s, %s), 4326) ORDER BY id LIMIT %s",
+        (collection_id, z, x, y, limit + 1),
+    ).fetchall()
+    ids = [r[0] for r in rows[:limit]]
+    return ids + ["..."] if len(rows) > limit else ids
+
+
 def count_tiles(conn: psycopg.Connection, collection_id: str, z: int) -> int:
     """How many zoom-z tiles a footprint of the collection touches."""
     query = f"SELECT count(*) FROM ({_TILES_SQL}) t"
@@ -225,7 +236,8 @@ def seed(
             return None
         if status != 200:
             report.errors += 1
-            message = f"{z}/{x}/{y}: {status} {body[:200].decode('utf-8', 'replace')}"
+            items = ", ".join(items_in_tile(conn, collection_id, z, x, y))
+            message = f"{z}/{x}/{y} (items {items}): {status} {body[:200].decode('utf-8', 'replace')}"
             logger.warning("mosaic tile %s", message)
             if len(report.first_errors) < FIRST_ERRORS:
                 report.first_errors.append(message)

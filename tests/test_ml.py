@@ -1,0 +1,168 @@
+"""From search to training data (terramesh_stac.ml): `terramesh-stac subset create/show` run as a
+user runs them against the test cluster, and the subset streamed through PyTorch DataLoaders
+(2 workers x 2 simulated ranks) compared, array by array, with what the dataset card's loader
+reads for the same keys (tests/official_loader.py in its zarr-2.18 venv)."""
+
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from terramesh_stac.exits import EXIT_USAGE
+from terramesh_stac.ml import SubsetDataset
+from terramesh_stac.ml import subset as subsets
+from tests.official_loader import array_digest, run_official
+from tests.test_end_to_end import convert_and_load, run_cli
+
+COLLECTION = "terramesh-ml"
+FILTER = "\"terramesh:source\" = 'majortom' AND eo:cloud_cover < 60"
+
+
+@pytest.fixture(scope="module")
+def loaded(synth_root, tmp_path_factory, pgstac_db):
+    return convert_and_load(synth_root, tmp_path_factory.mktemp("ml") / "out", COLLECTION, pgstac_db.loader)
+
+
+@pytest.fixture(scope="module")
+def subsets_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("subsets")
+
+
+def _subset(pgstac_db, subsets_dir, *args, check=True):
+    env = {
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        "TERRAMESH_SUBSETS_DIR": str(subsets_dir),
+        "TERRAMESH_COLLECTION_ID": COLLECTION,
+    }
+    return run_cli("subset", *args, env=env, check=check)
+
+
+@pytest.fixture(scope="module")
+def majortom(loaded, pgstac_db, subsets_dir):
+    proc = _subset(pgstac_db, subsets_dir, "create", "majortom-clear", "--filter", FILTER)
+    return proc, subsets.read(subsets_dir / "majortom-clear.parquet")
+
+
+def _wanted(items) -> list[str]:
+    return sorted(
+        i["id"]
+        for i in items.values()
+        if i["properties"]["terramesh:source"] == "majortom" and i["properties"]["eo:cloud_cover"] < 60
+    )
+
+
+def test_a_cql2_filter_makes_a_manifest_of_exactly_its_samples(loaded, majortom, subsets_dir, pgstac_db):
+    proc, subset = majortom
+    wanted = _wanted(loaded)
+    assert 0 < len(wanted) < len(loaded)  # a real selection
+    assert subset.rows.column("id").to_pylist() == wanted
+    # every modality a Major TOM sample has (S1RTC, not S1GRD), each a byte range of its shard
+    assert subset.modalities == ["S2L1C", "S2L2A", "S2RGB", "S1RTC", "DEM", "NDVI", "LULC"]
+    for row in subset.rows.to_pylist():
+        item = loaded[row["id"]]
+        for m in subset.modalities:
+            source = item["assets"][f"{m}_source"]
+            assert row[f"{m}_href"] == source["href"] and row[f"{m}_offset"] == source["archive:start"]
+            assert row[f"{m}_offset"] + row[f"{m}_size"] - 1 == source["archive:end"]
+    meta = subset.meta
+    assert meta["search"]["filter-lang"] == "cql2-json" and meta["search"]["collections"] == [COLLECTION]
+    assert meta["catalog_revisions"][COLLECTION] >= 1
+    assert meta["counts"]["source"] == {"majortom": len(wanted)}
+    assert f"{len(wanted)} samples" in proc.stdout
+
+    shown = _subset(pgstac_db, subsets_dir, "show", "majortom-clear")
+    assert "per split: val" in shown.stdout
+    with Image.open(subsets_dir / "majortom-clear.png") as picture:
+        assert picture.size == subsets.THUMBNAIL_SIZE
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    drawn = int(((pixels[..., 0] > 190) & (pixels[..., 1] < 130)).sum())  # the sample cells
+    assert 1 <= drawn <= len(wanted)
+
+
+def test_the_stream_is_the_official_loader_once_per_epoch_across_ranks_and_workers(majortom, synth_root, monkeypatch):
+    _, subset = majortom
+    official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
+    dataset = SubsetDataset(subset, return_metadata=True, shuffle=True, seed=3, read_threads=2, prefetch=3)
+    orders = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        keys = []
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            for sample in DataLoader(dataset, num_workers=2, batch_size=None):
+                keys.append(sample["__key__"])
+                if epoch == 1:
+                    continue
+                for m in subset.modalities:
+                    rec = official[(m, sample["__key__"])]
+                    assert isinstance(sample[m], torch.Tensor)
+                    assert array_digest(sample[m].numpy()) == rec["bands"], (m, sample["__key__"])
+                    if rec["time"] is None:
+                        assert f"time_{m}" not in sample  # DEM: the loader leaves it out too
+                    else:
+                        assert int(sample[f"time_{m}"].reshape(-1)[0]) == rec["time"]
+                first = official[(subset.modalities[0], sample["__key__"])]
+                assert float(sample["center_lon"]) == first["center_lon"]
+                assert float(sample["center_lat"]) == first["center_lat"]
+                assert array_digest(sample["cloud_mask"].numpy()[0]) == first["cloud_mask"]
+        assert sorted(keys) == subset.rows.column("id").to_pylist()  # each sample exactly once
+        orders.append(keys)
+    assert orders[0] != orders[1]  # the epoch reshuffles
+
+
+def test_without_metadata_the_sample_is_its_key_and_arrays(majortom):
+    _, subset = majortom
+    sample = next(iter(SubsetDataset(subset, modalities=["S2L2A", "DEM"])))
+    assert set(sample) == {"__key__", "S2L2A", "DEM"}
+    assert sample["S2L2A"].shape == (1, 12, 264, 264) and sample["DEM"].shape == (1, 1, 264, 264)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["create", "bad name!", "--filter", FILTER], "subset name"),
+        (["create", "x", "--filter", "eo:cloud_cover <<< 3"], "is not CQL2 text"),
+        (["create", "x", "--modalities", "S2L2A,S9"], "unknown modality 'S9'"),
+        (["create", "x", "--bbox", "10,50,5,40"], "--bbox"),
+        (["create", "majortom-clear", "--filter", FILTER], "exists"),
+        (["show", "nothing-here"], "no subset at"),
+    ],
+)
+def test_bad_subset_input_is_refused_with_a_message(majortom, pgstac_db, subsets_dir, args, message):
+    proc = _subset(pgstac_db, subsets_dir, *args, check=False)
+    assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_exported_subset_reads_through_the_official_loader_unchanged(
+    majortom, synth_root, pgstac_db, subsets_dir, tmp_path
+):
+    _, subset = majortom
+    out = tmp_path / "export"
+    proc = _subset(pgstac_db, subsets_dir, "export", "majortom-clear", "--format", "webdataset", "--out", out)
+    assert f"exported {len(subset)} samples" in proc.stdout
+    source = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
+    exported = run_official(out)  # the loader's own calls, on every tar of the exported tree
+    ids = subset.rows.column("id").to_pylist()
+    assert sorted((r["modality"], r["key"]) for r in exported) == sorted((m, k) for m in subset.modalities for k in ids)
+    for rec in exported:
+        assert rec == source[(rec["modality"], rec["key"])]  # same arrays, times, names, shard
+    for row in subset.rows.to_pylist():  # members copied byte for byte
+        for m in ("S2L2A", "DEM"):
+            with tarfile.open(out / "val" / m / row["shard"]) as tf:
+                copied = tf.extractfile(f"{row['id']}.zarr.zip").read()
+            with open(row[f"{m}_href"], "rb") as f:
+                f.seek(row[f"{m}_offset"])
+                assert copied == f.read(row[f"{m}_size"])
+    metadata = pq.read_table(out / "val_metadata.parquet")
+    assert sorted(metadata.column("zarr").to_pylist()) == [f"{k}.zarr.zip" for k in ids]
+    again = _subset(pgstac_db, subsets_dir, "export", "majortom-clear", "--out", out, check=False)
+    assert again.returncode == EXIT_USAGE and "not empty" in again.stderr
