@@ -8,12 +8,14 @@ from __future__ import annotations
 import tarfile
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from terramesh_stac.converters.zarrzip import CorruptSampleError
 from terramesh_stac.exits import EXIT_USAGE
 from terramesh_stac.ml import SubsetDataset
 from terramesh_stac.ml import subset as subsets
@@ -166,3 +168,18 @@ def test_the_exported_subset_reads_through_the_official_loader_unchanged(
     assert sorted(metadata.column("zarr").to_pylist()) == [f"{k}.zarr.zip" for k in ids]
     again = _subset(pgstac_db, subsets_dir, "export", "majortom-clear", "--out", out, check=False)
     assert again.returncode == EXIT_USAGE and "not empty" in again.stderr
+
+
+def test_a_sample_that_cannot_be_decoded_is_logged_and_skipped(majortom, caplog):
+    _, subset = majortom
+    broken_id = subset.rows.column("id")[1].as_py()
+    sizes = subset.rows.column("S2L2A_size").to_pylist()
+    sizes[1] //= 2  # half of its zip: a truncated sample
+    rows = subset.rows.set_column(subset.rows.column_names.index("S2L2A_size"), "S2L2A_size", pa.array(sizes))
+    broken = subsets.Subset(subset.name, rows, subset.meta)
+    with caplog.at_level("WARNING", logger="terramesh_stac.ml.dataset"):
+        keys = [s["__key__"] for s in SubsetDataset(broken, ["S2L2A", "DEM"])]
+    assert keys == [k for k in subset.rows.column("id").to_pylist() if k != broken_id]  # the rest goes on
+    assert any(broken_id in r.message and "S2L2A" in r.message and "zip" in r.message for r in caplog.records)
+    with pytest.raises(CorruptSampleError, match=broken_id):  # on_error="raise" stops there
+        list(SubsetDataset(broken, ["S2L2A"], on_error="raise"))

@@ -27,7 +27,16 @@ from terramesh_stac.converters.source import (
     parse_hub_tree,
     parse_hub_url,
 )
-from terramesh_stac.converters.zarrzip import CorruptSampleError, decode_zarr_zip, encode_zarr_zip, sample_scalar
+from terramesh_stac.converters.zarrzip import (
+    LOADER_ARRAYS,
+    NO_TIME_THRESHOLD,
+    CorruptSampleError,
+    decode_zarr_zip,
+    encode_zarr_zip,
+    read_arrays,
+    sample_scalar,
+    sample_time,
+)
 
 SHARD = "majortom_shard_000001.tar"
 
@@ -186,6 +195,44 @@ def test_encoding_variants(tmp_path, variant):
         assert {i.compress_type for i in zipfile.ZipFile(io.BytesIO(data)).infolist()} == {zipfile.ZIP_DEFLATED}
 
 
+def _members_of(root):
+    for tar_path in sorted(root.glob("*/*/*.tar")):
+        with tarfile.open(tar_path) as tf:
+            for member in tf.getmembers():
+                yield tar_path.parent.name, member.name, tf.extractfile(member).read()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [None, {"deflate": True}, {"scalar_shape": (1,)}, {"cloud_mask": False}],
+    ids=["generated", "deflated-zip", "metadata-shape-1", "no-cloud-mask"],
+)
+def test_direct_decode_equals_the_xarray_reading(synth_root, tmp_path, variant):
+    """read_arrays (numcodecs, straight from the metadata) against decode_zarr_zip (zarr 3 +
+    xarray), on every modality and sample kind: bytes (float16 NaN payloads included),
+    shapes, dtypes, and the raw time (DEM's 0)."""
+    from tests.official_loader import array_digest
+
+    root = synth_root if variant is None else _small_variant(tmp_path, **variant)[0]
+    seen = set()
+    for modality, name, data in _members_of(root):
+        fast, ds = read_arrays(data, LOADER_ARRAYS), decode_zarr_zip(data)
+        for array in ("bands", "cloud_mask"):
+            assert (array in fast) == (array in ds), (modality, name, array)
+            if array in ds:
+                assert fast[array].dtype == ds[array].dtype and fast[array].shape == ds[array].shape
+                assert array_digest(fast[array]) == array_digest(ds[array].values), (modality, name, array)
+        for scalar in ("center_lon", "center_lat"):
+            assert fast[scalar].shape == ds[scalar].shape and fast[scalar].item() == sample_scalar(ds, scalar)
+        t, raw = sample_time(ds), int(fast["time"].reshape(-1)[0])
+        assert raw <= NO_TIME_THRESHOLD if t is None else raw == t.astype("int64")
+        seen.add(modality)
+    with_members = {p.parent.name for p in root.glob("*/*/*.tar") if tarfile.open(p).getmembers()}
+    assert seen == with_members
+    if variant is None:
+        assert seen == {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
+
+
 def test_corrupt_bytes_raise_clear_errors(synth_root):
     with tarfile.open(synth_root / "val" / "S2RGB" / SHARD) as tf:
         good = tf.extractfile(tf.getmembers()[0]).read()
@@ -199,6 +246,9 @@ def test_corrupt_bytes_raise_clear_errors(synth_root):
         with pytest.raises(CorruptSampleError, match=why) as e:
             decode_zarr_zip(bad)
         assert isinstance(e.value, ValueError) and e.value.reason
+        if "missing" not in why:  # read_arrays reads a missing chunk as zarr 2 does: fill values
+            with pytest.raises(CorruptSampleError):
+                read_arrays(bad, LOADER_ARRAYS)
 
 
 def _zip_without(data, name, replacement=None):

@@ -22,6 +22,8 @@ from zarr.storage import MemoryStore
 # official loader (`terramesh.py` compares the raw value with 1e6).
 NO_TIME_THRESHOLD = 1_000_000
 TIME_UNITS = "nanoseconds since 1970-01-01"
+# The arrays the official loader reads of a sample (`zarr_metadata_decoding`)
+LOADER_ARRAYS = ("bands", "cloud_mask", "center_lon", "center_lat", "time")
 # Fixed zip entry date so the same dataset always zips to the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -80,6 +82,75 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
     if "bands" not in ds:
         raise CorruptSampleError("zarr group has no 'bands' array")
     return _decode_time(ds)
+
+
+def read_arrays(data: bytes, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The raw arrays `names` of one sample (those it has), decoded straight with numcodecs
+    from the zarr v2 metadata (dtype, shape, chunks, order, compressor, filters, fill
+    value): what zarr 2's `group[name][...]` gives, several times faster than opening the
+    group with xarray (decode_zarr_zip; tests/test_reader.py compares the two on every
+    sample kind). Only the entries of these arrays are read from the zip, and a whole-array
+    chunk is decompressed straight into the result. Time stays the raw int64 the file
+    stores. Raises CorruptSampleError."""
+    import itertools
+    import math
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise CorruptSampleError(f"not a readable zip: {type(e).__name__}: {e}") from e
+    with zf:
+        files = {n.lstrip("/"): n for n in zf.namelist() if not n.endswith("/")}
+        prefix = (
+            ""
+            if ".zmetadata" in files
+            else next((n[: -len(".zmetadata")] for n in files if n.endswith("/.zmetadata")), "")
+        )
+
+        def entry(name: str) -> bytes | None:
+            full = files.get(prefix + name)
+            return None if full is None else zf.read(full)
+
+        out = {}
+        try:
+            meta = json.loads(entry(".zmetadata"))["metadata"]
+            for name in names:
+                zarray = meta.get(f"{name}/.zarray")
+                if zarray is None:
+                    continue
+                dtype = np.dtype(zarray["dtype"])
+                shape, chunks = tuple(zarray["shape"]), tuple(zarray["chunks"])
+                order = zarray.get("order", "C")
+                sep = zarray.get("dimension_separator") or "."
+                filters = [numcodecs.get_codec(f) for f in zarray.get("filters") or []]
+                compressor = numcodecs.get_codec(zarray["compressor"]) if zarray.get("compressor") else None
+                grid = list(itertools.product(*[range(math.ceil(n / c)) for n, c in zip(shape, chunks)]))
+                key = lambda idx: f"{name}/" + (sep.join(map(str, idx)) if idx else "0")  # noqa: E731
+                if len(grid) == 1 and chunks == shape and order == "C" and not filters and compressor:
+                    raw = entry(key(grid[0]))
+                    if raw is not None:  # the usual case: one chunk, the whole array, no copy
+                        array = np.empty(shape, dtype)
+                        compressor.decode(raw, out=array)
+                        out[name] = array
+                        continue
+                fill = zarray.get("fill_value")
+                array = np.full(shape, fill if fill is not None else 0, dtype=dtype)
+                for idx in grid:
+                    raw = entry(key(idx))
+                    if raw is None:
+                        continue  # a missing chunk is the fill value, as zarr reads it
+                    chunk = compressor.decode(raw) if compressor else raw
+                    for codec in reversed(filters):
+                        chunk = codec.decode(chunk)
+                    block = np.frombuffer(chunk, dtype=dtype).reshape(chunks, order=order)
+                    where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
+                    array[where] = block[tuple(slice(0, w.stop - w.start) for w in where)]
+                out[name] = array
+        except CorruptSampleError:
+            raise
+        except Exception as e:  # codec errors, short chunks, bad metadata, a damaged entry
+            raise CorruptSampleError(f"unreadable: {type(e).__name__}: {e}") from e
+    return out
 
 
 def _check_chunks(meta: dict, entries: dict) -> None:

@@ -23,11 +23,13 @@ for s3fs). Every sample is read exactly once per epoch across ranks (`RANK`, `WO
 or torch.distributed when initialised) and DataLoader workers: the epoch's order (shuffled
 with `seed + epoch`, or by id) is dealt out rank by rank, then worker by worker. Reads run
 `read_threads` at a time with at most `prefetch` samples decoded ahead, so a slow store
-is waited on in parallel and memory stays bounded.
+is waited on in parallel and memory stays bounded. A sample that cannot be read or decoded
+is logged (key, modality, reason) and skipped (`on_error="raise"` stops instead).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -37,7 +39,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from terramesh_stac.converters.zarrzip import decode_zarr_zip
+from terramesh_stac.converters.zarrzip import LOADER_ARRAYS, CorruptSampleError, read_arrays
 from terramesh_stac.ml.subset import Subset, SubsetError, read
 
 try:  # a torch Dataset when torch is there (DataLoader workers need it); plain iterable otherwise
@@ -49,6 +51,7 @@ except ImportError:  # pragma: no cover - torch is the `ml` extra
         return None
 
 
+logger = logging.getLogger(__name__)
 NO_TIME_NS = 1e6  # the loader's rule: DEM stores 0, "no time"
 
 
@@ -66,23 +69,25 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def sample_dict(key: str, members: dict[str, bytes], return_metadata: bool) -> dict:
-    """The official loader's dict of one sample from its `.zarr.zip` bytes per modality."""
+    """The official loader's dict of one sample from its `.zarr.zip` bytes per modality
+    (decoded with numcodecs straight from the zarr metadata: converters/zarrzip.read_arrays)."""
     out: dict = {"__key__": key}
     for modality, data in members.items():
-        ds = decode_zarr_zip(data)
-        out[modality] = ds["bands"].values
+        try:
+            arrays = read_arrays(data, LOADER_ARRAYS if return_metadata else ("bands",))
+        except CorruptSampleError as e:
+            raise CorruptSampleError(f"{key} {modality}: {e.reason}") from e
+        if "bands" not in arrays:
+            raise CorruptSampleError(f"{key} {modality}: the zarr group has no 'bands' array")
+        out[modality] = arrays["bands"]
         if not return_metadata:
             continue
         if "center_lon" not in out:  # the same centre in every modality
-            out["center_lon"] = np.asarray(ds["center_lon"].values)
-            out["center_lat"] = np.asarray(ds["center_lat"].values)
-        if "cloud_mask" in ds and "cloud_mask" not in out:  # the same S2 mask in every optical modality
-            out["cloud_mask"] = ds["cloud_mask"].values[np.newaxis, ...]
-        if "time" in ds.coords:
-            ns = np.asarray(ds["time"].values).astype("datetime64[ns]")
-            raw = np.where(np.isnat(ns), 0, ns.view("int64"))
-            if raw.reshape(-1)[0] > NO_TIME_NS:
-                out[f"time_{modality}"] = raw
+            out["center_lon"], out["center_lat"] = arrays["center_lon"], arrays["center_lat"]
+        if "cloud_mask" in arrays and "cloud_mask" not in out:  # the same S2 mask in every optical modality
+            out["cloud_mask"] = arrays["cloud_mask"][np.newaxis, ...]
+        if "time" in arrays and arrays["time"].reshape(-1)[0] > NO_TIME_NS:  # as stored: int64 ns
+            out[f"time_{modality}"] = arrays["time"]
     return out
 
 
@@ -95,9 +100,10 @@ class SubsetDataset(IterableDataset):
         return_metadata: bool = False,
         shuffle: bool = False,
         seed: int = 0,
-        read_threads: int = 8,
+        read_threads: int = 4,
         prefetch: int = 16,
         storage_options: dict | None = None,
+        on_error: str = "warn",
     ):
         self.subset = subset if isinstance(subset, Subset) else read(Path(subset).expanduser())
         self.modalities = list(modalities or self.subset.modalities)
@@ -106,6 +112,9 @@ class SubsetDataset(IterableDataset):
             raise SubsetError(f"modalities {unknown} are not in subset {self.subset.name!r} ({self.subset.modalities})")
         if read_threads < 1 or prefetch < 1:
             raise ValueError("read_threads and prefetch must be at least 1")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error={on_error!r}: 'warn' (log and go on) or 'raise'")
+        self.on_error = on_error
         self.return_metadata, self.shuffle, self.seed = return_metadata, shuffle, seed
         self.read_threads, self.prefetch = read_threads, prefetch
         self.storage_options = storage_options or {}
@@ -134,13 +143,23 @@ class SubsetDataset(IterableDataset):
         workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         return rows[rank::world][worker_id::workers]
 
-    def _read(self, i: int) -> dict:
-        members = {}
-        for m in self.modalities:
-            hrefs, offsets, sizes = self._ranges[m]
-            fs, path = fsspec.core.url_to_fs(hrefs[i], **(self.storage_options if "://" in hrefs[i] else {}))
-            members[m] = fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
-        return sample_dict(self._ids[i], members, self.return_metadata)
+    def _read(self, i: int) -> dict | None:
+        """Sample i, or None (logged) when one of its modalities cannot be read or decoded."""
+        key, members = self._ids[i], {}
+        try:
+            for m in self.modalities:
+                hrefs, offsets, sizes = self._ranges[m]
+                try:
+                    fs, path = fsspec.core.url_to_fs(hrefs[i], **(self.storage_options if "://" in hrefs[i] else {}))
+                    members[m] = fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
+                except OSError as e:
+                    raise CorruptSampleError(f"{key} {m}: unreadable: {type(e).__name__}: {e}") from e
+            return sample_dict(key, members, self.return_metadata)
+        except CorruptSampleError as e:
+            if self.on_error == "raise":
+                raise
+            logger.warning("sample skipped: %s", e.reason)
+            return None
 
     def __iter__(self) -> Iterator[dict]:
         rows = iter(self.order())
@@ -148,10 +167,11 @@ class SubsetDataset(IterableDataset):
             pending: deque = deque()
             for i in rows:
                 pending.append(pool.submit(self._read, int(i)))
-                if len(pending) >= self.prefetch:
-                    yield pending.popleft().result()
+                if len(pending) >= self.prefetch and (sample := pending.popleft().result()) is not None:
+                    yield sample
             while pending:
-                yield pending.popleft().result()
+                if (sample := pending.popleft().result()) is not None:
+                    yield sample
 
     def __len__(self) -> int:
         """Samples of this rank and worker this epoch."""
