@@ -39,15 +39,19 @@ def array_digest(a) -> str:
     return h.hexdigest()
 
 
-def official_venv() -> Path:
-    """The python of the cached old-zarr venv, created on first use."""
-    py = VENV / "bin" / "python"
-    stamp = VENV / "requirements.txt"
-    if py.exists() and stamp.exists() and stamp.read_text() == "\n".join(REQUIREMENTS):
+def official_venv(extra: tuple[str, ...] = ()) -> Path:
+    """The python of the cached old-zarr venv, created on first use; with `extra`
+    requirements (benchmarks/ml.py adds torch, for the loader under a DataLoader), another
+    venv beside it."""
+    requirements = [*REQUIREMENTS, *extra]
+    folder = VENV.with_name(VENV.name + "".join(f"-{r.split('=')[0]}" for r in extra))
+    py = folder / "bin" / "python"
+    stamp = folder / "requirements.txt"
+    if py.exists() and stamp.exists() and stamp.read_text() == "\n".join(requirements):
         return py
-    venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True)
-    stamp.write_text("\n".join(REQUIREMENTS))
+    venv.EnvBuilder(with_pip=True, clear=True).create(folder)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], check=True)
+    stamp.write_text("\n".join(requirements))
     return py
 
 
