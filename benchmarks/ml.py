@@ -10,17 +10,20 @@
    the official loader (benchmarks/official_stream.py in the zarr-2.18 venv: the loader's
    decode calls over whole shards), both through DataLoader(num_workers=w, batch_size=None),
    interleaved, --rounds times; samples/s and ours / official.
-3. time to the first sample of subset `last`: ours (manifest read, dataset built, first
+3. (after 4) time to the first sample of subset `last`: ours (manifest read, dataset built, first
    sample out of a DataLoader with 1 worker) vs scanning the shards in order for it.
 
-Not measured yet: the S3-compatible server, and the Zarr and COG paths (the stream reads the
-shards' bytes only).
+4. the same streams with the shards on the S3-compatible server (moto's, in this process):
+   ours by range reads (s3fs), the official loader reading whole tars over presigned URLs.
+
+Not measured yet: the Zarr and COG paths (the stream reads the shards' bytes only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -31,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import command_line, conditions, generate_source, pgstac_cluster, temp_dir  # noqa: E402
+from _common import command_line, conditions, free_port, generate_source, pgstac_cluster, temp_dir  # noqa: E402
 
 from tests.official_loader import official_venv  # noqa: E402
 
@@ -59,14 +62,14 @@ def official(root: Path, modalities: list[str], *extra: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(manifest: Path, modalities: list[str], workers: int) -> dict:
+def ours(manifest: Path, modalities: list[str], workers: int, storage_options: dict | None = None) -> dict:
     """Samples/s of our stream in a fresh process (as a training script would run it)."""
     code = f"""
 import json, time
 from torch.utils.data import DataLoader
 from terramesh_stac.ml import SubsetDataset
 t = time.perf_counter()
-ds = SubsetDataset({str(manifest)!r}, {modalities!r}, return_metadata=True)
+ds = SubsetDataset({str(manifest)!r}, {modalities!r}, return_metadata=True, storage_options={storage_options!r})
 n = sum(1 for _ in DataLoader(ds, num_workers={workers}, batch_size=None))
 s = time.perf_counter() - t
 print(json.dumps({{"samples": n, "seconds": s, "samples_per_s": n / s}}))
@@ -88,6 +91,59 @@ print(json.dumps({{"key": sample["__key__"], "seconds": time.perf_counter() - t,
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: int, rounds: int, work: Path) -> None:
+    """The same streams with the shards on the S3-compatible server (moto, in this process):
+    ours by s3fs range reads, the official loader over presigned URLs of whole tars."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from moto.server import ThreadedMotoServer
+
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "bench"),
+        ("AWS_SECRET_ACCESS_KEY", "bench"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bench")
+        urls = {}
+        for path in sorted(source.glob("*/*/*.tar")):
+            key = f"source/{path.relative_to(source).as_posix()}"
+            s3.upload_file(str(path), "bench", key)
+            urls[f"{path.parent.name}/{path.name}"] = s3.generate_presigned_url(
+                "get_object", Params={"Bucket": "bench", "Key": key}, ExpiresIn=3600
+            )
+        (work / "urls.json").write_text(json.dumps(urls))
+        table = pq.read_table(subsets_dir / "all.parquet")  # the manifest, hrefs moved to the bucket
+        for m in modalities:
+            hrefs = [h.replace(str(source), "s3://bench/source") for h in table.column(f"{m}_href").to_pylist()]
+            table = table.set_column(table.column_names.index(f"{m}_href"), f"{m}_href", pa.array(hrefs))
+        pq.write_table(table, subsets_dir / "all-s3.parquet")
+        options = {"client_kwargs": {"endpoint_url": endpoint}}
+        print("\n## stream: samples/s, the S3-compatible server (moto, on the same 2 cores; rounds interleaved)\n")
+        print("| workers | round | ours samples/s | official loader samples/s | ours / official |")
+        print("|---|---|---|---|---|")
+        for workers in (1, 4):
+            for r in range(1, rounds + 1):
+                a = ours(subsets_dir / "all-s3.parquet", modalities, workers, options)
+                b = official(source, modalities, "--workers", str(workers), "--urls", str(work / "urls.json"))
+                assert a["samples"] == b["samples"] == samples, (a, b)
+                ratio = a["samples_per_s"] / b["samples_per_s"]
+                print(
+                    f"| {workers} | {r} | {a['samples_per_s']:.1f} | {b['samples_per_s']:.1f} | {ratio:.2f} |",
+                    flush=True,
+                )
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -142,6 +198,8 @@ def main() -> int:
                 )
         for workers, values in ratios.items():
             print(f"\n{workers} worker(s): ours / official {min(values):.2f}-{max(values):.2f} (target >= 0.8)")
+
+        s3_rounds(source, subsets_dir, modalities, samples, args.rounds, work)
 
         print("\n## time to the first sample of subset 'last' (the ssl4eos12 samples, in the last shards)\n")
         for r in range(1, args.rounds + 1):

@@ -3,6 +3,7 @@ dataset card's loader streaming whole shards, with its own calls.
 
     <official venv python> benchmarks/official_stream.py ROOT --modalities S2L2A,DEM --workers 4
     <official venv python> benchmarks/official_stream.py ROOT --modalities S2L2A --find KEY
+    ... --urls urls.json     the tars over HTTP (e.g. presigned URLs of an S3-compatible server)
 
 As the loader is used, under torch's DataLoader(num_workers=--workers, batch_size=None):
 each worker takes every n-th shard (WebDataset's split by worker), reads the modality tars
@@ -25,6 +26,7 @@ import json
 import sys
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -43,8 +45,13 @@ def _decode(value: bytes) -> dict:
     return out
 
 
+URLS: dict[str, str] = {}  # "<MODALITY>/<shard>" -> URL, with --urls (shards over HTTP)
+
+
 def _members(path: Path):
-    with tarfile.open(path, "r|") as tf:
+    """The tar's members in order, streamed (from its URL when --urls names one)."""
+    url = URLS.get(f"{path.parent.name}/{path.name}")
+    with urllib.request.urlopen(url) if url else open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
         for member in tf:
             if member.name.endswith(".zarr.zip"):
                 yield member.name, tf.extractfile(member).read()
@@ -80,7 +87,10 @@ def main() -> int:
     ap.add_argument("--modalities", required=True)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--find")
+    ap.add_argument("--urls", help="JSON file: {'<MODALITY>/<shard>': URL} (e.g. presigned S3 URLs)")
     args = ap.parse_args()
+    if args.urls:
+        URLS.update(json.loads(Path(args.urls).read_text()))
     modalities = args.modalities.split(",")
     shards = sorted(p.name for p in (Path(args.root) / args.split / modalities[0]).glob("*.tar"))
     t = time.perf_counter()

@@ -324,8 +324,11 @@ def _cmd_subset(args, settings: Settings) -> int:
         collections = [c for c in (args.collections or settings.collection_id).split(",") if c]
         body = subsets.search_body(args.filter, args.bbox, args.datetime, collections)
         modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
-        with psycopg.connect(args.dsn or database.dsn(settings, role="loader")) as conn:
-            subset = subsets.create_from_db(conn, args.name, body, modalities)
+        if args.api:
+            subset = subsets.create_from_api(args.api, args.name, body, modalities)
+        else:
+            with psycopg.connect(args.dsn or database.dsn(settings, role="loader")) as conn:
+                subset = subsets.create_from_db(conn, args.name, body, modalities)
     except subsets.SubsetError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -604,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--collections", help="comma-separated collection ids (default: TERRAMESH_COLLECTION_ID)")
     sc.add_argument("--modalities", help="comma-separated modalities (default: all the samples have)")
     sc.add_argument("--dsn", help="PostgreSQL DSN (default: the embedded cluster's loader role)")
+    sc.add_argument("--api", help="resolve through this STAC API instead (e.g. http://host:8000/stac)")
     sc.add_argument("--force", action="store_true", help="replace a subset of the same name")
     sh = ss_sub.add_parser("show", help="counts of a subset and a map thumbnail of where its samples are")
     sh.add_argument("name")

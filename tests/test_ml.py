@@ -19,6 +19,7 @@ from terramesh_stac.converters.zarrzip import CorruptSampleError
 from terramesh_stac.exits import EXIT_USAGE
 from terramesh_stac.ml import SubsetDataset
 from terramesh_stac.ml import subset as subsets
+from tests.conftest import serve_with_cli
 from tests.official_loader import array_digest, run_official
 from tests.test_end_to_end import convert_and_load, run_cli
 
@@ -27,8 +28,14 @@ FILTER = "\"terramesh:source\" = 'majortom' AND eo:cloud_cover < 60"
 
 
 @pytest.fixture(scope="module")
-def loaded(synth_root, tmp_path_factory, pgstac_db):
-    return convert_and_load(synth_root, tmp_path_factory.mktemp("ml") / "out", COLLECTION, pgstac_db.loader)
+def converted(synth_root, tmp_path_factory, pgstac_db):
+    dest = tmp_path_factory.mktemp("ml") / "out"
+    return dest, convert_and_load(synth_root, dest, COLLECTION, pgstac_db.loader)
+
+
+@pytest.fixture(scope="module")
+def loaded(converted):
+    return converted[1]
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +190,48 @@ def test_a_sample_that_cannot_be_decoded_is_logged_and_skipped(majortom, caplog)
     assert any(broken_id in r.message and "S2L2A" in r.message and "zip" in r.message for r in caplog.records)
     with pytest.raises(CorruptSampleError, match=broken_id):  # on_error="raise" stops there
         list(SubsetDataset(broken, ["S2L2A"], on_error="raise"))
+
+
+def test_through_the_stac_api_a_local_source_has_no_byte_ranges_to_give(converted, pgstac_db, subsets_dir):
+    with serve_with_cli(pgstac_db, converted[0], TERRAMESH_COLLECTION_ID=COLLECTION) as base:
+        proc = _subset(
+            pgstac_db, subsets_dir, "create", "local-api", "--filter", FILTER, "--api", f"{base}/stac", check=False
+        )
+        bad = _subset(
+            pgstac_db, subsets_dir, "create", "bad-api", "--filter", "nope = 1", "--api", f"{base}/stac", check=False
+        )
+    # the API leaves out the <MOD>_source assets of shards on the server's disk (links.py)
+    assert proc.returncode == EXIT_USAGE and "no byte ranges" in proc.stderr, proc.stderr
+    assert bad.returncode == EXIT_USAGE and "refused the search" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_subset_of_an_s3_source_through_the_stac_api_streams_from_s3(
+    s3_server, synth_root, loaded, tmp_path_factory, pgstac_db, subsets_dir
+):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    fs.mkdir("terramesh-ml")
+    fs.put(str(synth_root) + "/", "terramesh-ml/TerraMesh/", recursive=True)
+    dest, collection = tmp_path_factory.mktemp("ml-s3") / "out", "terramesh-ml-s3"
+    s3 = {"TERRAMESH_S3_ENDPOINT_URL": s3_server}
+    run_cli(
+        "convert", "s3://terramesh-ml/TerraMesh", "--dest", dest, "--collection", collection, "--format", "ref", env=s3
+    )
+    run_cli("load", dest, "--dsn", pgstac_db.loader)
+    with serve_with_cli(pgstac_db, dest, TERRAMESH_COLLECTION_ID=collection, **s3) as base:
+        args = ("create", "s3-api", "--collections", collection, "--filter", FILTER, "--api", f"{base}/stac")
+        proc = _subset(pgstac_db, subsets_dir, *args)
+    subset = subsets.read(subsets_dir / "s3-api.parquet")
+    assert subset.rows.column("id").to_pylist() == _wanted(loaded), proc.stdout
+    assert subset.meta["api"] == f"{base}/stac" and subset.meta["catalog_revisions"][collection] >= 1
+    assert all(
+        h.startswith("s3://terramesh-ml/TerraMesh/val/S2L2A/") for h in subset.rows.column("S2L2A_href").to_pylist()
+    )
+    official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
+    options = {"client_kwargs": {"endpoint_url": s3_server}}
+    samples = list(SubsetDataset(subset, ["S2L2A", "DEM"], return_metadata=True, storage_options=options))
+    assert [s["__key__"] for s in samples] == _wanted(loaded)
+    for sample in samples:  # range reads from the S3-compatible server: the loader's arrays
+        for m in ("S2L2A", "DEM"):
+            assert array_digest(sample[m]) == official[(m, sample["__key__"])]["bands"]

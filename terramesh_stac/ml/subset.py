@@ -137,6 +137,11 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
         samples.append((base, ranges))
     if modalities is None:
         modalities = [m for m in MODALITIES if samples and all(m in ranges for _, ranges in samples)]
+    if samples and not modalities:
+        raise SubsetError(
+            f"the {len(samples):,} matching items carry no byte ranges (<MODALITY>_source assets) of one modality"
+            " in common (a STAC API leaves out those of shards on its own disk: use the database, --dsn)"
+        )
     columns: dict[str, list] = {}
     left_out: Counter = Counter()
     for base, ranges in samples:
@@ -166,9 +171,7 @@ def counts(rows: pa.Table) -> dict:
 def create_from_db(conn: psycopg.Connection, name: str, body: dict, modalities: list[str] | None) -> Subset:
     """Resolve `body` in pgstac into a Subset (not yet written)."""
     check_name(name)
-    for m in modalities or []:
-        if m not in MODALITIES:
-            raise SubsetError(f"--modalities: unknown modality {m!r} (choose from {', '.join(MODALITIES)})")
+    _check_modalities(modalities)
     try:
         (where,) = conn.execute("SELECT pgstac.stac_search_to_where(%s::jsonb)", (json.dumps(body),)).fetchone()
     except psycopg.errors.DataError as e:  # e.g. a datetime pgstac cannot read
@@ -178,16 +181,67 @@ def create_from_db(conn: psycopg.Connection, name: str, body: dict, modalities: 
     columns, modalities, left_out = _rows_of(items, modalities)
     rows = pa.table(columns) if columns else pa.table({"id": pa.array([], pa.string())})
     revisions = {cid: density.revision(conn, cid) for cid in sorted(set(columns.get("collection", [])))}
-    meta = {
+    return Subset(name, rows, _meta(name, body, modalities, revisions, left_out, rows, columns))
+
+
+def _check_modalities(modalities: list[str] | None) -> None:
+    for m in modalities or []:
+        if m not in MODALITIES:
+            raise SubsetError(f"--modalities: unknown modality {m!r} (choose from {', '.join(MODALITIES)})")
+
+
+def _meta(name, body, modalities, revisions, left_out, rows, columns, api: str | None = None) -> dict:
+    return {
         "name": name,
         "search": body,
+        **({"api": api} if api else {}),
         "modalities": modalities,
         "catalog_revisions": revisions,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "left_out": dict(left_out),
         "counts": counts(rows) if columns else {"samples": 0},
     }
-    return Subset(name, rows, meta)
+
+
+def create_from_api(url: str, name: str, body: dict, modalities: list[str] | None) -> Subset:
+    """Resolve `body` through a STAC API (pystac-client, following its pages) into a Subset.
+    The catalog revision is the API's `/vector/revision` when it is a terramesh-stac service."""
+    import httpx
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    check_name(name)
+    _check_modalities(modalities)
+    try:
+        search = Client.open(url).search(
+            collections=body.get("collections"),
+            bbox=body.get("bbox"),
+            datetime=body.get("datetime"),
+            filter=body.get("filter"),
+            filter_lang=body.get("filter-lang"),
+            limit=1000,
+        )
+        items = sorted(  # by id, as from the database (the API pages by datetime)
+            (
+                {**i, "datetime": datetime.fromisoformat(i["properties"]["datetime"].replace("Z", "+00:00"))}
+                for i in search.items_as_dicts()
+            ),
+            key=lambda i: i["id"],
+        )
+    except (APIError, httpx.HTTPError, OSError) as e:
+        raise SubsetError(f"the STAC API at {url} refused the search: {str(e).strip()[:300]}") from None
+    columns, modalities, left_out = _rows_of(items, modalities)
+    rows = pa.table(columns) if columns else pa.table({"id": pa.array([], pa.string())})
+    revisions = {}
+    for cid in sorted(set(columns.get("collection", []))):
+        try:
+            r = httpx.get(
+                f"{url.rstrip('/').removesuffix('/stac')}/vector/revision", params={"collection": cid}, timeout=30
+            )
+            revisions[cid] = r.json().get("revision") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            revisions[cid] = None
+    return Subset(name, rows, _meta(name, body, modalities, revisions, left_out, rows, columns, api=url))
 
 
 def write(subset: Subset, path: Path) -> Path:
