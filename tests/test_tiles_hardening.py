@@ -279,6 +279,14 @@ CLIENT_ERRORS = [
         400,
         "no area",
     ),
+    (  # found by tests/test_fuzz_tiles.py: a ZeroDivisionError (500) before
+        "feature collection of one point",
+        "POST",
+        f"{ITEM}/feature/256x256.png?assets=DEM",
+        _feature({"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [0.0, 0.0]}]}),
+        400,
+        "no area",
+    ),
     (
         "feature coordinates out of range",
         "POST",

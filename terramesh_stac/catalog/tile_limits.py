@@ -226,6 +226,16 @@ def _positions(coordinates):
             yield from _positions(part)
 
 
+def _geometry_positions(geometry: dict, depth: int = 0):
+    """The positions of a GeoJSON geometry, those of a GeometryCollection's members included."""
+    if geometry.get("type") == "GeometryCollection" and isinstance(geometry.get("geometries"), list) and depth < 8:
+        for member in geometry["geometries"]:
+            if isinstance(member, dict):
+                yield from _geometry_positions(member, depth + 1)
+    else:
+        yield from _positions(geometry.get("coordinates"))
+
+
 async def feature_body_check(request: Request) -> None:
     """Dependency of every tile route: a Feature body (POST feature/statistics) with finite
     coordinates, in range when they are WGS84 (GDAL and PROJ overflow on the rest)."""
@@ -242,7 +252,7 @@ async def feature_body_check(request: Request) -> None:
         geometries.append(body["geometry"])
     wgs84 = request.query_params.get("coord_crs", "").upper() in ("", "EPSG:4326")
     for geometry in (g for g in geometries if isinstance(g, dict)):
-        positions = [p for p in _positions(geometry.get("coordinates")) if len(p) >= 2]
+        positions = [p for p in _geometry_positions(geometry) if len(p) >= 2]
         for x, y, *_ in positions:
             if not (math.isfinite(x) and math.isfinite(y)):
                 raise LimitExceeded("the geometry's coordinates must be finite numbers")
