@@ -146,8 +146,10 @@ def _zooms(text: str) -> tuple[int, int]:
         low, high = (int(v) for v in text.split("-"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: want MIN-MAX, e.g. 11-13") from None
-    if not 0 <= low <= high <= 14:
-        raise argparse.ArgumentTypeError(f"{text!r}: want 0 <= MIN <= MAX <= 14")
+    from terramesh_stac.catalog.mosaic_cache import MAX_SEED_ZOOM
+
+    if not 0 <= low <= high <= MAX_SEED_ZOOM:
+        raise argparse.ArgumentTypeError(f"{text!r}: want 0 <= MIN <= MAX <= {MAX_SEED_ZOOM}")
     return low, high
 
 

@@ -36,11 +36,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import fsspec
 import numpy as np
 
 from terramesh_stac.converters.zarrzip import LOADER_ARRAYS, CorruptSampleError, read_arrays
-from terramesh_stac.ml.subset import Subset, SubsetError, read
+from terramesh_stac.ml.subset import Subset, SubsetError, read, read_member
 
 try:  # a torch Dataset when torch is there (DataLoader workers need it); plain iterable otherwise
     from torch.utils.data import IterableDataset, get_worker_info
@@ -150,8 +149,7 @@ class SubsetDataset(IterableDataset):
             for m in self.modalities:
                 hrefs, offsets, sizes = self._ranges[m]
                 try:
-                    fs, path = fsspec.core.url_to_fs(hrefs[i], **(self.storage_options if "://" in hrefs[i] else {}))
-                    members[m] = fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
+                    members[m] = read_member(hrefs[i], offsets[i], sizes[i], self.storage_options)
                 except OSError as e:
                     raise CorruptSampleError(f"{key} {m}: unreadable: {type(e).__name__}: {e}") from e
             return sample_dict(key, members, self.return_metadata)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from terramesh_stac.ml.subset import Subset
+from terramesh_stac.ml.subset import Subset, read_member
 
 MEMBER_SUFFIX = ".zarr.zip"
 
@@ -51,11 +51,6 @@ class ExportReport:
 def _source_root(href: str) -> str:
     """`<root>/<split>/<MODALITY>/<shard>.tar` -> `<root>`."""
     return href.rsplit("/", 3)[0]
-
-
-def _read_range(href: str, offset: int, size: int, storage_options: dict) -> bytes:
-    fs, path = fsspec.core.url_to_fs(href, **(storage_options if "://" in href else {}))
-    return fs.cat_file(path, start=offset, end=offset + size)
 
 
 def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
@@ -111,7 +106,7 @@ def export_webdataset(subset: Subset, out: Path, storage_options: dict | None = 
             folder.mkdir(parents=True, exist_ok=True)
             members = []
             for row in samples:
-                data = _read_range(
+                data = read_member(
                     row[f"{modality}_href"], row[f"{modality}_offset"], row[f"{modality}_size"], storage_options
                 )
                 members.append((f"{row['id']}{MEMBER_SUFFIX}", data))

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from terramesh_stac.catalog import density
+from terramesh_stac.converters.byteindex import fetch_range
 from terramesh_stac.converters.modalities import MODALITIES
 
 METADATA_KEY = b"terramesh:subset"
@@ -64,6 +65,12 @@ class Subset:
 
     def __len__(self) -> int:
         return self.rows.num_rows
+
+
+def read_member(href: str, offset: int, size: int, storage_options: dict) -> bytes:
+    """A manifest row's `.zarr.zip` bytes (byteindex.fetch_range: one range request, a short
+    read raises); `storage_options` (s3fs's) apply to URLs, not to local paths."""
+    return fetch_range(href, offset, size, **(storage_options if "://" in href else {}))
 
 
 def check_name(name: str) -> str:
