@@ -1,6 +1,8 @@
-"""`convert --format zarr` (issue 5, items 1 and 3): a shard's samples stacked per modality in
-Zarr v3 stores; every sample opens from its item with xarray equal to the source, from a
-local folder, over HTTP and from the moto S3 server; Zarr-backed item tiles.
+"""`convert --format zarr` (issue 5, items 1 and 3; issue 14, item 4): a shard's samples
+stacked per modality in Zarr v3 stores, and per item a view of its own sample; every sample
+opens from its item with plain xarray (the view) and from the stack, equal to the source,
+with its x/y and CRS, from a local folder, over HTTP and from the moto S3 server; Zarr-backed
+item tiles.
 """
 
 import io
@@ -21,7 +23,7 @@ import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 from PIL import Image
 
-from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters import zarrstack, zarrview
 from terramesh_stac.converters.pipeline import AssetWriter, ConvertOptions, ShardStacks, convert_sample, convert_shard
 from terramesh_stac.converters.run import write_collection
 from terramesh_stac.converters.shards import iter_samples
@@ -43,16 +45,24 @@ BLOCK = 3  # samples per shard object in these tests: 4-sample shards make one f
 ALL = {"S2L1C", "S2L2A", "S2RGB", "S1GRD", "S1RTC", "DEM", "NDVI", "LULC"}
 
 
-def open_as_user(asset: dict, href: str | None = None, **kwargs) -> xr.Dataset:
-    """The item's recipe: open the store with its xarray:open_kwargs, select the sample."""
-    stack = xr.open_dataset(href or asset["href"], **{**asset["xarray:open_kwargs"], **kwargs})
+def open_as_user(asset: dict, **kwargs) -> xr.Dataset:
+    """The item's Zarr asset as it says: plain xarray with its xarray:open_kwargs."""
+    return xr.open_dataset(asset["href"], **{**asset["xarray:open_kwargs"], **kwargs}).load()
+
+
+def open_stack_as_user(asset: dict, **kwargs) -> xr.Dataset:
+    """The stacked store's recipe: open with its xarray:open_kwargs, select the sample."""
+    stack = xr.open_dataset(asset["href"], **{**asset["xarray:open_kwargs"], **kwargs})
     return zarrstack.unstack(stack.sel(**asset["terramesh:sample_selection"]))
 
 
 def assert_equal_to_source(got: xr.Dataset, want: xr.Dataset, item: dict, asset: dict) -> None:
     xr.testing.assert_identical(got, want)  # values (NaNs too), coordinates, attributes
     assert_bitwise_equal(got, want)  # float16 stays float16; NaN payloads too
-    assert got.rio.crs.to_string() == item["properties"]["proj:code"]
+    np.testing.assert_array_equal(got["x"].values, want["x"].values)  # pixel centres
+    np.testing.assert_array_equal(got["y"].values, want["y"].values)
+    assert got.rio.crs == want.rio.crs and got.rio.crs.to_string() == item["properties"]["proj:code"]
+    assert list(got.rio.transform())[:6] == item["properties"]["proj:transform"]
     assert list(got.rio.transform())[:6] == asset.get("proj:transform", item["properties"]["proj:transform"])
 
 
@@ -88,7 +98,12 @@ def test_every_modality_opens_from_its_item_equal_to_the_source(zarr_dest, synth
             assert [b["name"] for b in asset["bands"]] == [b["name"] for b in cog["bands"]]
             assert asset["data_type"] == cog.get("terramesh:source_data_type", cog["data_type"])
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
-            assert_equal_to_source(open_as_user(asset), want, item, asset)
+            # the item's Zarr asset alone, with plain xarray: one sample, georeferenced
+            view = open_as_user(asset)
+            assert "item" not in view.dims and view["bands"].dims == want["bands"].dims
+            assert_equal_to_source(view, want, item, asset)
+            # the stacked store, selected and unstacked
+            assert_equal_to_source(open_stack_as_user(item["assets"][f"{key}_stack"]), want, item, asset)
             seen.add(modality)
     assert seen == ALL
 
@@ -96,7 +111,7 @@ def test_every_modality_opens_from_its_item_equal_to_the_source(zarr_dest, synth
 def test_stores_hold_a_shard_per_block_and_consolidated_metadata(zarr_dest):
     dest, _, _ = zarr_dest
     items = read_items(dest).values()
-    stores = {a["href"] for i in items for k, a in i["assets"].items() if k.endswith("_zarr")}
+    stores = {a["href"] for i in items for k, a in i["assets"].items() if k.endswith("_zarr_stack")}
     for href in stores:
         root = json.loads((Path(href) / "zarr.json").read_text())
         members = root["consolidated_metadata"]["metadata"]
@@ -115,13 +130,17 @@ def test_items_and_collection_validate_and_describe_the_zarr_assets(zarr_dest):
     for item in read_items(dest).values():
         validate(item)
         for key, asset in item["assets"].items():
-            if key.endswith("_zarr"):
+            if key.endswith("_zarr_stack"):
                 assert asset["type"] == "application/vnd.zarr" and asset["zarr:zarr_format"] == 3
                 assert asset["terramesh:sample_selection"] == {"item": item["id"]}
                 assert "file:size" not in asset  # a store, not a file
+            elif key.endswith("_zarr"):  # the per-item view: kerchunk references, as xpystac reads them
+                assert asset["type"] == "application/json" and "references" in asset["roles"]
+                assert asset["xarray:open_kwargs"]["engine"] == "kerchunk"
+                assert f"{key}_stack" in item["assets"]
     collection = json.loads((dest / "collection.json").read_text())
     validate(collection)
-    assert {f"{m}_zarr" for m in ALL} <= set(collection["item_assets"])
+    assert {f"{m}_zarr" for m in ALL} | {f"{m}_zarr_stack" for m in ALL} <= set(collection["item_assets"])
     assert collection["summaries"]["terramesh:formats"] == ["cog", "zarr"]
 
 
@@ -131,7 +150,7 @@ def test_xpystac_and_http_open_the_zarr_asset_metadata_in_one_request(zarr_dest,
     url, stop = serve_directory(dest, requests)
     try:
         item = pystac.Item.from_dict(sorted(read_items(dest).values(), key=lambda i: i["id"])[-1])
-        asset = item.assets["S1GRD_zarr"] if "S1GRD_zarr" in item.assets else item.assets["S1RTC_zarr"]
+        asset = item.assets.get("S1GRD_zarr_stack") or item.assets["S1RTC_zarr_stack"]
         asset.href = url + "/" + Path(asset.href).relative_to(dest).as_posix()
         stack = xr.open_dataset(asset)  # xpystac: media type + zarr:* + xarray:open_kwargs
         # metadata: the root zarr.json only (consolidated); the rest are coordinate values
@@ -183,13 +202,24 @@ def test_a_new_revision_keeps_the_previous_store_whole(synth_root, tmp_path):
     assert second.content_id != first.content_id and not second.errors
     after = open_sample(read_items(tmp_path / "dest")[key], "DEM")
     np.testing.assert_array_equal(after["bands"].values, before["bands"].values + 1)
-    store = Path(items[key]["assets"]["DEM_zarr"]["href"])
+    store = Path(items[key]["assets"]["DEM_zarr_stack"]["href"])
     kept = tmp_path / "dest" / "revisions" / first.content_id / store.relative_to(tmp_path / "dest")
     assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == sorted(
         p.relative_to(store) for p in store.rglob("*") if p.is_file()
     )
     xr.testing.assert_identical(zarrstack.open_sample(str(kept), key), before)
-    assert second.assets["superseded"] == sum(1 for p in kept.rglob("*") if p.is_file())
+    # the views whose bytes moved in the store are kept too, pointing at the kept store
+    revision = tmp_path / "dest" / "revisions" / first.content_id
+    kept_views = sorted(revision.glob("assets/*/DEM.zarr-view.json"))
+    assert revision / "assets" / key / "DEM.zarr-view.json" in kept_views
+    for view in kept_views:
+        refs = json.loads(view.read_text())["refs"]
+        assert all(r[0].startswith(str(kept) + "/") for r in refs.values() if isinstance(r, list))
+        xr.testing.assert_identical(
+            xr.open_dataset(str(view), **zarrview.OPEN_KWARGS).load(),
+            zarrstack.open_sample(str(kept), view.parent.name),
+        )
+    assert second.assets["superseded"] == sum(1 for p in kept.rglob("*") if p.is_file()) + len(kept_views)
     # the other modalities' stores did not change: nothing of theirs kept
     assert [p.name for p in kept.parent.iterdir()] == ["DEM.zarr"]
 
@@ -205,7 +235,12 @@ def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
         report = convert_shard(str(synth_root), SPLIT, shard, opts)
         assert report.items == 4 and not report.errors
     write_collection(opts, opts.store())
-    endpoint = {"storage_options": {"client_kwargs": {"endpoint_url": s3_server}}}
+    s3 = {"client_kwargs": {"endpoint_url": s3_server}}
+    endpoint = {"storage_options": s3}
+    # two dicts: kerchunk adds asynchronous=True to remote_options, in place
+    view_endpoint = {
+        "storage_options": {"target_options": dict(s3), "remote_options": dict(s3), "skip_instance_cache": True}
+    }
     seen = set()
     for item in read_items("s3://zarr/out", endpoint_url=s3_server).values():
         assert not any(k in item["assets"] for k in ALL)  # zarr alone: no COG copies
@@ -214,13 +249,16 @@ def test_zarr_on_the_s3_server(synth_root, s3_server, tmp_path):
             if not key.endswith("_zarr"):
                 continue
             modality = key.removesuffix("_zarr")
-            assert asset["href"].startswith("s3://zarr/out/assets/zarr/val/")
-            assert asset["alternate"]["https"]["href"].startswith(s3_server)
+            stack = item["assets"][f"{key}_stack"]
+            assert stack["href"].startswith("s3://zarr/out/assets/zarr/val/")
+            assert stack["alternate"]["https"]["href"].startswith(s3_server)
+            assert asset["href"].startswith("s3://zarr/out/assets/")
             want = read_original(synth_root, modality, shard, item["id"], tmp_path)
-            assert_equal_to_source(open_as_user(asset, **endpoint), want, item, asset)
+            assert_equal_to_source(open_as_user(asset, **view_endpoint), want, item, asset)
+            assert_equal_to_source(open_stack_as_user(stack, **endpoint), want, item, asset)
             seen.add(modality)
         assert_equal_to_source(
-            open_sample(item, "DEM", **endpoint),
+            open_sample(item, "DEM", **view_endpoint),
             read_original(synth_root, "DEM", shard, item["id"], tmp_path),
             item,
             item["assets"]["DEM_zarr"],
@@ -244,7 +282,7 @@ def test_a_sample_that_does_not_fit_the_stack_gets_a_cog_and_a_note(synth_root, 
     assert "DEM_zarr" in second.assets  # the other modalities still stacked
     assert [(n["key"], n["modality"]) for n in notes] == [(odd.key, "S2L2A")]
     assert "band" in notes[0]["reason"] and "COG written instead" in notes[0]["reason"]
-    stacked = xr.open_dataset(first.assets["S2L2A_zarr"].href, engine="zarr", chunks={})
+    stacked = xr.open_dataset(first.assets["S2L2A_zarr_stack"].href, engine="zarr", chunks={})
     assert [str(v) for v in stacked["item"].values] == [first.id]
 
 
@@ -351,8 +389,41 @@ def test_a_render_preset_reads_a_zarr_only_modality(zarr_served):
     assert r.status_code == 404, r.text
     # the item served by the STAC API opens with xarray over HTTP (the API serves the store)
     served = httpx.get(f"{base}/stac/collections/{COLLECTION}/items/{item['id']}", timeout=60).json()
-    href = served["assets"]["DEM_zarr"]["href"]
-    assert href.startswith(base + "/assets/zarr/")
-    got = open_sample(served, "DEM")
+    assert served["assets"]["DEM_zarr_stack"]["href"].startswith(base + "/assets/zarr/")
+    view = served["assets"]["DEM_zarr"]
+    assert view["href"].startswith(base + "/assets/") and view["href"].endswith("/DEM.zarr-view.json")
+    # the view served points at the store through the service, not at the server's disk
+    pixel_refs = [r for r in httpx.get(view["href"], timeout=60).json()["refs"].values() if isinstance(r, list)]
+    assert pixel_refs and all(r[0].startswith(base + "/assets/zarr/") for r in pixel_refs)
     local = open_sample(item, "DEM")
+    xr.testing.assert_identical(open_sample(served, "DEM"), local)
+    # xpystac, as a user of the API opens the asset
+    got = xr.open_dataset(pystac.Item.from_dict(served).assets["DEM_zarr"]).load()
     xr.testing.assert_identical(got, local)
+    assert got.rio.crs.to_string() == served["properties"]["proj:code"]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"deflate": True}, {"scalar_shape": (1,)}, {"cloud_mask": False}],
+    ids=["deflated-zip", "metadata-of-shape-1", "no-cloud-mask"],
+)
+def test_views_of_every_sample_kind_equal_the_source(variant, tmp_path):
+    """The sample kinds the reader tolerates: the view still opens equal to the source."""
+    from terramesh_stac.converters.synth import generate
+
+    src = tmp_path / "src"
+    generate(src, split=SPLIT, shards=1, samples_per_shard=2, seed=7, **variant)
+    opts = ConvertOptions(dest=str(tmp_path / "dest"), formats=("zarr",))
+    report = convert_shard(str(src), SPLIT, shards_of(src)[0], opts)
+    assert report.items == 2 and not report.errors and not report.notes
+    opened = 0
+    for item in read_items(tmp_path / "dest").values():
+        for key, asset in item["assets"].items():
+            if key.endswith("_zarr"):
+                want = read_original(
+                    src, key.removesuffix("_zarr"), item["properties"]["terramesh:shard"], item["id"], tmp_path
+                )
+                assert_equal_to_source(open_as_user(asset), want, item, asset)
+                opened += 1
+    assert opened >= 2 * len(ALL) - 2  # every modality of both samples (S1GRD or S1RTC)

@@ -14,6 +14,7 @@ from the environment).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -32,11 +34,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from terramesh_stac.catalog.api import api_dsn, create_stac_api
 from terramesh_stac.catalog.errors import add_fault_handlers
 from terramesh_stac.catalog.guard import RequestGuard
-from terramesh_stac.catalog.links import RASTER_PATH, SERVICE_ROOT_PATH_KEY, STAC_PATH, served_folders
+from terramesh_stac.catalog.links import (
+    RASTER_PATH,
+    SERVICE_ROOT_PATH_KEY,
+    STAC_PATH,
+    rewrite_reference_urls,
+    served_folders,
+)
 from terramesh_stac.catalog.map_page import VECTOR_PATH, map_routes
 from terramesh_stac.catalog.settings import ServiceSettings
 from terramesh_stac.catalog.tiles import create_raster_app
 from terramesh_stac.catalog.vector_tiles import create_vector_app
+from terramesh_stac.converters import zarrview
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +77,29 @@ class _MountedAsRoot:
 
 
 class _Assets(StaticFiles):
-    """StaticFiles that answers 404 (not 500) for a missing asset folder, no listings."""
+    """StaticFiles that answers 404 (not 500) for a missing asset folder, no listings.
+
+    A per-item Zarr view (converters/zarrview.py) names the stacked store by its path on
+    this server: it is served with those paths as this service's URLs, so it reads over
+    HTTP like every other asset."""
+
+    def __init__(self, *, folders: dict[str, Path], **kwargs):
+        super().__init__(**kwargs)
+        self.folders = folders
 
     async def get_response(self, path: str, scope: Scope):
         if not Path(self.directory).is_dir():
             return JSONResponse({"detail": "asset folder not available"}, status_code=404)
+        if path.endswith(zarrview.FILE_SUFFIX) and scope["method"] in ("GET", "HEAD"):
+            full_path, stat = await anyio.to_thread.run_sync(self.lookup_path, path)
+            if stat is not None and stat.st_size <= MAX_VIEW_BYTES:
+                refs = json.loads(await anyio.Path(full_path).read_bytes())
+                base = str(Request(scope).base_url.replace(path=scope.get("app_root_path", "").rstrip("/") + "/"))
+                return JSONResponse(rewrite_reference_urls(refs, self.folders, base))
         return await super().get_response(path, scope)
+
+
+MAX_VIEW_BYTES = 1 << 20  # a view is ~10 kB; a bigger file is served as it is
 
 
 def create_app(settings: ServiceSettings) -> Starlette:
@@ -112,7 +138,9 @@ def create_app(settings: ServiceSettings) -> Starlette:
         Mount(f"/{VECTOR_PATH}", app=_MountedAsRoot(vector_app)),
     ]
     for url_path, folder in served_folders(settings.dest).items():
-        routes.append(Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False)))
+        routes.append(
+            Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False, folders=served_folders(settings.dest)))
+        )
 
     app = Starlette(
         routes=routes,

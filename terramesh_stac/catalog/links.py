@@ -103,6 +103,16 @@ def rewrite_asset_hrefs(obj: dict[str, Any], folders: dict[str, Path], base: str
                 del assets[key]
 
 
+def rewrite_reference_urls(refs: dict[str, Any], folders: dict[str, Path], base: str) -> dict[str, Any]:
+    """In place: the local paths of a kerchunk reference file (`[path, offset, size]`) under
+    a served folder become URLs under `base`; returns `refs`."""
+    for key, ref in (refs.get("refs") or {}).items():
+        if isinstance(ref, list) and ref and isinstance(ref[0], str) and is_local_path(ref[0]):
+            if (url := local_href_to_url(ref[0], folders, base)) is not None:
+                refs["refs"][key] = [url, *ref[1:]]
+    return refs
+
+
 # Render-extension fields that are not tile query parameters.
 _RENDER_NON_PARAMS = {"title", "minmax_zoom"}
 

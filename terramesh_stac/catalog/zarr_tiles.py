@@ -6,7 +6,7 @@ and `MosaicItemReader` (search and collection mosaics) add the
 selected by item id, given back its own x/y and CRS, and served by rio-tiler's
 XarrayReader, so tiles, previews, info, statistics and the collection's render presets work
 as for a COG. A preset names the modality (`assets=S2L2A|bidx=4,3,2`);
-on an item converted to Zarr only, that name resolves to its `S2L2A_zarr` asset.
+on an item converted to Zarr only, that name resolves to its `S2L2A_zarr_stack` asset.
 
 float16 samples are widened to float32 (exact) because GDAL's warper has no float16.
 
@@ -117,8 +117,9 @@ class ZarrSampleReader(XarrayReader):
 
 
 class ZarrAssets:
-    """For rio-tiler multi-asset readers: Zarr assets go to ZarrSampleReader, and a name
-    without an asset of its own (`S2L2A`) resolves to its Zarr asset (`S2L2A_zarr`)."""
+    """For rio-tiler multi-asset readers: stacked Zarr assets go to ZarrSampleReader; a
+    name without an asset of its own (`S2L2A`) and a per-item view (`S2L2A_zarr`) resolve
+    to the stacked store (`S2L2A_zarr_stack`)."""
 
     s3_endpoint_url: str | None = None  # set by the app from its settings
     max_values: int | None = None  # output pixels x bands per item reader (tile_limits.OutputBudget)
@@ -137,8 +138,11 @@ class ZarrAssets:
     def _get_asset_info(self, asset):
         asset = {"name": asset} if isinstance(asset, str) else dict(asset)
         name = asset.get("name")
-        if name not in self.assets and zarrstack.asset_key(name) in self.assets:
-            asset["name"] = zarrstack.asset_key(name)
+        # the stacked store serves the pixels of both a bare modality name (an item converted
+        # to Zarr only) and of its per-item view (`S2L2A_zarr`: the same bytes)
+        modality = name.removesuffix("_zarr")
+        if (name not in self.assets or name != modality) and zarrstack.stack_asset_key(modality) in self.assets:
+            asset["name"] = zarrstack.stack_asset_key(modality)
         info = super()._get_asset_info(asset)
         if info.get("media_type") == zarrstack.MEDIA_TYPE:
             item_id, stac_asset = self._stac_asset(info["name"])

@@ -70,11 +70,24 @@ def _cog(modality: str) -> dict:
 def _zarr(modality: str) -> dict:
     return {
         **raster_item_asset(modality, data_type=MODALITY_INFO[modality].dtype),
+        **zarrstack.how_to_open_view(modality),
+        "description": (
+            "This sample as a zarr v2 group whose pixels are read from the shard's stacked store "
+            "(kerchunk references): xr.open_dataset(href, **xarray:open_kwargs) gives the sample "
+            "with its x/y coordinates and CRS, as the source .zarr.zip reads."
+        ),
+    }
+
+
+def _zarr_stack(modality: str) -> dict:
+    return {
+        **raster_item_asset(modality, data_type=MODALITY_INFO[modality].dtype),
         **zarrstack.how_to_open(modality),
         "description": (
-            "The shard's samples stacked along `item`: open with xarray as xarray:open_kwargs says and "
-            "select this item's sample with ds.sel(**asset['terramesh:sample_selection']); "
-            "terramesh_stac.open.open_sample(item, modality) also restores its x/y coordinates and CRS."
+            "The shard's samples stacked along `item`, for reading many samples at once: open with "
+            "xarray as xarray:open_kwargs says and select this item's sample with "
+            "ds.sel(**asset['terramesh:sample_selection']); terramesh_stac.converters.zarrstack.unstack "
+            "gives it back its x/y coordinates and CRS."
         ),
     }
 
@@ -106,6 +119,7 @@ def _all() -> dict[str, dict]:
     for m in MODALITIES:
         out[m] = _cog(m)
         out[zarrstack.asset_key(m)] = _zarr(m)
+        out[zarrstack.stack_asset_key(m)] = _zarr_stack(m)
         out[references.asset_key(m)] = _references(m)
         out[source_asset_key(m)] = source_item_asset(m)
     out["cloud_mask"] = CLOUD_MASK

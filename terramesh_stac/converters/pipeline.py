@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pystac
 
-from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters import zarrstack, zarrview
 from terramesh_stac.converters.byteindex import ShardIndex
 from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog
 from terramesh_stac.converters.formats import Format, parse_formats
@@ -224,9 +224,22 @@ class AssetWriter:
             if kept in self.superseded and self.superseded[kept]["content_id"] == self.previous_id:
                 continue  # copied already (a store's other object changed first)
             if not self.store.exists(kept):
-                self.store.copy(path, kept)
+                if path.endswith(zarrview.FILE_SUFFIX):  # a view: to the kept copy of its store
+                    self.store.put(kept, self._view_into_revision(self.store.get(path)))
+                else:
+                    self.store.copy(path, kept)
             self.superseded[kept] = {**self.previous_assets[path], "of": path, "content_id": self.previous_id}
             self.counts["superseded"] += 1
+
+    def _view_into_revision(self, data: bytes) -> bytes:
+        """A superseded Zarr view pointing at the previous revision's store: a view changes
+        only with its store's bytes, and then the whole store is kept beside it."""
+        prefix = self.store.href("")
+        refs = json.loads(data)
+        for key, ref in refs["refs"].items():
+            if isinstance(ref, list) and ref[0].startswith(prefix):
+                refs["refs"][key] = [self.store.href(revision_path(self.previous_id, ref[0][len(prefix) :])), *ref[1:]]
+        return json.dumps(refs, separators=(",", ":"), sort_keys=True).encode()
 
     def _kept_together(self, relpath: str) -> list[str]:
         """An object of a Zarr store takes the whole previous store along (a store is only
@@ -285,22 +298,36 @@ class ShardStacks:
     def __getitem__(self, modality: str) -> zarrstack.ShardStackWriter:
         if modality not in self.stacks:
             root = zarr_path(self.split, self.shard, modality)
-            self.stacks[modality] = zarrstack.ShardStackWriter(self.writer.put, root)
+            self.stacks[modality] = zarrstack.ShardStackWriter(self.writer.put, root, self.writer.store.href)
         return self.stacks[modality]
 
-    def describe(self, sample: Sample, modality: str) -> WrittenAsset:
-        root = self[modality].root
+    def describe(self, sample: Sample, modality: str) -> list[WrittenAsset]:
+        """The sample's two Zarr assets: its per-item view (written with its block, so no
+        size or checksum here) and the shard's stacked store."""
         store = self.writer.store
-        return WrittenAsset(
-            key=zarrstack.asset_key(modality),
-            href=store.href(root),
-            media_type=zarrstack.MEDIA_TYPE,
-            roles=list(zarrstack.ROLES),
-            size=None,
-            checksum=None,
-            fields=zarrstack.asset_fields(modality, sample.modalities[modality], sample.key),
-            alternate_href=store.https_href(root),
-        )
+
+        def asset(key, relpath, media_type, roles, fields) -> WrittenAsset:
+            href, https = store.href(relpath), store.https_href(relpath)
+            return WrittenAsset(key, href, media_type, roles, None, None, fields, alternate_href=https)
+
+        ds = sample.modalities[modality]
+        view = asset_path(sample.key, zarrview.filename(modality))
+        return [
+            asset(
+                zarrstack.asset_key(modality),
+                view,
+                zarrview.MEDIA_TYPE,
+                list(zarrview.ROLES),
+                zarrstack.view_fields(modality, ds),
+            ),
+            asset(
+                zarrstack.stack_asset_key(modality),
+                self[modality].root,
+                zarrstack.MEDIA_TYPE,
+                list(zarrstack.ROLES),
+                zarrstack.stack_fields(modality, sample.key),
+            ),
+        ]
 
     def flush_full(self) -> None:
         for stack in self.stacks.values():
@@ -322,13 +349,15 @@ def convert_sample(
 ) -> pystac.Item:
     """One sample's assets written (Zarr: added to the shard's stacks, written by the caller's
     `stacks.flush_full()` / `close()`) and its item returned."""
-    to_zarr, fallback = [], set()
+    to_zarr, fallback, views = [], set(), {}
     for m in sample.modalities:
         if (options.modalities is None or m in options.modalities) and Format.ZARR in options.formats_for(m):
             try:
                 stacks[m].check(sample.modalities[m])
+                view = stacks[m].view(sample.modalities[m], sample.originals[m])
+                views[m] = (asset_path(sample.key, zarrview.filename(m)), view)
                 to_zarr.append(m)
-            except zarrstack.StackMismatch as e:
+            except (zarrstack.StackMismatch, zarrview.ViewMismatch) as e:
                 fallback.add(m)
                 if notes is not None:
                     notes.append(
@@ -343,13 +372,14 @@ def convert_sample(
     encoded = encode_sample(sample, options.modalities, formats_for, notes)
     described = describe_assets(sample, encoded, writer.store)
     for m in to_zarr:
-        described[zarrstack.asset_key(m)] = stacks.describe(sample, m)
+        for asset in stacks.describe(sample, m):
+            described[asset.key] = asset
     item = create_item(sample, described, collection_id=options.collection_id, revision=revision)
     # written only once the item is built: a sample that fails leaves no asset behind
     for asset in encoded:
         writer.put(asset_path(sample.key, asset.filename), asset.data, described[asset.key].checksum)
     for m in to_zarr:
-        stacks[m].add(sample.key, sample.modalities[m])
+        stacks[m].add(sample.key, sample.modalities[m], views[m])
     return item
 
 

@@ -95,7 +95,8 @@ def encode_references(modality: str, member: SourceMember) -> EncodedAsset:
             "title": f"{modality}: kerchunk references into the original shard (no copy)",
             "xarray:open_kwargs": {
                 "engine": "kerchunk",
-                "storage_options": {"remote_protocol": remote_protocol(member.tar_url)},
+                # skip_instance_cache: as for the Zarr views (zarrview.OPEN_KWARGS)
+                "storage_options": {"remote_protocol": remote_protocol(member.tar_url), "skip_instance_cache": True},
             },
             "terramesh:source_member": {"href": member.tar_url, "offset": member.offset, "size": len(member.data)},
         },

@@ -84,6 +84,7 @@ class Range:
 _MODALITY_ASSETS = {
     **{m: (m, Format.COG) for m in MODALITIES},
     **{zarrstack.asset_key(m): (m, Format.ZARR) for m in MODALITIES},
+    **{zarrstack.stack_asset_key(m): (m, Format.ZARR) for m in MODALITIES},
     **{references.asset_key(m): (m, Format.REF) for m in MODALITIES},
 }
 

@@ -24,6 +24,10 @@ its own CRS and transform, exactly as the source `.zarr.zip` reads in xarray:
 
 Values, NaNs, dtypes and attributes are the source's; DEM's "no time" is stored as the raw
 value TerraMesh stores (0 ns = 1970-01-01), as xarray reads the original.
+
+An item carries two Zarr assets per modality: `<MODALITY>_zarr`, its own sample as a
+per-item view (zarrview: kerchunk references to the sample's inner chunks of this store,
+opened georeferenced by plain xarray), and `<MODALITY>_zarr_stack`, this store.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import numcodecs
 import numpy as np
 import xarray as xr
 import zarr
 from zarr.storage import MemoryStore
 
+from terramesh_stac.converters import zarrview
 from terramesh_stac.converters.cog import raster_fields
+from terramesh_stac.converters.sample import SourceMember
 from terramesh_stac.converters.zarrzip import single_threaded_blosc
 
 MEDIA_TYPE = "application/vnd.zarr"
@@ -49,6 +56,8 @@ PER_ITEM_COORDS = ("time", "y", "x")  # index coordinates every sample has its o
 GRID_MAPPING = "spatial_ref"
 GRID_MAPPING_ATTRS = "spatial_ref_attrs"
 LAYOUT = "terramesh stacked samples v1"
+# the pixels' codec as numcodecs names it (what the per-item views' zarr v2 metadata says)
+COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
 # no `chunks`: xarray's lazy arrays read only what is selected, without dask's overhead on a
 # single sample (add chunks={} for dask)
 OPEN_KWARGS = {"engine": "zarr", "consolidated": True, "zarr_format": 3}
@@ -59,14 +68,21 @@ class StackMismatch(ValueError):
 
 
 def asset_key(modality: str) -> str:
+    """The item's Zarr asset: its own sample, a per-item view into the stack (zarrview)."""
     return f"{modality}_zarr"
 
 
+def stack_asset_key(modality: str) -> str:
+    """The item's link to the whole stacked store of its shard (many-sample readers)."""
+    return f"{modality}_zarr_stack"
+
+
 def how_to_open(modality: str) -> dict:
-    """What every Zarr asset of a modality says (item asset and collection item_assets):
-    `zarr:*` and `xarray:open_kwargs` are what xpystac 0.5 passes to xarray.open_dataset."""
+    """What every stacked-store asset of a modality says (item asset and collection
+    item_assets): `zarr:*` and `xarray:open_kwargs` are what xpystac 0.5 passes to
+    xarray.open_dataset."""
     return {
-        "title": f"{modality}: Zarr v3 (the shard's samples stacked along `item`)",
+        "title": f"{modality}: the shard's samples stacked along `item` (Zarr v3)",
         "type": MEDIA_TYPE,
         "roles": list(ROLES),
         "zarr:zarr_format": 3,
@@ -75,16 +91,29 @@ def how_to_open(modality: str) -> dict:
     }
 
 
-def asset_fields(modality: str, ds: xr.Dataset, item_id: str) -> dict:
-    """The item's Zarr asset fields: raster metadata of the sample plus how to open it;
-    `terramesh:sample_selection` is the `Dataset.sel` that picks this item's sample."""
-    opening = how_to_open(modality)
-    del opening["type"], opening["roles"]  # WrittenAsset fields, not extra fields
+def how_to_open_view(modality: str) -> dict:
+    """What every per-item view of a modality says."""
     return {
-        **raster_fields(ds, modality),
-        **opening,
-        "terramesh:sample_selection": {"item": item_id},
+        "title": f"{modality}: this sample as Zarr (references into the shard's stacked store)",
+        "type": zarrview.MEDIA_TYPE,
+        "roles": list(zarrview.ROLES),
+        **zarrview.asset_fields(),
     }
+
+
+def view_fields(modality: str, ds: xr.Dataset) -> dict:
+    """The item's Zarr asset fields: raster metadata of the sample plus how to open it."""
+    opening = how_to_open_view(modality)
+    del opening["type"], opening["roles"]  # WrittenAsset fields, not extra fields
+    return {**raster_fields(ds, modality), **opening}
+
+
+def stack_fields(modality: str, item_id: str) -> dict:
+    """The stacked-store asset's fields: `terramesh:sample_selection` is the `Dataset.sel`
+    that picks this item's sample."""
+    opening = how_to_open(modality)
+    del opening["type"], opening["roles"]
+    return {**opening, "terramesh:sample_selection": {"item": item_id}}
 
 
 def _signature(ds: xr.Dataset) -> dict:
@@ -154,7 +183,7 @@ def encoding(stacked: xr.Dataset) -> dict:
             enc[name] = {
                 "chunks": (1, *shape),
                 "shards": (SAMPLES_PER_BLOCK, *shape),
-                "compressors": [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")],
+                "compressors": [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")],  # = COMPRESSOR
             }
         else:
             enc[name] = {"chunks": (SAMPLES_PER_BLOCK, *shape), "shards": (per_item_shard, *shape)}
@@ -210,13 +239,16 @@ class ShardStackWriter:
     ones kept), so only the current block is held. Metadata goes out last, consolidated.
     """
 
-    def __init__(self, put, root: str):
+    def __init__(self, put, root: str, href=None):
         self.put = put
         self.root = root  # relative path of the store, e.g. assets/zarr/val/shard_1/DEM.zarr
+        self.href = href or (lambda relpath: relpath)  # the storage URL of a relative path
         self.entries: dict = {}
         self.pending: list[xr.Dataset] = []
+        self.views: list[tuple[str, dict]] = []  # (relative path, partial view) of each pending sample
         self.signature: dict | None = None
         self.created = False
+        self.count = 0  # samples flushed
 
     def check(self, ds: xr.Dataset) -> dict:
         """Raise StackMismatch if `ds` cannot join the stack (before anything is built);
@@ -227,10 +259,18 @@ class ShardStackWriter:
             raise StackMismatch(f"differs from the shard's first sample in {', '.join(diff)}")
         return sig
 
-    def add(self, item_id: str, ds: xr.Dataset) -> None:
+    def view(self, ds: xr.Dataset, member: SourceMember) -> dict:
+        """The sample's per-item view without its pixel chunks (raises ViewMismatch)."""
+        dtypes = {name: ds[name].dtype for name in PIXEL_ARRAYS if name in ds}
+        return zarrview.partial_view(member, dtypes, COMPRESSOR)
+
+    def add(self, item_id: str, ds: xr.Dataset, view: tuple[str, dict] | None = None) -> None:
+        """Stack a sample; `view`: (relative path, `self.view(...)`) of its per-item view,
+        written with its block."""
         sig = self.check(ds)
         self.signature = self.signature or sig
         self.pending.append(stack_member(item_id, ds))
+        self.views.append(view)
 
     @property
     def block_full(self) -> bool:
@@ -240,7 +280,9 @@ class ShardStackWriter:
         if not self.pending:
             return
         block = concat(self.pending)
-        self.pending = []
+        views, first = self.views, self.count
+        self.pending, self.views = [], []
+        self.count += block.sizes["item"]
         store = MemoryStore(self.entries)
         with warnings.catch_warnings(), single_threaded_blosc():  # same bytes every run
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -258,9 +300,36 @@ class ShardStackWriter:
                 block.to_zarr(store, append_dim="item", zarr_format=3, consolidated=False, write_empty_chunks=True)
         # pixel shards are final (blocks align with them): out; the small arrays' shards
         # grow with every block and are written at the end
+        shards = {}
         for key in sorted(self.entries):
             if not key.endswith("zarr.json") and key.split("/", 1)[0] in PIXEL_ARRAYS:
-                self.put(f"{self.root}/{key}", self.entries.pop(key).to_bytes())
+                shards[key.split("/", 1)[0]] = key, self.entries.pop(key).to_bytes()
+                self.put(f"{self.root}/{key}", shards[key.split("/", 1)[0]][1])
+        self._write_views(views, first, shards)
+
+    def _write_views(self, views: list, first: int, shards: dict[str, tuple[str, bytes]]) -> None:
+        """Each sample's view, its pixel chunks pointed at the shard objects just written
+        (blocks align with shard objects: the block's samples are its first inner chunks)."""
+        for array, (key, _) in shards.items():
+            if key != f"{array}/c/{first // SAMPLES_PER_BLOCK}" + "/0" * (key.count("/") - 2):
+                raise RuntimeError(f"unexpected shard object {key} for samples from {first}")
+        for position, view in enumerate(views):
+            if view is None:
+                continue
+            relpath, refs = view
+            for array, (key, data) in shards.items():
+                offset, nbytes = zarrview.inner_chunks(data, self._inner_chunk_count(array))[position]
+                zarrview.complete(refs, array, self.href(f"{self.root}/{key}"), offset, nbytes)
+            self.put(relpath, json.dumps(refs, separators=(",", ":"), sort_keys=True).encode())
+
+    def _inner_chunk_count(self, array: str) -> int:
+        """Inner chunks per shard object, from the array's metadata (index at the end)."""
+        meta = json.loads(self.entries[f"{array}/zarr.json"].to_bytes())
+        sharding = next(c["configuration"] for c in meta["codecs"] if c["name"] == "sharding_indexed")
+        if sharding.get("index_location", "end") != "end":
+            raise RuntimeError(f"{array}: shard index not at the end")
+        shard, inner = meta["chunk_grid"]["configuration"]["chunk_shape"], sharding["chunk_shape"]
+        return int(np.prod([s // i for s, i in zip(shard, inner)]))
 
     def close(self) -> None:
         """Write the rest: last block, shared arrays, metadata (consolidated, last)."""
