@@ -3,20 +3,23 @@
     .venv/bin/python benchmarks/ml.py [--shards 8] [--samples-per-shard 32]
         [--modalities S2L2A,S2L1C,DEM] [--rounds 2] [--work /tmp]
 
-1. `synth` a TerraMesh tree, then as a user runs them: `convert --format ref` (the items'
-   byte ranges into the shards), `load`, `subset create all` (every sample) and `subset create
-   last` (the ssl4eos12 samples: the last shards), in a throwaway embedded cluster.
-2. local files, 1 and 4 workers: ours (SubsetDataset, byte ranges, return_metadata) next to
-   the official loader (benchmarks/official_stream.py in the zarr-2.18 venv: the loader's
-   decode calls over whole shards), both through DataLoader(num_workers=w, batch_size=None),
-   interleaved, --rounds times; samples/s and ours / official.
+1. `synth` a TerraMesh tree, then as a user runs them: `convert --format zarr` (the items'
+   byte ranges into the shards, and the Zarr stores and views), `load`, `subset create all`
+   (every sample) and `subset create last` (the ssl4eos12 samples: the last shards), in a
+   throwaway embedded cluster.
+2. local files, 1 and 4 workers: ours (SubsetDataset with return_metadata, reading the byte
+   ranges of the shards, then the Zarr views) next to the official loader
+   (benchmarks/official_stream.py in the zarr-2.18 venv: the loader's decode calls over whole
+   shards), all through DataLoader(num_workers=w, batch_size=None), interleaved, --rounds
+   times; samples/s and ours / official.
 3. (after 4) time to the first sample of subset `last`: ours (manifest read, dataset built, first
    sample out of a DataLoader with 1 worker) vs scanning the shards in order for it.
 
 4. the same streams with the shards on the S3-compatible server (moto's, in this process):
-   ours by range reads (s3fs), the official loader reading whole tars over presigned URLs.
+   ours by range reads (s3fs), the official loader reading whole tars over presigned URLs;
+   the Zarr path from a `convert --format zarr` of the S3 source to the same bucket.
 
-Not measured yet: the Zarr and COG paths (the stream reads the shards' bytes only).
+Not measured yet: a COG path (the stream does not read COGs).
 """
 
 from __future__ import annotations
@@ -62,14 +65,17 @@ def official(root: Path, modalities: list[str], *extra: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(manifest: Path, modalities: list[str], workers: int, storage_options: dict | None = None) -> dict:
+def ours(
+    manifest: Path, modalities: list[str], workers: int, storage_options: dict | None = None, read_from: str = "source"
+) -> dict:
     """Samples/s of our stream in a fresh process (as a training script would run it)."""
     code = f"""
 import json, time
 from torch.utils.data import DataLoader
 from terramesh_stac.ml import SubsetDataset
 t = time.perf_counter()
-ds = SubsetDataset({str(manifest)!r}, {modalities!r}, return_metadata=True, storage_options={storage_options!r})
+ds = SubsetDataset({str(manifest)!r}, {modalities!r}, return_metadata=True, storage_options={storage_options!r},
+                   read_from={read_from!r})
 n = sum(1 for _ in DataLoader(ds, num_workers={workers}, batch_size=None))
 s = time.perf_counter() - t
 print(json.dumps({{"samples": n, "seconds": s, "samples_per_s": n / s}}))
@@ -91,6 +97,33 @@ print(json.dumps({{"key": sample["__key__"], "seconds": time.perf_counter() - t,
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PATHS = ("source", "zarr")  # SubsetDataset(read_from=...): the shards' byte ranges, the Zarr views
+
+
+def compare(manifest: Path, source: Path, modalities, samples: int, rounds: int, options=None, extra=()) -> dict:
+    """Ours by each path next to the official loader, 1 and 4 workers, rounds interleaved;
+    prints a table, returns {(path, workers): [ratios]}."""
+    print("| workers | round | path | ours samples/s | official loader samples/s | ours / official |")
+    print("|---|---|---|---|---|---|")
+    ratios: dict = {}
+    for workers in (1, 4):
+        for r in range(1, rounds + 1):
+            got = {path: ours(manifest, modalities, workers, options, path) for path in PATHS}
+            b = official(source, modalities, "--workers", str(workers), *extra)
+            for path, a in got.items():
+                assert a["samples"] == b["samples"] == samples, (path, a, b)
+                ratio = a["samples_per_s"] / b["samples_per_s"]
+                ratios.setdefault((path, workers), []).append(ratio)
+                print(
+                    f"| {workers} | {r} | {path} | {a['samples_per_s']:.1f} | {b['samples_per_s']:.1f} | {ratio:.2f} |",
+                    flush=True,
+                )
+    print()
+    for (path, workers), values in ratios.items():
+        print(f"{path}, {workers} worker(s): ours / official {min(values):.2f}-{max(values):.2f} (target >= 0.8)")
+    return ratios
 
 
 def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: int, rounds: int, work: Path) -> None:
@@ -123,25 +156,36 @@ def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: i
                 "get_object", Params={"Bucket": "bench", "Key": key}, ExpiresIn=3600
             )
         (work / "urls.json").write_text(json.dumps(urls))
+        # the Zarr assets on the bucket: the S3 source converted there, as a user would
+        env = {**os.environ, "TERRAMESH_S3_ENDPOINT_URL": endpoint}
+        env = {k: v for k, v in env.items() if k != "TERRAMESH_SCHEDULER"}
+        proc = subprocess.run(
+            [*CLI, "convert", "s3://bench/source", "--dest", "s3://bench/dest", "--format", "zarr", "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"convert to S3 failed: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         table = pq.read_table(subsets_dir / "all.parquet")  # the manifest, hrefs moved to the bucket
+        ids = table.column("id").to_pylist()
         for m in modalities:
             hrefs = [h.replace(str(source), "s3://bench/source") for h in table.column(f"{m}_href").to_pylist()]
             table = table.set_column(table.column_names.index(f"{m}_href"), f"{m}_href", pa.array(hrefs))
+            views = [f"s3://bench/dest/assets/{i}/{m}.zarr-view.json" for i in ids]  # layout.asset_path
+            table = table.set_column(table.column_names.index(f"{m}_zarr"), f"{m}_zarr", pa.array(views))
         pq.write_table(table, subsets_dir / "all-s3.parquet")
         options = {"client_kwargs": {"endpoint_url": endpoint}}
         print("\n## stream: samples/s, the S3-compatible server (moto, on the same 2 cores; rounds interleaved)\n")
-        print("| workers | round | ours samples/s | official loader samples/s | ours / official |")
-        print("|---|---|---|---|---|")
-        for workers in (1, 4):
-            for r in range(1, rounds + 1):
-                a = ours(subsets_dir / "all-s3.parquet", modalities, workers, options)
-                b = official(source, modalities, "--workers", str(workers), "--urls", str(work / "urls.json"))
-                assert a["samples"] == b["samples"] == samples, (a, b)
-                ratio = a["samples_per_s"] / b["samples_per_s"]
-                print(
-                    f"| {workers} | {r} | {a['samples_per_s']:.1f} | {b['samples_per_s']:.1f} | {ratio:.2f} |",
-                    flush=True,
-                )
+        compare(
+            subsets_dir / "all-s3.parquet",
+            source,
+            modalities,
+            samples,
+            rounds,
+            options,
+            ("--urls", str(work / "urls.json")),
+        )
     finally:
         server.stop()
 
@@ -175,29 +219,14 @@ def main() -> int:
                 TERRAMESH_SUBSETS_DIR=str(subsets_dir),
                 TERRAMESH_COLLECTION_ID=CID,
             )
-            cli(env, "convert", source, "--dest", dest, "--collection", CID, "--format", "ref")
+            cli(env, "convert", source, "--dest", dest, "--collection", CID, "--format", "zarr")
             cli(env, "load", dest)
             cli(env, "subset", "create", "all", "--modalities", ",".join(modalities))
             last = "\"terramesh:source\" = 'ssl4eos12'"
             cli(env, "subset", "create", "last", "--modalities", ",".join(modalities), "--filter", last)
 
         print("\n## stream: samples/s, local files (rounds interleaved)\n")
-        print("| workers | round | ours samples/s | official loader samples/s | ours / official |")
-        print("|---|---|---|---|---|")
-        ratios: dict[int, list[float]] = {}
-        for workers in (1, 4):
-            for r in range(1, args.rounds + 1):
-                a = ours(subsets_dir / "all.parquet", modalities, workers)
-                b = official(source, modalities, "--workers", str(workers))
-                assert a["samples"] == b["samples"] == samples, (a, b)
-                ratio = a["samples_per_s"] / b["samples_per_s"]
-                ratios.setdefault(workers, []).append(ratio)
-                print(
-                    f"| {workers} | {r} | {a['samples_per_s']:.1f} | {b['samples_per_s']:.1f} | {ratio:.2f} |",
-                    flush=True,
-                )
-        for workers, values in ratios.items():
-            print(f"\n{workers} worker(s): ours / official {min(values):.2f}-{max(values):.2f} (target >= 0.8)")
+        compare(subsets_dir / "all.parquet", source, modalities, samples, args.rounds)
 
         s3_rounds(source, subsets_dir, modalities, samples, args.rounds, work)
 

@@ -235,3 +235,35 @@ def test_a_subset_of_an_s3_source_through_the_stac_api_streams_from_s3(
     for sample in samples:  # range reads from the S3-compatible server: the loader's arrays
         for m in ("S2L2A", "DEM"):
             assert array_digest(sample[m]) == official[(m, sample["__key__"])]["bands"]
+
+
+def test_the_zarr_path_streams_the_loader_arrays_from_the_items_zarr_views(
+    synth_root, majortom, tmp_path_factory, pgstac_db, subsets_dir, monkeypatch
+):
+    """A catalog converted to Zarr: `read_from="zarr"` reads each sample's view and its chunks
+    in the shard's stacked store, and yields the official loader's arrays, once per epoch."""
+    dest, collection = tmp_path_factory.mktemp("ml-zarr") / "out", "terramesh-ml-zarr"
+    run_cli("convert", synth_root, "--dest", dest, "--collection", collection, "--format", "zarr")
+    run_cli("load", dest, "--dsn", pgstac_db.loader)
+    _subset(pgstac_db, subsets_dir, "create", "zarr-all", "--collections", collection, "--modalities", "S2L2A,DEM")
+    subset = subsets.read(subsets_dir / "zarr-all.parquet")
+    assert all(h.endswith("/S2L2A.zarr-view.json") for h in subset.rows.column("S2L2A_zarr").to_pylist())
+    official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
+    dataset = SubsetDataset(subset, return_metadata=True, shuffle=True, read_from="zarr", block_size=3)
+    keys = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        for sample in DataLoader(dataset, num_workers=2, batch_size=None):
+            keys.append(sample["__key__"])
+            for m in ("S2L2A", "DEM"):
+                rec = official[(m, sample["__key__"])]
+                assert array_digest(sample[m].numpy()) == rec["bands"], (m, sample["__key__"])
+                assert (f"time_{m}" in sample) == (rec["time"] is not None)
+            first = official[("S2L2A", sample["__key__"])]
+            assert float(sample["center_lon"]) == first["center_lon"]
+            assert array_digest(sample["cloud_mask"].numpy()[0]) == first["cloud_mask"]
+    assert sorted(keys) == subset.rows.column("id").to_pylist()
+    # a catalog without Zarr assets cannot be read from Zarr: said before any read
+    with pytest.raises(subsets.SubsetError, match="no Zarr asset"):
+        SubsetDataset(majortom[1], read_from="zarr")

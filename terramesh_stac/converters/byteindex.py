@@ -22,6 +22,7 @@ import zipfile
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.utils import merge_offset_ranges
 
 ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes; name and extra lengths last
 ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -144,6 +145,31 @@ def fetch_range(url: str, offset: int, size: int, **storage_options) -> bytes:
             f"asked {url} for {size} bytes at {offset}, got {len(data)} (does the server support range requests?)"
         )
     return data
+
+
+def fetch_ranges(ranges: list[tuple[str, int, int]], max_gap: int, max_block: int, **storage_options) -> list:
+    """The bytes of each (url, offset, size), neighbours read together: ranges of one file
+    less than `max_gap` bytes apart become one request of at most `max_block` bytes
+    (fsspec.utils.merge_offset_ranges). A failed request gives its exception in place of
+    the bytes of every range it covered."""
+    paths, starts, ends = merge_offset_ranges(
+        [u for u, _, _ in ranges],
+        [o for _, o, _ in ranges],
+        [o + n for _, o, n in ranges],
+        max_gap=max_gap,
+        max_block=max_block,
+    )
+    spans = []
+    for path, start, end in zip(paths, starts, ends):
+        try:
+            spans.append((path, start, end, fetch_range(path, start, end - start, **storage_options)))
+        except (OSError, RangeRequestError) as e:
+            spans.append((path, start, end, e))
+    out = []
+    for url, offset, size in ranges:
+        path, start, _, data = next(s for s in spans if s[0] == url and s[1] <= offset and offset + size <= s[2])
+        out.append(data if isinstance(data, Exception) else data[offset - start : offset - start + size])
+    return out
 
 
 def fetch_member(row: dict, **storage_options) -> bytes:

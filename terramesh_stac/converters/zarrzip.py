@@ -86,15 +86,11 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
 
 def read_arrays(data: bytes, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The raw arrays `names` of one sample (those it has), decoded straight with numcodecs
-    from the zarr v2 metadata (dtype, shape, chunks, order, compressor, filters, fill
-    value): what zarr 2's `group[name][...]` gives, several times faster than opening the
-    group with xarray (decode_zarr_zip; tests/test_reader.py compares the two on every
-    sample kind). Only the entries of these arrays are read from the zip, and a whole-array
-    chunk is decompressed straight into the result. Time stays the raw int64 the file
-    stores. Raises CorruptSampleError."""
-    import itertools
-    import math
-
+    from the zarr v2 metadata (decode_arrays): what zarr 2's `group[name][...]` gives,
+    several times faster than opening the group with xarray (decode_zarr_zip;
+    tests/test_reader.py compares the two on every sample kind). Only the entries of these
+    arrays are read from the zip. Time stays the raw int64 the file stores. Raises
+    CorruptSampleError."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
@@ -111,45 +107,60 @@ def read_arrays(data: bytes, names: tuple[str, ...]) -> dict[str, np.ndarray]:
             full = files.get(prefix + name)
             return None if full is None else zf.read(full)
 
-        out = {}
         try:
             meta = json.loads(entry(".zmetadata"))["metadata"]
-            for name in names:
-                zarray = meta.get(f"{name}/.zarray")
-                if zarray is None:
-                    continue
-                dtype = np.dtype(zarray["dtype"])
-                shape, chunks = tuple(zarray["shape"]), tuple(zarray["chunks"])
-                order = zarray.get("order", "C")
-                sep = zarray.get("dimension_separator") or "."
-                filters = [numcodecs.get_codec(f) for f in zarray.get("filters") or []]
-                compressor = numcodecs.get_codec(zarray["compressor"]) if zarray.get("compressor") else None
-                grid = list(itertools.product(*[range(math.ceil(n / c)) for n, c in zip(shape, chunks)]))
-                key = lambda idx: f"{name}/" + (sep.join(map(str, idx)) if idx else "0")  # noqa: E731
-                if len(grid) == 1 and chunks == shape and order == "C" and not filters and compressor:
-                    raw = entry(key(grid[0]))
-                    if raw is not None:  # the usual case: one chunk, the whole array, no copy
-                        array = np.empty(shape, dtype)
-                        compressor.decode(raw, out=array)
-                        out[name] = array
-                        continue
-                fill = zarray.get("fill_value")
-                array = np.full(shape, fill if fill is not None else 0, dtype=dtype)
-                for idx in grid:
-                    raw = entry(key(idx))
-                    if raw is None:
-                        continue  # a missing chunk is the fill value, as zarr reads it
-                    chunk = compressor.decode(raw) if compressor else raw
-                    for codec in reversed(filters):
-                        chunk = codec.decode(chunk)
-                    block = np.frombuffer(chunk, dtype=dtype).reshape(chunks, order=order)
-                    where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
-                    array[where] = block[tuple(slice(0, w.stop - w.start) for w in where)]
-                out[name] = array
-        except CorruptSampleError:
-            raise
-        except Exception as e:  # codec errors, short chunks, bad metadata, a damaged entry
+        except Exception as e:  # no .zmetadata, bad JSON, a damaged entry
             raise CorruptSampleError(f"unreadable: {type(e).__name__}: {e}") from e
+        return decode_arrays(meta, entry, names)
+
+
+def decode_arrays(meta: dict, entry, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays `names` (those `meta` has) of a zarr v2 group: `meta` its metadata by key
+    (`bands/.zarray`, ...), `entry(key)` a chunk's stored bytes or None (a missing chunk
+    reads as the fill value). Dtype, shape, chunks, order, compressor, filters and fill value
+    come from the metadata; a whole-array chunk is decompressed straight into the result.
+    Raises CorruptSampleError."""
+    import itertools
+    import math
+
+    out = {}
+    try:
+        for name in names:
+            zarray = meta.get(f"{name}/.zarray")
+            if zarray is None:
+                continue
+            dtype = np.dtype(zarray["dtype"])
+            shape, chunks = tuple(zarray["shape"]), tuple(zarray["chunks"])
+            order = zarray.get("order", "C")
+            sep = zarray.get("dimension_separator") or "."
+            filters = [numcodecs.get_codec(f) for f in zarray.get("filters") or []]
+            compressor = numcodecs.get_codec(zarray["compressor"]) if zarray.get("compressor") else None
+            grid = list(itertools.product(*[range(math.ceil(n / c)) for n, c in zip(shape, chunks)]))
+            key = lambda idx: f"{name}/" + (sep.join(map(str, idx)) if idx else "0")  # noqa: E731
+            if len(grid) == 1 and chunks == shape and order == "C" and not filters and compressor:
+                raw = entry(key(grid[0]))
+                if raw is not None:  # the usual case: one chunk, the whole array, no copy
+                    array = np.empty(shape, dtype)
+                    compressor.decode(raw, out=array)
+                    out[name] = array
+                    continue
+            fill = zarray.get("fill_value")
+            array = np.full(shape, fill if fill is not None else 0, dtype=dtype)
+            for idx in grid:
+                raw = entry(key(idx))
+                if raw is None:
+                    continue  # a missing chunk is the fill value, as zarr reads it
+                chunk = compressor.decode(raw) if compressor else raw
+                for codec in reversed(filters):
+                    chunk = codec.decode(chunk)
+                block = np.frombuffer(chunk, dtype=dtype).reshape(chunks, order=order)
+                where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
+                array[where] = block[tuple(slice(0, w.stop - w.start) for w in where)]
+            out[name] = array
+    except CorruptSampleError:
+        raise
+    except Exception as e:  # codec errors, short chunks, bad metadata, a damaged entry
+        raise CorruptSampleError(f"unreadable: {type(e).__name__}: {e}") from e
     return out
 
 

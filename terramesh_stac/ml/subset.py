@@ -9,9 +9,11 @@ The search is resolved once, straight from pgstac (its own WHERE clause of the s
 Parquet manifest `<subsets dir>/<NAME>.parquet`, one row per sample, ordered by id:
 
     id, collection, datetime, source, split, shard, center_lon, center_lat, cloud_cover
-    <MOD>_href, <MOD>_start, <MOD>_end   where the sample's `.zarr.zip` lies in its source
+    <MOD>_href, <MOD>_offset, <MOD>_size where the sample's `.zarr.zip` lies in its source
                                          shard (the item's `<MOD>_source` asset: a byte range)
     <MOD>_cog                            the item's COG of the modality (None without one)
+    <MOD>_zarr                           the item's Zarr view (converters/zarrview.py; None
+                                         without one)
 
 and, in the file's metadata (key `terramesh:subset`), the search that made it, the catalog
 revision of each collection (catalog/density.py), the time, the modalities and the counts
@@ -111,14 +113,20 @@ def search_body(
 
 
 def _source_range(assets: dict, modality: str) -> tuple | None:
-    """(href, offset, size, cog href) of a modality's bytes in its source shard, or None.
-    (pgstac keeps an asset the item lacks as a marker string, not a dict.)"""
+    """(href, offset, size, cog href, zarr view href) of a modality's bytes in its source
+    shard, or None. (pgstac keeps an asset the item lacks as a marker string, not a dict.)"""
     src = assets.get(f"{modality}_source")
     if not isinstance(src, dict) or "archive:start" not in src or "href" not in src:
         return None
-    cog = assets.get(modality)
+    cog, view = assets.get(modality), assets.get(f"{modality}_zarr")
     start, end = int(src["archive:start"]), int(src["archive:end"])  # inclusive
-    return src["href"], start, end - start + 1, cog.get("href") if isinstance(cog, dict) else None
+    return (
+        src["href"],
+        start,
+        end - start + 1,
+        cog.get("href") if isinstance(cog, dict) else None,
+        view.get("href") if isinstance(view, dict) else None,
+    )
 
 
 def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list[str], Counter]:
@@ -158,7 +166,7 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
             continue
         row = dict(base)
         for m in modalities:
-            row[f"{m}_href"], row[f"{m}_offset"], row[f"{m}_size"], row[f"{m}_cog"] = ranges[m]
+            row[f"{m}_href"], row[f"{m}_offset"], row[f"{m}_size"], row[f"{m}_cog"], row[f"{m}_zarr"] = ranges[m]
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
     return columns, modalities, left_out
