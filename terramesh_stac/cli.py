@@ -320,7 +320,7 @@ def _cmd_subset(args, settings: Settings) -> int:
             print(f"  where the samples are: {picture}")
             return EXIT_OK
         if args.action == "export":
-            return _export_subset(subsets.read(path), Path(args.out), args.force, settings)
+            return _export_subset(subsets.read(path), Path(args.out), args.format, args.force, settings)
         if path.exists() and not args.force:
             raise subsets.SubsetError(f"subset {args.name!r} exists ({path}): --force replaces it")
         collections = [c for c in (args.collections or settings.collection_id).split(",") if c]
@@ -343,20 +343,21 @@ def _cmd_subset(args, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _export_subset(subset, out: Path, force: bool, settings: Settings) -> int:
+def _export_subset(subset, out: Path, fmt: str, force: bool, settings: Settings) -> int:
     from rich.progress import Progress
 
-    from terramesh_stac.ml.export import export_webdataset
+    from terramesh_stac.ml.export import export_webdataset, export_zarr
     from terramesh_stac.ml.subset import SubsetError
 
     if out.exists() and any(out.iterdir()) and not force:
         raise SubsetError(f"{out} is not empty: --force writes into it")
     storage_options = {"client_kwargs": {"endpoint_url": settings.s3_endpoint_url}} if settings.s3_endpoint_url else {}
+    export = export_zarr if fmt == "zarr" else export_webdataset
     with Progress(transient=True) as bar:
         task = bar.add_task(f"exporting {subset.name}", total=None)
-        report = export_webdataset(subset, out, storage_options, progress=lambda n: bar.update(task, advance=n))
+        report = export(subset, out, storage_options, progress=lambda n: bar.update(task, advance=n))
     print(report.summary())
-    return EXIT_OK
+    return EXIT_PARTIAL if report.errors else EXIT_OK
 
 
 def _cmd_export(args, settings: Settings) -> int:
@@ -614,9 +615,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh = ss_sub.add_parser("show", help="counts of a subset and a map thumbnail of where its samples are")
     sh.add_argument("name")
     sh.add_argument("--thumbnail", help="PNG to write (default: <subsets dir>/<NAME>.png)")
-    se = ss_sub.add_parser("export", help="write a subset as TerraMesh-format shards (the official loader reads them)")
+    se = ss_sub.add_parser(
+        "export", help="write a subset as TerraMesh-format shards (the official loader reads them) or as Zarr"
+    )
     se.add_argument("name")
-    se.add_argument("--format", choices=["webdataset"], default="webdataset", help="webdataset: tars of .zarr.zip")
+    se.add_argument(
+        "--format",
+        choices=["webdataset", "zarr"],
+        default="webdataset",
+        help="webdataset: tars of .zarr.zip; zarr: one store per modality, the samples stacked along `item`",
+    )
     se.add_argument("--out", required=True, help="a local folder (empty, or --force)")
     se.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     ss.set_defaults(func=_cmd_subset)

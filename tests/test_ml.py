@@ -11,15 +11,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import rioxarray  # noqa: F401  (the .rio accessor)
 import torch
+import xarray as xr
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from terramesh_stac.converters import zarrstack
 from terramesh_stac.converters.zarrzip import CorruptSampleError
-from terramesh_stac.exits import EXIT_USAGE
+from terramesh_stac.exits import EXIT_PARTIAL, EXIT_USAGE
 from terramesh_stac.ml import SubsetDataset
 from terramesh_stac.ml import subset as subsets
-from tests.conftest import serve_with_cli
+from tests.conftest import read_original, serve_with_cli
 from tests.official_loader import array_digest, run_official
 from tests.test_end_to_end import convert_and_load, run_cli
 
@@ -51,6 +54,10 @@ def _subset(pgstac_db, subsets_dir, *args, check=True):
         "TERRAMESH_COLLECTION_ID": COLLECTION,
     }
     return run_cli("subset", *args, env=env, check=check)
+
+
+def _export(pgstac_db, subsets_dir, name: str, fmt: str, out, check=True):
+    return _subset(pgstac_db, subsets_dir, "export", name, "--format", fmt, "--out", out, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +102,30 @@ def test_a_cql2_filter_makes_a_manifest_of_exactly_its_samples(loaded, majortom,
     assert 1 <= drawn <= len(wanted)
 
 
+def on_two_ranks(dataset, monkeypatch):
+    """Every sample of an epoch as 2 simulated ranks of DataLoader(num_workers=2) see it."""
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        yield from DataLoader(dataset, num_workers=2, batch_size=None)
+
+
+def assert_is_the_loaders(sample: dict, official: dict, modalities: list[str]) -> None:
+    """Arrays, times, centre and cloud mask as the official loader reads them for the key."""
+    for m in modalities:
+        rec = official[(m, sample["__key__"])]
+        assert isinstance(sample[m], torch.Tensor)
+        assert array_digest(sample[m].numpy()) == rec["bands"], (m, sample["__key__"])
+        if rec["time"] is None:
+            assert f"time_{m}" not in sample  # DEM: the loader leaves it out too
+        else:
+            assert int(sample[f"time_{m}"].reshape(-1)[0]) == rec["time"]
+    first = official[(modalities[0], sample["__key__"])]
+    assert float(sample["center_lon"]) == first["center_lon"]
+    assert float(sample["center_lat"]) == first["center_lat"]
+    assert array_digest(sample["cloud_mask"].numpy()[0]) == first["cloud_mask"]
+
+
 def test_the_stream_is_the_official_loader_once_per_epoch_across_ranks_and_workers(majortom, synth_root, monkeypatch):
     _, subset = majortom
     official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
@@ -103,25 +134,10 @@ def test_the_stream_is_the_official_loader_once_per_epoch_across_ranks_and_worke
     for epoch in (0, 1):
         dataset.set_epoch(epoch)
         keys = []
-        for rank in (0, 1):
-            monkeypatch.setenv("RANK", str(rank))
-            monkeypatch.setenv("WORLD_SIZE", "2")
-            for sample in DataLoader(dataset, num_workers=2, batch_size=None):
-                keys.append(sample["__key__"])
-                if epoch == 1:
-                    continue
-                for m in subset.modalities:
-                    rec = official[(m, sample["__key__"])]
-                    assert isinstance(sample[m], torch.Tensor)
-                    assert array_digest(sample[m].numpy()) == rec["bands"], (m, sample["__key__"])
-                    if rec["time"] is None:
-                        assert f"time_{m}" not in sample  # DEM: the loader leaves it out too
-                    else:
-                        assert int(sample[f"time_{m}"].reshape(-1)[0]) == rec["time"]
-                first = official[(subset.modalities[0], sample["__key__"])]
-                assert float(sample["center_lon"]) == first["center_lon"]
-                assert float(sample["center_lat"]) == first["center_lat"]
-                assert array_digest(sample["cloud_mask"].numpy()[0]) == first["cloud_mask"]
+        for sample in on_two_ranks(dataset, monkeypatch):
+            keys.append(sample["__key__"])
+            if epoch == 0:
+                assert_is_the_loaders(sample, official, subset.modalities)
         assert sorted(keys) == subset.rows.column("id").to_pylist()  # each sample exactly once
         orders.append(keys)
     assert orders[0] != orders[1]  # the epoch reshuffles
@@ -156,7 +172,7 @@ def test_the_exported_subset_reads_through_the_official_loader_unchanged(
 ):
     _, subset = majortom
     out = tmp_path / "export"
-    proc = _subset(pgstac_db, subsets_dir, "export", "majortom-clear", "--format", "webdataset", "--out", out)
+    proc = _export(pgstac_db, subsets_dir, "majortom-clear", "webdataset", out)
     assert f"exported {len(subset)} samples" in proc.stdout
     source = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
     exported = run_official(out)  # the loader's own calls, on every tar of the exported tree
@@ -251,19 +267,38 @@ def test_the_zarr_path_streams_the_loader_arrays_from_the_items_zarr_views(
     official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
     dataset = SubsetDataset(subset, return_metadata=True, shuffle=True, read_from="zarr", block_size=3)
     keys = []
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        for sample in DataLoader(dataset, num_workers=2, batch_size=None):
-            keys.append(sample["__key__"])
-            for m in ("S2L2A", "DEM"):
-                rec = official[(m, sample["__key__"])]
-                assert array_digest(sample[m].numpy()) == rec["bands"], (m, sample["__key__"])
-                assert (f"time_{m}" in sample) == (rec["time"] is not None)
-            first = official[("S2L2A", sample["__key__"])]
-            assert float(sample["center_lon"]) == first["center_lon"]
-            assert array_digest(sample["cloud_mask"].numpy()[0]) == first["cloud_mask"]
+    for sample in on_two_ranks(dataset, monkeypatch):
+        keys.append(sample["__key__"])
+        assert_is_the_loaders(sample, official, ["S2L2A", "DEM"])
     assert sorted(keys) == subset.rows.column("id").to_pylist()
     # a catalog without Zarr assets cannot be read from Zarr: said before any read
     with pytest.raises(subsets.SubsetError, match="no Zarr asset"):
         SubsetDataset(majortom[1], read_from="zarr")
+
+
+def test_the_zarr_export_stacks_each_modality_and_gives_back_every_sample(
+    majortom, synth_root, pgstac_db, subsets_dir, tmp_path
+):
+    _, subset = majortom
+    out = tmp_path / "zarr-export"
+    proc = _export(pgstac_db, subsets_dir, "majortom-clear", "zarr", out)
+    assert f"exported {len(subset)} samples into {len(subset.modalities)} Zarr stores" in proc.stdout
+    for m in subset.modalities:
+        stack = xr.open_dataset(out / f"{m}.zarr", engine="zarr")
+        assert [str(i) for i in stack["item"].values] == subset.rows.column("id").to_pylist()
+        for row in subset.rows.to_pylist():
+            got = zarrstack.open_sample(str(out / f"{m}.zarr"), row["id"])
+            want = read_original(synth_root, m, row["shard"], row["id"], tmp_path)
+            xr.testing.assert_identical(got, want)
+            assert got.rio.crs == want.rio.crs
+    # a truncated sample: reported with its key and modality, left out, the rest exported, exit 3
+    broken_id = subset.rows.column("id")[0].as_py()
+    sizes = subset.rows.column("DEM_size").to_pylist()
+    sizes[0] //= 2
+    rows = subset.rows.set_column(subset.rows.column_names.index("DEM_size"), "DEM_size", pa.array(sizes))
+    subsets.write(subsets.Subset("broken", rows, subset.meta), subsets_dir / "broken.parquet")
+    proc = _export(pgstac_db, subsets_dir, "broken", "zarr", tmp_path / "b", check=False)
+    assert proc.returncode == EXIT_PARTIAL, proc.stdout + proc.stderr
+    assert f"left out: {broken_id} DEM:" in proc.stdout and "Traceback" not in proc.stderr
+    dem = xr.open_dataset(tmp_path / "b" / "DEM.zarr", engine="zarr")
+    assert [str(i) for i in dem["item"].values] == subset.rows.column("id").to_pylist()[1:]

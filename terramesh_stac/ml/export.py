@@ -12,6 +12,17 @@ writes, under DIR, the TerraMesh tree of the subset's samples only:
 
 so the dataset card's loader (`terramesh.py`) and the training scripts built on it read it
 unchanged. A tar is written to a temporary name and renamed when whole.
+
+    terramesh-stac subset export NAME --format zarr --out DIR
+
+writes DIR/{MODALITY}.zarr: the subset's samples of each modality stacked along `item` (the
+layout of the converter's per-shard stores, converters/zarrstack.py), for array users:
+
+    ds = xr.open_dataset("DIR/S2L2A.zarr", engine="zarr")   # ds.bands: (item, time, band, y, x)
+    sample = zarrstack.unstack(ds.sel(item=key))             # one sample, georeferenced
+
+A sample that cannot be read or that does not fit its modality's stack is reported (key,
+modality, reason) and left out of that store; the rest is written.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from terramesh_stac.converters import zarrstack
+from terramesh_stac.converters.zarrzip import CorruptSampleError, decode_zarr_zip
 from terramesh_stac.ml.subset import Subset, read_member
 
 MEMBER_SUFFIX = ".zarr.zip"
@@ -39,13 +52,20 @@ class ExportReport:
     tars: int = 0
     bytes: int = 0
     metadata: dict[str, str] = field(default_factory=dict)  # split -> where its rows came from
+    stores: list[str] = field(default_factory=list)  # --format zarr: the stores written
+    errors: list[dict] = field(default_factory=list)  # key, modality, reason of what was left out
 
     def summary(self) -> str:
-        where = "; ".join(f"{split}_metadata.parquet from {src}" for split, src in sorted(self.metadata.items()))
-        return (
-            f"exported {self.samples:,} samples into {self.tars:,} tars ({self.bytes / 1e6:,.1f} MB) under"
-            f" {self.out} ({where})"
-        )
+        if self.stores:
+            lines = [f"exported {self.samples:,} samples into {len(self.stores)} Zarr stores under {self.out}"]
+        else:
+            where = "; ".join(f"{split}_metadata.parquet from {src}" for split, src in sorted(self.metadata.items()))
+            lines = [
+                f"exported {self.samples:,} samples into {self.tars:,} tars ({self.bytes / 1e6:,.1f} MB) under"
+                f" {self.out} ({where})"
+            ]
+        lines += [f"  left out: {e['key']} {e['modality']}: {e['reason']}" for e in self.errors]
+        return "\n".join(lines)
 
 
 def _source_root(href: str) -> str:
@@ -121,4 +141,40 @@ def export_webdataset(subset: Subset, out: Path, storage_options: dict | None = 
         table, source = _metadata_rows(split_rows, split, storage_options)
         pq.write_table(table, out / f"{split}_metadata.parquet")
         report.metadata[split] = source
+    return report
+
+
+def export_zarr(subset: Subset, out: Path, storage_options: dict | None = None, progress=None) -> ExportReport:
+    """Write each modality of the subset as one stacked Zarr store under `out` (a local folder)."""
+    storage_options = storage_options or {}
+    out = Path(out)
+    report = ExportReport(out)
+    rows = subset.rows.to_pylist()
+    written: set[str] = set()
+
+    def put(relpath: str, data: bytes) -> None:
+        path = out / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    for modality in subset.modalities:
+        stack = zarrstack.ShardStackWriter(put, f"{modality}.zarr")
+        for row in rows:
+            try:
+                data = read_member(
+                    row[f"{modality}_href"], row[f"{modality}_offset"], row[f"{modality}_size"], storage_options
+                )
+                stack.add(row["id"], decode_zarr_zip(data))
+                written.add(row["id"])
+            except (OSError, CorruptSampleError, zarrstack.StackMismatch) as e:
+                reason = e.reason if isinstance(e, CorruptSampleError) else f"{type(e).__name__}: {e}"
+                report.errors.append({"key": row["id"], "modality": modality, "reason": reason})
+            if stack.block_full:
+                stack.flush()
+            if progress:
+                progress(1)
+        stack.close()
+        if stack.created:  # a modality none of whose samples could be read has no store
+            report.stores.append(f"{modality}.zarr")
+    report.samples = len(written)
     return report
