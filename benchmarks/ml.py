@@ -8,7 +8,7 @@
    (every sample) and `subset create last` (the ssl4eos12 samples: the last shards), in a
    throwaway embedded cluster.
 2. local files, 1 and 4 workers: ours (SubsetDataset with return_metadata, reading the byte
-   ranges of the shards, then the Zarr views) next to the official loader
+   ranges of the shards, then the stacked Zarr stores) next to the official loader
    (benchmarks/official_stream.py in the zarr-2.18 venv: the loader's decode calls over whole
    shards), all through DataLoader(num_workers=w, batch_size=None), interleaved, --rounds
    times; samples/s and ours / official.
@@ -99,7 +99,7 @@ print(json.dumps({{"key": sample["__key__"], "seconds": time.perf_counter() - t,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PATHS = ("source", "zarr")  # SubsetDataset(read_from=...): the shards' byte ranges, the Zarr views
+PATHS = ("source", "zarr")  # SubsetDataset(read_from=...): the shards' byte ranges, the stacked Zarr stores
 
 
 def compare(manifest: Path, source: Path, modalities, samples: int, rounds: int, options=None, extra=()) -> dict:
@@ -168,12 +168,15 @@ def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: i
         if proc.returncode != 0:
             raise RuntimeError(f"convert to S3 failed: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         table = pq.read_table(subsets_dir / "all.parquet")  # the manifest, hrefs moved to the bucket
-        ids = table.column("id").to_pylist()
         for m in modalities:
             hrefs = [h.replace(str(source), "s3://bench/source") for h in table.column(f"{m}_href").to_pylist()]
             table = table.set_column(table.column_names.index(f"{m}_href"), f"{m}_href", pa.array(hrefs))
-            views = [f"s3://bench/dest/assets/{i}/{m}.zarr-view.json" for i in ids]  # layout.asset_path
-            table = table.set_column(table.column_names.index(f"{m}_zarr"), f"{m}_zarr", pa.array(views))
+            stacks = [  # layout.zarr_path
+                f"s3://bench/dest/assets/zarr/{split}/{shard.removesuffix('.tar')}/{m}.zarr"
+                for split, shard in zip(table.column("split").to_pylist(), table.column("shard").to_pylist())
+            ]
+            column = table.column_names.index(f"{m}_zarr_stack")
+            table = table.set_column(column, f"{m}_zarr_stack", pa.array(stacks))
         pq.write_table(table, subsets_dir / "all-s3.parquet")
         options = {"client_kwargs": {"endpoint_url": endpoint}}
         print("\n## stream: samples/s, the S3-compatible server (moto, on the same 2 cores; rounds interleaved)\n")

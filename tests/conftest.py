@@ -320,6 +320,14 @@ def live_server(pgstac_db, api_catalog):
 import contextlib as _contextlib
 
 
+def cluster_env(pgstac_db) -> dict[str, str]:
+    """The settings that point the CLI at the test cluster: its state dir and port."""
+    return {
+        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
+        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+    }
+
+
 @_contextlib.contextmanager
 def serve_with_cli(pgstac_db, dest, **env):
     """`terramesh-stac serve --dest DEST` as a user runs it, against the test cluster (its
@@ -327,8 +335,7 @@ def serve_with_cli(pgstac_db, dest, **env):
     port = _free_port()
     full_env = {
         **_os.environ,
-        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
-        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        **cluster_env(pgstac_db),
         "TERRAMESH_DB_POOL_MAX_SIZE": "3",
         **env,
     }

@@ -27,7 +27,7 @@ from tests.browser import (
     wait_for,
     wait_for_map,
 )
-from tests.conftest import serve_with_cli
+from tests.conftest import cluster_env, serve_with_cli
 from tests.test_end_to_end import convert_and_load, run_cli
 
 COLLECTION = "terramesh-map"
@@ -218,11 +218,9 @@ def test_land_cover_legend_lists_the_classes_with_their_colours(served_map, brow
 
 def test_zoom_11_draws_the_seeded_mosaic_unless_a_filter_is_set(served_map, browser, pgstac_db):
     base, items = served_map
-    db = {
-        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
-        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
-    }
-    seeded = run_cli("db", "mosaic", "--collection", COLLECTION, env=db)  # the default render, zooms 11-13
+    seeded = run_cli(
+        "db", "mosaic", "--collection", COLLECTION, env=cluster_env(pgstac_db)
+    )  # the default render, zooms 11-13
     assert "0 failed" in seeded.stdout, seeded.stdout
     item = next(i for i in items.values() if "S2L2A" in i["assets"] and abs(_centre(i)[0]) < 170)
     lon, lat = _centre(item)

@@ -6,6 +6,7 @@ reads for the same keys (tests/official_loader.py in its zarr-2.18 venv)."""
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ from terramesh_stac.converters.zarrzip import CorruptSampleError
 from terramesh_stac.exits import EXIT_PARTIAL, EXIT_USAGE
 from terramesh_stac.ml import SubsetDataset
 from terramesh_stac.ml import subset as subsets
-from tests.conftest import read_original, serve_with_cli
+from tests.conftest import cluster_env, read_original, serve_with_cli
 from tests.official_loader import array_digest, run_official
 from tests.test_end_to_end import convert_and_load, run_cli
 
@@ -48,8 +49,7 @@ def subsets_dir(tmp_path_factory):
 
 def _subset(pgstac_db, subsets_dir, *args, check=True):
     env = {
-        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
-        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        **cluster_env(pgstac_db),
         "TERRAMESH_SUBSETS_DIR": str(subsets_dir),
         "TERRAMESH_COLLECTION_ID": COLLECTION,
     }
@@ -253,17 +253,19 @@ def test_a_subset_of_an_s3_source_through_the_stac_api_streams_from_s3(
             assert array_digest(sample[m]) == official[(m, sample["__key__"])]["bands"]
 
 
-def test_the_zarr_path_streams_the_loader_arrays_from_the_items_zarr_views(
-    synth_root, majortom, tmp_path_factory, pgstac_db, subsets_dir, monkeypatch
+def test_the_zarr_path_streams_the_loader_arrays_from_the_stacked_stores(
+    synth_root, majortom, tmp_path_factory, pgstac_db, subsets_dir, monkeypatch, caplog
 ):
-    """A catalog converted to Zarr: `read_from="zarr"` reads each sample's view and its chunks
-    in the shard's stacked store, and yields the official loader's arrays, once per epoch."""
+    """A catalog converted to Zarr: `read_from="zarr"` reads the samples' chunks and per-item
+    arrays from the shards' stacked stores, and yields the official loader's arrays, once per
+    epoch (blocks of 3 in stores of SAMPLES_PER_BLOCK: blocks that straddle pixel objects)."""
     dest, collection = tmp_path_factory.mktemp("ml-zarr") / "out", "terramesh-ml-zarr"
     run_cli("convert", synth_root, "--dest", dest, "--collection", collection, "--format", "zarr")
     run_cli("load", dest, "--dsn", pgstac_db.loader)
     _subset(pgstac_db, subsets_dir, "create", "zarr-all", "--collections", collection, "--modalities", "S2L2A,DEM")
     subset = subsets.read(subsets_dir / "zarr-all.parquet")
     assert all(h.endswith("/S2L2A.zarr-view.json") for h in subset.rows.column("S2L2A_zarr").to_pylist())
+    assert all(h.endswith("/S2L2A.zarr") for h in subset.rows.column("S2L2A_zarr_stack").to_pylist())
     official = {(r["modality"], r["key"]): r for r in run_official(synth_root)}
     dataset = SubsetDataset(subset, return_metadata=True, shuffle=True, read_from="zarr", block_size=3)
     keys = []
@@ -271,6 +273,17 @@ def test_the_zarr_path_streams_the_loader_arrays_from_the_items_zarr_views(
         keys.append(sample["__key__"])
         assert_is_the_loaders(sample, official, ["S2L2A", "DEM"])
     assert sorted(keys) == subset.rows.column("id").to_pylist()
+    # a lost pixel object: its samples are logged with key and modality and skipped, the rest go on
+    first = subset.rows.slice(0, 1).to_pylist()[0]
+    lost = Path(first["DEM_zarr_stack"]) / "bands" / "c" / "0" / "0" / "0" / "0" / "0"
+    lost.unlink()
+    monkeypatch.setenv("RANK", "0")  # one process again
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    gone = {r["id"] for r in subset.rows.to_pylist() if r["DEM_zarr_stack"] == first["DEM_zarr_stack"]}
+    with caplog.at_level("WARNING", logger="terramesh_stac.ml.dataset"):
+        left = [s["__key__"] for s in SubsetDataset(subset, ["S2L2A", "DEM"], read_from="zarr")]
+    assert left == [k for k in subset.rows.column("id").to_pylist() if k not in gone]
+    assert any(first["id"] in r.message and "DEM" in r.message for r in caplog.records)
     # a catalog without Zarr assets cannot be read from Zarr: said before any read
     with pytest.raises(subsets.SubsetError, match="no Zarr asset"):
         SubsetDataset(majortom[1], read_from="zarr")

@@ -21,7 +21,7 @@ from PIL import Image
 from terramesh_stac.catalog import mosaic_cache
 from terramesh_stac.catalog.tile_cache import IMMUTABLE, REVISION_TTL, SHORT_TTL
 from terramesh_stac.exits import EXIT_PARTIAL, EXIT_USAGE
-from tests.conftest import API_COLLECTION_ID
+from tests.conftest import API_COLLECTION_ID, cluster_env
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 RENDER = "true_color"
@@ -30,8 +30,7 @@ RENDER = "true_color"
 def _cli(pgstac_db, *args: str) -> subprocess.CompletedProcess:
     env = {
         "PATH": "/usr/bin:/bin",
-        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
-        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        **cluster_env(pgstac_db),
     }
     cmd = [sys.executable, "-m", "terramesh_stac.cli", "db", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

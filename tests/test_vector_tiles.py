@@ -15,7 +15,7 @@ from shapely.geometry import box, shape
 
 from terramesh_stac.catalog import density
 from terramesh_stac.catalog.tile_cache import REVISION_TTL
-from tests.conftest import API_COLLECTION_ID
+from tests.conftest import API_COLLECTION_ID, cluster_env
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 
@@ -226,8 +226,7 @@ def test_db_density_recounts_a_collection_loaded_by_another_tool(live_server, ap
     before = httpx.get(f"{live_server}/vector/revision", params={"collection": API_COLLECTION_ID}).json()["revision"]
     env = {
         **os.environ,
-        "TERRAMESH_STATE_DIR": str(pgstac_db.settings.state_dir),
-        "TERRAMESH_DB_PORT": str(pgstac_db.settings.db_port),
+        **cluster_env(pgstac_db),
     }
     cmd = [sys.executable, "-m", "terramesh_stac.cli", "db", "density", "--collection", API_COLLECTION_ID]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

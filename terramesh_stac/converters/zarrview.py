@@ -31,7 +31,6 @@ import numcodecs
 import numpy as np
 
 from terramesh_stac.converters.sample import SourceMember
-from terramesh_stac.converters.zarrzip import decode_arrays
 
 MEDIA_TYPE = "application/json"  # kerchunk references, as xpystac and STAC practice expect
 ROLES = ["data", "references"]
@@ -131,30 +130,3 @@ def complete(view: dict, array: str, url: str, offset: int, nbytes: int) -> None
 
 def asset_fields() -> dict:
     return {"xarray:open_kwargs": copy.deepcopy(OPEN_KWARGS)}
-
-
-def pixel_ranges(view: dict, names: tuple[str, ...]) -> dict[str, tuple[str, int, int]]:
-    """{chunk key: (url, offset, size)} of the arrays `names` that the view reads from the stack."""
-    return {
-        key: (ref[0], int(ref[1]), int(ref[2]))
-        for key, ref in view["refs"].items()
-        if isinstance(ref, list) and len(ref) == 3 and key.split("/", 1)[0] in names
-    }
-
-
-def read_arrays(view: dict, names: tuple[str, ...], chunks: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """The raw arrays `names` of a view (as zarrzip.read_arrays gives them from the source
-    zip): inlined entries from the view, the stack's chunks from `chunks` (by key, fetched by
-    the caller: pixel_ranges). Raises CorruptSampleError."""
-    refs = view["refs"]
-    meta = {k: json.loads(v) for k, v in refs.items() if k.rsplit("/", 1)[-1] in METADATA_FILES}
-
-    def entry(key: str) -> bytes | None:
-        if key in chunks:
-            return chunks[key]
-        ref = refs.get(key)
-        if isinstance(ref, str):
-            return base64.b64decode(ref[len("base64:") :]) if ref.startswith("base64:") else ref.encode()
-        return None
-
-    return decode_arrays(meta, entry, names)

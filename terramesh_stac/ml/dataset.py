@@ -18,9 +18,10 @@ the first optical modality) and `time_<MODALITY>` (int64 ns, left out where the 
 leaves it out: DEM's 0).
 
 The pixels come from the original shards by byte range (the manifest's `<MOD>_href`,
-`_offset`, `_size`: no copy of the data), or with `read_from="zarr"` from the items' Zarr
-views (`<MOD>_zarr`: the view, then the sample's chunks in the shard's stacked store), local
-paths or s3:// (fsspec; `storage_options` for s3fs). Every sample is read exactly once per epoch across ranks (`RANK`, `WORLD_SIZE`,
+`_offset`, `_size`: no copy of the data), or with `read_from="zarr"` from the shards'
+stacked Zarr stores (`<MOD>_zarr_stack`: ml/stacks.py, each store opened once per process,
+no request per sample), local paths or s3:// (fsspec; `storage_options` for s3fs).
+Every sample is read exactly once per epoch across ranks (`RANK`, `WORLD_SIZE`,
 or torch.distributed when initialised) and DataLoader workers: the epoch's order (shuffled
 with `seed + epoch`, or by id) is dealt out rank by rank, then worker by worker. Reads run
 `read_threads` at a time with at most `prefetch` samples decoded ahead, so a slow store
@@ -37,7 +38,6 @@ one request per sample and modality.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import deque
@@ -45,13 +45,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import fsspec
 import numpy as np
 
 from terramesh_stac.converters.byteindex import fetch_ranges
-from terramesh_stac.converters.zarrview import pixel_ranges
-from terramesh_stac.converters.zarrview import read_arrays as view_arrays
 from terramesh_stac.converters.zarrzip import LOADER_ARRAYS, CorruptSampleError, read_arrays
+from terramesh_stac.ml.stacks import Stacks
 from terramesh_stac.ml.subset import Subset, SubsetError, read
 
 try:  # a torch Dataset when torch is there (DataLoader workers need it); plain iterable otherwise
@@ -67,7 +65,7 @@ logger = logging.getLogger(__name__)
 NO_TIME_NS = 1e6  # the loader's rule: DEM stores 0, "no time"
 MAX_GAP = 1 << 20  # members this close in a tar are read in one request (skipped bytes: at most 1 MiB)
 MAX_BLOCK = 256 << 20  # bytes of one request at most
-READ_FROM = ("source", "zarr")  # the shards' members by byte range, or the items' Zarr views
+READ_FROM = ("source", "zarr")  # the shards' members by byte range, or the shards' stacked Zarr stores
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -151,7 +149,8 @@ class SubsetDataset(IterableDataset):
             missing := [
                 m
                 for m in self.modalities
-                if f"{m}_zarr" not in self.subset.rows.column_names or self.subset.rows.column(f"{m}_zarr").null_count
+                if f"{m}_zarr_stack" not in self.subset.rows.column_names
+                or self.subset.rows.column(f"{m}_zarr_stack").null_count
             ]
         ):
             raise SubsetError(
@@ -165,7 +164,9 @@ class SubsetDataset(IterableDataset):
         rows = self.subset.rows
         self._ids = rows.column("id").to_pylist()
         self._names = LOADER_ARRAYS if return_metadata else ("bands",)
-        self._views = {m: rows.column(f"{m}_zarr").to_pylist() for m in self.modalities} if read_from == "zarr" else {}
+        zarr = read_from == "zarr"
+        self._stack_hrefs = {m: rows.column(f"{m}_zarr_stack").to_pylist() for m in self.modalities} if zarr else {}
+        self._stacks: Stacks | None = None  # made in each worker process (it holds locks)
         self._blocks = blocks(rows.column(f"{self.modalities[0]}_href").to_pylist(), block_size)
         self._ranges = {
             m: (
@@ -205,14 +206,6 @@ class SubsetDataset(IterableDataset):
         options = self.storage_options if ranges and "://" in ranges[0][0] else {}
         return fetch_ranges(ranges, MAX_GAP, MAX_BLOCK, **options)
 
-    def _fetch_whole(self, urls: list[str]) -> list:
-        """Whole small objects, concurrently (fsspec's cat of many paths)."""
-        options = self.storage_options if urls and "://" in urls[0] else {}
-        fs, _ = fsspec.core.url_to_fs(urls[0], **options)
-        paths = [fs._strip_protocol(u) for u in urls]
-        got = fs.cat(paths, on_error="return")
-        return [got.get(p, FileNotFoundError(p)) for p in paths]
-
     def _fetch_source(self, rows: np.ndarray, m: str, fetched: list[dict], failed: dict) -> None:
         """Modality m of a block's samples: their `.zarr.zip` byte ranges in the shards."""
         hrefs, offsets, sizes = self._ranges[m]
@@ -223,27 +216,23 @@ class SubsetDataset(IterableDataset):
                 fetched[j][m] = data
 
     def _fetch_zarr(self, rows: np.ndarray, m: str, fetched: list[dict], failed: dict) -> None:
-        """Modality m of a block's samples from their Zarr views: the views (one small read
-        each, concurrently), then their chunks in the shard's stacked store (neighbours
-        there too: coalesced like the shards' members)."""
-        views = {}
-        for j, data in enumerate(self._fetch_whole([self._views[m][i] for i in rows])):
-            key = self._ids[rows[j]]
+        """Modality m of a block's samples from their shard's stacked store (ml/stacks.py:
+        the store and each pixel object's index opened once per process); the chunks of
+        the block lie side by side there, and come coalesced like the shards' members."""
+        wanted = []
+        for j, i in enumerate(rows):
+            href, key = self._stack_hrefs[m][i], self._ids[i]
             try:
-                if isinstance(data, Exception):
-                    raise OSError(f"{type(data).__name__}: {data}")
-                views[j] = json.loads(data)
-            except (OSError, ValueError) as e:
-                failed.setdefault(j, f"{key} {m}: Zarr view unreadable: {e}")
-        wanted = [(j, chunk, where) for j, v in views.items() for chunk, where in pixel_ranges(v, self._names).items()]
-        chunks: dict[int, dict[str, bytes]] = {j: {} for j in views}
-        for (j, chunk, _), data in zip(wanted, self._fetch([w for _, _, w in wanted])):
+                for name, where in self._stacks.chunk_ranges(href, key, self._names).items():
+                    wanted.append((j, name, where))
+                fetched[j][m] = (href, {})
+            except (OSError, ValueError, KeyError) as e:  # CorruptSampleError is a ValueError
+                failed.setdefault(j, f"{key} {m}: Zarr store unreadable: {getattr(e, 'reason', None) or e}")
+        for (j, name, _), data in zip(wanted, self._fetch([w for _, _, w in wanted])):
             if isinstance(data, Exception):
                 failed.setdefault(j, f"{self._ids[rows[j]]} {m}: unreadable: {type(data).__name__}: {data}")
-            else:
-                chunks[j][chunk] = data
-        for j, view in views.items():
-            fetched[j][m] = (view, chunks[j])
+            elif m in fetched[j]:
+                fetched[j][m][1][name] = data
 
     def _fetch_block(self, rows: np.ndarray) -> tuple[list[dict], dict[int, str]]:
         """The stored bytes of every modality of a block's samples, and why some failed."""
@@ -263,9 +252,9 @@ class SubsetDataset(IterableDataset):
             arrays = {}
             for m, stored in fetched[j].items():
                 if self.read_from == "zarr":
-                    view, chunks = stored
+                    href, chunks = stored
                     try:
-                        arrays[m] = view_arrays(view, self._names, chunks)
+                        arrays[m] = self._stacks.arrays(href, key, self._names, chunks)
                     except CorruptSampleError as e:
                         raise CorruptSampleError(f"{key} {m}: {e.reason}") from e
                 else:
@@ -279,6 +268,8 @@ class SubsetDataset(IterableDataset):
         """Blocks are fetched in one pool, samples decoded in another, in order: a sample is
         yielded as soon as it and those before it are decoded, and at most `prefetch` are
         decoded ahead (the fetches of their blocks with them)."""
+        if self.read_from == "zarr" and self._stacks is None:
+            self._stacks = Stacks(self.storage_options)
         with (
             ThreadPoolExecutor(self.read_threads, thread_name_prefix="terramesh-fetch") as fetch_pool,
             ThreadPoolExecutor(self.read_threads, thread_name_prefix="terramesh-decode") as decode_pool,

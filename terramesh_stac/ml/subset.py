@@ -12,8 +12,8 @@ Parquet manifest `<subsets dir>/<NAME>.parquet`, one row per sample, ordered by 
     <MOD>_href, <MOD>_offset, <MOD>_size where the sample's `.zarr.zip` lies in its source
                                          shard (the item's `<MOD>_source` asset: a byte range)
     <MOD>_cog                            the item's COG of the modality (None without one)
-    <MOD>_zarr                           the item's Zarr view (converters/zarrview.py; None
-                                         without one)
+    <MOD>_zarr, <MOD>_zarr_stack         the item's Zarr view (converters/zarrview.py) and its
+                                         shard's stacked store (None without them)
 
 and, in the file's metadata (key `terramesh:subset`), the search that made it, the catalog
 revision of each collection (catalog/density.py), the time, the modalities and the counts
@@ -113,12 +113,13 @@ def search_body(
 
 
 def _source_range(assets: dict, modality: str) -> tuple | None:
-    """(href, offset, size, cog href, zarr view href) of a modality's bytes in its source
-    shard, or None. (pgstac keeps an asset the item lacks as a marker string, not a dict.)"""
+    """(href, offset, size, cog href, zarr view href, zarr stack href) of a modality's bytes
+    in its source shard, or None. (pgstac keeps an asset the item lacks as a marker string,
+    not a dict.)"""
     src = assets.get(f"{modality}_source")
     if not isinstance(src, dict) or "archive:start" not in src or "href" not in src:
         return None
-    cog, view = assets.get(modality), assets.get(f"{modality}_zarr")
+    cog, view, stack = assets.get(modality), assets.get(f"{modality}_zarr"), assets.get(f"{modality}_zarr_stack")
     start, end = int(src["archive:start"]), int(src["archive:end"])  # inclusive
     return (
         src["href"],
@@ -126,6 +127,7 @@ def _source_range(assets: dict, modality: str) -> tuple | None:
         end - start + 1,
         cog.get("href") if isinstance(cog, dict) else None,
         view.get("href") if isinstance(view, dict) else None,
+        stack.get("href") if isinstance(stack, dict) else None,
     )
 
 
@@ -166,7 +168,14 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
             continue
         row = dict(base)
         for m in modalities:
-            row[f"{m}_href"], row[f"{m}_offset"], row[f"{m}_size"], row[f"{m}_cog"], row[f"{m}_zarr"] = ranges[m]
+            (
+                row[f"{m}_href"],
+                row[f"{m}_offset"],
+                row[f"{m}_size"],
+                row[f"{m}_cog"],
+                row[f"{m}_zarr"],
+                row[f"{m}_zarr_stack"],
+            ) = ranges[m]
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
     return columns, modalities, left_out
