@@ -137,10 +137,9 @@ def create_app(settings: ServiceSettings) -> Starlette:
         Mount(f"/{RASTER_PATH}", app=_MountedAsRoot(raster_app)),
         Mount(f"/{VECTOR_PATH}", app=_MountedAsRoot(vector_app)),
     ]
-    for url_path, folder in served_folders(settings.dest).items():
-        routes.append(
-            Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False, folders=served_folders(settings.dest)))
-        )
+    folders = served_folders(settings.dest)
+    for url_path, folder in folders.items():
+        routes.append(Mount(f"/{url_path}", app=_Assets(directory=folder, check_dir=False, folders=folders)))
 
     app = Starlette(
         routes=routes,

@@ -310,26 +310,21 @@ class ShardStackWriter:
     def _write_views(self, views: list, first: int, shards: dict[str, tuple[str, bytes]]) -> None:
         """Each sample's view, its pixel chunks pointed at the shard objects just written
         (blocks align with shard objects: the block's samples are its first inner chunks)."""
-        for array, (key, _) in shards.items():
-            if key != f"{array}/c/{first // SAMPLES_PER_BLOCK}" + "/0" * (key.count("/") - 2):
+        indexes = {}
+        for array, (key, data) in shards.items():
+            meta = json.loads(self.entries[f"{array}/zarr.json"].to_bytes())
+            per_object = zarrview.samples_per_object(meta)
+            if key != zarrview.object_key(array, first // per_object, len(meta["shape"])):
                 raise RuntimeError(f"unexpected shard object {key} for samples from {first}")
+            indexes[array] = zarrview.inner_chunks(data, per_object)
         for position, view in enumerate(views):
             if view is None:
                 continue
             relpath, refs = view
-            for array, (key, data) in shards.items():
-                offset, nbytes = zarrview.inner_chunks(data, self._inner_chunk_count(array))[position]
+            for array, (key, _) in shards.items():
+                offset, nbytes = indexes[array][position]
                 zarrview.complete(refs, array, self.href(f"{self.root}/{key}"), offset, nbytes)
             self.put(relpath, json.dumps(refs, separators=(",", ":"), sort_keys=True).encode())
-
-    def _inner_chunk_count(self, array: str) -> int:
-        """Inner chunks per shard object, from the array's metadata (index at the end)."""
-        meta = json.loads(self.entries[f"{array}/zarr.json"].to_bytes())
-        sharding = next(c["configuration"] for c in meta["codecs"] if c["name"] == "sharding_indexed")
-        if sharding.get("index_location", "end") != "end":
-            raise RuntimeError(f"{array}: shard index not at the end")
-        shard, inner = meta["chunk_grid"]["configuration"]["chunk_shape"], sharding["chunk_shape"]
-        return int(np.prod([s // i for s, i in zip(shard, inner)]))
 
     def close(self) -> None:
         """Write the rest: last block, shared arrays, metadata (consolidated, last)."""

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import base64
 import copy
-import io
 import json
-import zipfile
 
 import numcodecs
 import numpy as np
 
 from terramesh_stac.converters.sample import SourceMember
+from terramesh_stac.converters.zarrzip import sample_files
 
 MEDIA_TYPE = "application/json"  # kerchunk references, as xpystac and STAC practice expect
 ROLES = ["data", "references"]
@@ -63,21 +62,11 @@ def filename(modality: str) -> str:
     return f"{modality}{FILE_SUFFIX}"
 
 
-def _entries(member: SourceMember) -> dict[str, bytes]:
-    """The files of the sample's zip, without a common top folder (STORED or DEFLATED)."""
-    with zipfile.ZipFile(io.BytesIO(member.data)) as zf:
-        files = {i.filename.lstrip("/"): zf.read(i) for i in zf.infolist() if not i.is_dir()}
-    if ".zmetadata" not in files:
-        prefix = next((n[: -len(".zmetadata")] for n in files if n.endswith("/.zmetadata")), "")
-        files = {n[len(prefix) :]: v for n, v in files.items() if n.startswith(prefix)}
-    return files
-
-
 def partial_view(member: SourceMember, pixel_dtypes: dict[str, np.dtype], codec: numcodecs.abc.Codec) -> dict:
     """The view's references without the pixel chunks (their place in the stack is known
     when its block is written: `complete`). `pixel_dtypes`: what the stack stores of each
     pixel array; `codec`: the stack's compressor. Raises ViewMismatch."""
-    files = _entries(member)
+    files = sample_files(member.data)  # STORED or DEFLATED, without a common top folder
     meta = json.loads(files[".zmetadata"])["metadata"]
     # the metadata from the consolidated copy (a zip need not hold the per-array files):
     # kerchunk's engine opens the group unconsolidated
@@ -109,6 +98,23 @@ def partial_view(member: SourceMember, pixel_dtypes: dict[str, np.dtype], codec:
 
 def chunk_key(array: str, ndim: int) -> str:
     return f"{array}/" + ".".join("0" * ndim)
+
+
+def samples_per_object(meta: dict) -> int:
+    """Inner chunks (samples) per shard object of a stacked pixel array, from its zarr.json
+    (index at the end, one chunk per sample)."""
+    sharding = next(c["configuration"] for c in meta["codecs"] if c["name"] == "sharding_indexed")
+    if sharding.get("index_location", "end") != "end":
+        raise ValueError("shard index not at the end of its object")
+    outer, inner = meta["chunk_grid"]["configuration"]["chunk_shape"], sharding["chunk_shape"]
+    if inner[0] != 1 or inner[1:] != meta["shape"][1:]:
+        raise ValueError(f"not one chunk per sample: chunks {inner} of shape {meta['shape']}")
+    return outer[0]
+
+
+def object_key(array: str, number: int, ndim: int) -> str:
+    """The key of a pixel array's `number`-th shard object (ndim: with `item`)."""
+    return f"{array}/c/{number}" + "/0" * (ndim - 1)
 
 
 def inner_chunks(shard: bytes, count: int) -> np.ndarray:

@@ -58,6 +58,12 @@ def _strip_common_prefix(entries: dict[str, bytes]) -> dict[str, bytes]:
     return entries
 
 
+def sample_files(data: bytes) -> dict[str, bytes]:
+    """The files of a sample's zip (STORED or DEFLATED), without a common top folder.
+    Raises CorruptSampleError."""
+    return _strip_common_prefix(_zip_entries(data))
+
+
 def decode_zarr_zip(data: bytes) -> xr.Dataset:
     """One sample's bytes -> its Dataset, loaded into memory.
 
@@ -65,7 +71,7 @@ def decode_zarr_zip(data: bytes) -> xr.Dataset:
     "no time". Metadata arrays keep the shape they were stored with (0-d or (1,)); read
     them with `sample_scalar`. Raises CorruptSampleError on anything unreadable.
     """
-    entries = _strip_common_prefix(_zip_entries(data))
+    entries = sample_files(data)
     if ".zmetadata" not in entries:
         raise CorruptSampleError("no .zmetadata in the zip (not a consolidated zarr v2 group)")
     try:

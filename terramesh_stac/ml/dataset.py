@@ -83,8 +83,8 @@ def rank_and_world() -> tuple[int, int]:
 
 def sample_dict(key: str, arrays_of: dict[str, dict[str, np.ndarray]], return_metadata: bool) -> dict:
     """The official loader's dict of one sample from the raw arrays of each modality (as
-    converters/zarrzip.read_arrays decodes them from a `.zarr.zip`, or zarrview.read_arrays
-    from a Zarr view)."""
+    converters/zarrzip.read_arrays decodes them from a `.zarr.zip`, or ml/stacks.py from a
+    stacked store)."""
     out: dict = {"__key__": key}
     for modality, arrays in arrays_of.items():
         if "bands" not in arrays:

@@ -43,7 +43,7 @@ class PixelArray:
     ndim: int  # with `item`
 
     def object_key(self, name: str, position: int) -> str:
-        return f"{name}/c/{position // self.per_object}" + "/0" * (self.ndim - 1)
+        return zarrview.object_key(name, position // self.per_object, self.ndim)
 
 
 @dataclass
@@ -56,14 +56,12 @@ class OpenStack:
 
 
 def _pixel_array(meta: dict) -> PixelArray:
-    sharding = next(c["configuration"] for c in meta["codecs"] if c["name"] == "sharding_indexed")
-    if sharding.get("index_location", "end") != "end":
-        raise CorruptSampleError("shard index not at the end of its object")
-    outer, inner = meta["chunk_grid"]["configuration"]["chunk_shape"], sharding["chunk_shape"]
-    if inner[1:] != meta["shape"][1:] or inner[0] != 1:
-        raise CorruptSampleError(f"not one chunk per sample: chunks {inner} of shape {meta['shape']}")
+    try:
+        per_object = zarrview.samples_per_object(meta)
+    except ValueError as e:
+        raise CorruptSampleError(str(e)) from e
     dtype = np.dtype(meta["data_type"]).newbyteorder("<")  # the bytes codec writes little endian
-    return PixelArray(tuple(meta["shape"][1:]), dtype, outer[0], len(meta["shape"]))
+    return PixelArray(tuple(meta["shape"][1:]), dtype, per_object, len(meta["shape"]))
 
 
 class Stacks:
