@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/ml.py [--shards 8] [--samples-per-shard 32]
         [--modalities S2L2A,S2L1C,DEM] [--rounds 2] [--work /tmp]
 
-1. `synth` a TerraMesh tree, then as a user runs them: `convert --format zarr` (the items'
-   byte ranges into the shards, and the Zarr stores and views), `load`, `subset create all`
+1. `synth` a TerraMesh tree, then as a user runs them: `convert --format cog,zarr` (the items'
+   byte ranges into the shards, COGs, and the Zarr stores and views), `load`, `subset create all`
    (every sample) and `subset create last` (the ssl4eos12 samples: the last shards), in a
    throwaway embedded cluster.
 2. local files, 1 and 4 workers: ours (SubsetDataset with return_metadata, reading the byte
-   ranges of the shards, then the stacked Zarr stores) next to the official loader
+   ranges of the shards, then the stacked Zarr stores, then the COGs) next to the official loader
    (benchmarks/official_stream.py in the zarr-2.18 venv: the loader's decode calls over whole
    shards), all through DataLoader(num_workers=w, batch_size=None), interleaved, --rounds
    times; samples/s and ours / official.
@@ -17,9 +17,7 @@
 
 4. the same streams with the shards on the S3-compatible server (moto's, in this process):
    ours by range reads (s3fs), the official loader reading whole tars over presigned URLs;
-   the Zarr path from a `convert --format zarr` of the S3 source to the same bucket.
-
-Not measured yet: a COG path (the stream does not read COGs).
+   the Zarr and COG paths from a `convert --format cog,zarr` of the S3 source to the same bucket.
 """
 
 from __future__ import annotations
@@ -99,7 +97,8 @@ print(json.dumps({{"key": sample["__key__"], "seconds": time.perf_counter() - t,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PATHS = ("source", "zarr")  # SubsetDataset(read_from=...): the shards' byte ranges, the stacked Zarr stores
+PATHS = ("source", "zarr", "cog")  # SubsetDataset(read_from=...): the shards' byte ranges, Zarr stores, COGs
+FORMATS = "cog,zarr"
 
 
 def compare(manifest: Path, source: Path, modalities, samples: int, rounds: int, options=None, extra=()) -> dict:
@@ -126,7 +125,9 @@ def compare(manifest: Path, source: Path, modalities, samples: int, rounds: int,
     return ratios
 
 
-def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: int, rounds: int, work: Path) -> None:
+def s3_rounds(
+    source: Path, dest: Path, subsets_dir: Path, modalities: list[str], samples: int, rounds: int, work: Path
+) -> None:
     """The same streams with the shards on the S3-compatible server (moto, in this process):
     ours by s3fs range reads, the official loader over presigned URLs of whole tars."""
     import boto3
@@ -156,11 +157,11 @@ def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: i
                 "get_object", Params={"Bucket": "bench", "Key": key}, ExpiresIn=3600
             )
         (work / "urls.json").write_text(json.dumps(urls))
-        # the Zarr assets on the bucket: the S3 source converted there, as a user would
+        # the Zarr and COG assets on the bucket: the S3 source converted there, as a user would
         env = {**os.environ, "TERRAMESH_S3_ENDPOINT_URL": endpoint}
         env = {k: v for k, v in env.items() if k != "TERRAMESH_SCHEDULER"}
         proc = subprocess.run(
-            [*CLI, "convert", "s3://bench/source", "--dest", "s3://bench/dest", "--format", "zarr", "--quiet"],
+            [*CLI, "convert", "s3://bench/source", "--dest", "s3://bench/dest", "--format", FORMATS, "--quiet"],
             env=env,
             capture_output=True,
             text=True,
@@ -168,15 +169,12 @@ def s3_rounds(source: Path, subsets_dir: Path, modalities: list[str], samples: i
         if proc.returncode != 0:
             raise RuntimeError(f"convert to S3 failed: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         table = pq.read_table(subsets_dir / "all.parquet")  # the manifest, hrefs moved to the bucket
-        for m in modalities:
-            hrefs = [h.replace(str(source), "s3://bench/source") for h in table.column(f"{m}_href").to_pylist()]
-            table = table.set_column(table.column_names.index(f"{m}_href"), f"{m}_href", pa.array(hrefs))
-            stacks = [  # layout.zarr_path
-                f"s3://bench/dest/assets/zarr/{split}/{shard.removesuffix('.tar')}/{m}.zarr"
-                for split, shard in zip(table.column("split").to_pylist(), table.column("shard").to_pylist())
-            ]
-            column = table.column_names.index(f"{m}_zarr_stack")
-            table = table.set_column(column, f"{m}_zarr_stack", pa.array(stacks))
+        moved = {f"{m}_href": (source, "s3://bench/source") for m in modalities}
+        moved |= {f"{m}_{kind}": (dest, "s3://bench/dest") for m in modalities for kind in ("zarr_stack", "cog")}
+        moved["cloud_mask_cog"] = (dest, "s3://bench/dest")  # the same layout on both (converters/layout.py)
+        for name, (old, new) in moved.items():
+            hrefs = [h.replace(str(old), new) for h in table.column(name).to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(hrefs))
         pq.write_table(table, subsets_dir / "all-s3.parquet")
         options = {"client_kwargs": {"endpoint_url": endpoint}}
         print("\n## stream: samples/s, the S3-compatible server (moto, on the same 2 cores; rounds interleaved)\n")
@@ -222,7 +220,7 @@ def main() -> int:
                 TERRAMESH_SUBSETS_DIR=str(subsets_dir),
                 TERRAMESH_COLLECTION_ID=CID,
             )
-            cli(env, "convert", source, "--dest", dest, "--collection", CID, "--format", "zarr")
+            cli(env, "convert", source, "--dest", dest, "--collection", CID, "--format", FORMATS)
             cli(env, "load", dest)
             cli(env, "subset", "create", "all", "--modalities", ",".join(modalities))
             last = "\"terramesh:source\" = 'ssl4eos12'"
@@ -231,7 +229,7 @@ def main() -> int:
         print("\n## stream: samples/s, local files (rounds interleaved)\n")
         compare(subsets_dir / "all.parquet", source, modalities, samples, args.rounds)
 
-        s3_rounds(source, subsets_dir, modalities, samples, args.rounds, work)
+        s3_rounds(source, dest, subsets_dir, modalities, samples, args.rounds, work)
 
         print("\n## time to the first sample of subset 'last' (the ssl4eos12 samples, in the last shards)\n")
         for r in range(1, args.rounds + 1):

@@ -18,9 +18,11 @@ the first optical modality) and `time_<MODALITY>` (int64 ns, left out where the 
 leaves it out: DEM's 0).
 
 The pixels come from the original shards by byte range (the manifest's `<MOD>_href`,
-`_offset`, `_size`: no copy of the data), or with `read_from="zarr"` from the shards'
-stacked Zarr stores (`<MOD>_zarr_stack`: ml/stacks.py, each store opened once per process,
-no request per sample), local paths or s3:// (fsspec; `storage_options` for s3fs).
+`_offset`, `_size`: no copy of the data), with `read_from="zarr"` from the shards' stacked
+Zarr stores (`<MOD>_zarr_stack`: ml/stacks.py, each store opened once per process, no
+request per sample), or with `read_from="cog"` from the items' COGs (`<MOD>_cog` and
+`cloud_mask_cog`: ml/cogs.py, one request per COG; the centre and times as the item gives
+them, the centre to 1e-6 degree), local paths or s3:// (fsspec; `storage_options` for s3fs).
 Every sample is read exactly once per epoch across ranks (`RANK`, `WORLD_SIZE`,
 or torch.distributed when initialised) and DataLoader workers: the epoch's order (shuffled
 with `seed + epoch`, or by id) is dealt out rank by rank, then worker by worker. Reads run
@@ -48,7 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from terramesh_stac.converters.byteindex import fetch_ranges
+from terramesh_stac.converters.modalities import CLOUD_MASK_MODALITIES, MODALITY_INFO
 from terramesh_stac.converters.zarrzip import LOADER_ARRAYS, CorruptSampleError, read_arrays
+from terramesh_stac.ml import cogs
 from terramesh_stac.ml.stacks import Stacks
 from terramesh_stac.ml.subset import Subset, SubsetError, read
 
@@ -65,7 +69,8 @@ logger = logging.getLogger(__name__)
 NO_TIME_NS = 1e6  # the loader's rule: DEM stores 0, "no time"
 MAX_GAP = 1 << 20  # members this close in a tar are read in one request (skipped bytes: at most 1 MiB)
 MAX_BLOCK = 256 << 20  # bytes of one request at most
-READ_FROM = ("source", "zarr")  # the shards' members by byte range, or the shards' stacked Zarr stores
+READ_FROM = ("source", "zarr", "cog")  # the shards' members by byte range, their stacked Zarr stores, the COGs
+ASSET_COLUMNS = {"zarr": ("{m}_zarr_stack", "Zarr"), "cog": ("{m}_cog", "COG")}  # read_from -> manifest column
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -118,6 +123,30 @@ def blocks(shards: list[str], block_size: int) -> list[np.ndarray]:
     return out
 
 
+def item_metadata(rows, modalities: list[str]):
+    """What the items give of each sample for the loader's metadata, as the source stores it:
+    f(row, modality) -> {center_lon, center_lat: 0-d float64, time: (1,) int64 ns} (no time
+    for DEM; S1 modalities have the S1 acquisition, the others the S2 one)."""
+    import pyarrow as pa
+
+    lon = rows.column("center_lon").to_numpy(zero_copy_only=False).astype(np.float64)
+    lat = rows.column("center_lat").to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def ns(name: str) -> list:
+        return rows.column(name).cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_pylist()
+
+    times = {"S2": ns("datetime"), "S1": ns("s1_datetime")}
+
+    def of(i: int, modality: str) -> dict:
+        out = {"center_lon": np.array(lon[i]), "center_lat": np.array(lat[i])}
+        t = times["S1" if modality.startswith("S1") else "S2"][i] if MODALITY_INFO[modality].has_time else None
+        if t is not None:
+            out["time"] = np.array([t], np.int64)
+        return out
+
+    return of
+
+
 class SubsetDataset(IterableDataset):
     def __init__(
         self,
@@ -145,28 +174,34 @@ class SubsetDataset(IterableDataset):
             raise ValueError(f"on_error={on_error!r}: 'warn' (log and go on) or 'raise'")
         if read_from not in READ_FROM:
             raise ValueError(f"read_from={read_from!r}: one of {', '.join(READ_FROM)}")
-        if read_from == "zarr" and (
-            missing := [
+        rows = self.subset.rows
+        if read_from in ASSET_COLUMNS:
+            column, kind = ASSET_COLUMNS[read_from]
+            missing = [
                 m
                 for m in self.modalities
-                if f"{m}_zarr_stack" not in self.subset.rows.column_names
-                or self.subset.rows.column(f"{m}_zarr_stack").null_count
+                if column.format(m=m) not in rows.column_names or rows.column(column.format(m=m)).null_count
             ]
-        ):
-            raise SubsetError(
-                f"read_from='zarr': samples of subset {self.subset.name!r} have no Zarr asset of {missing}"
-            )
+            if missing:
+                raise SubsetError(
+                    f"read_from={read_from!r}: samples of subset {self.subset.name!r} have no {kind} asset of {missing}"
+                )
+        if read_from == "cog" and "s1_datetime" not in rows.column_names:
+            raise SubsetError(f"read_from='cog': subset {self.subset.name!r} predates the COG path: create it again")
         self.on_error, self.read_from = on_error, read_from
         self.return_metadata, self.shuffle, self.seed = return_metadata, shuffle, seed
         self.read_threads, self.prefetch = read_threads, prefetch
         self.storage_options = storage_options or {}
         self.epoch = 0
-        rows = self.subset.rows
         self._ids = rows.column("id").to_pylist()
         self._names = LOADER_ARRAYS if return_metadata else ("bands",)
         zarr = read_from == "zarr"
         self._stack_hrefs = {m: rows.column(f"{m}_zarr_stack").to_pylist() for m in self.modalities} if zarr else {}
         self._stacks: Stacks | None = None  # made in each worker process (it holds locks)
+        if read_from == "cog":
+            self._cogs = {m: rows.column(f"{m}_cog").to_pylist() for m in self.modalities}
+            self._masks = rows.column("cloud_mask_cog").to_pylist()
+            self._item_meta = item_metadata(rows, self.modalities)
         self._blocks = blocks(rows.column(f"{self.modalities[0]}_href").to_pylist(), block_size)
         self._ranges = {
             m: (
@@ -234,32 +269,67 @@ class SubsetDataset(IterableDataset):
             elif m in fetched[j]:
                 fetched[j][m][1][name] = data
 
+    def _fetch_cogs(self, rows: np.ndarray, fetched: list[dict], failed: dict) -> None:
+        """Every COG of a block's samples (and their cloud masks, for the metadata), whole,
+        requested together."""
+        wanted = [(j, m, self._cogs[m][i]) for j, i in enumerate(rows) for m in self.modalities]
+        if self.return_metadata and any(m in CLOUD_MASK_MODALITIES for m in self.modalities):
+            wanted += [(j, "cloud_mask", self._masks[i]) for j, i in enumerate(rows) if self._masks[i]]
+        for (j, m, _), data in zip(wanted, cogs.fetch_objects([h for _, _, h in wanted], self.storage_options)):
+            if isinstance(data, Exception):
+                failed.setdefault(j, f"{self._ids[rows[j]]} {m}: unreadable: {type(data).__name__}: {data}")
+            else:
+                fetched[j][m] = data
+
     def _fetch_block(self, rows: np.ndarray) -> tuple[list[dict], dict[int, str]]:
         """The stored bytes of every modality of a block's samples, and why some failed."""
         fetched: list[dict] = [{} for _ in rows]
         failed: dict[int, str] = {}
-        for m in self.modalities:
-            (self._fetch_zarr if self.read_from == "zarr" else self._fetch_source)(rows, m, fetched, failed)
+        if self.read_from == "cog":
+            self._fetch_cogs(rows, fetched, failed)
+        else:
+            if self.read_from == "zarr":
+                self._stacks.open_all({self._stack_hrefs[m][i] for m in self.modalities for i in rows})
+            for m in self.modalities:
+                (self._fetch_zarr if self.read_from == "zarr" else self._fetch_source)(rows, m, fetched, failed)
         return fetched, failed
+
+    def _cog_arrays(self, i: int, fetched: dict) -> dict[str, dict[str, np.ndarray]]:
+        """The raw arrays of sample i from its COGs, with the item's centre and times."""
+        key, out = self._ids[i], {}
+        mask = fetched.get("cloud_mask")
+        for m in self.modalities:
+            try:
+                arrays = {"bands": cogs.decode(fetched[m], MODALITY_INFO[m].dtype)[np.newaxis]}
+                if mask is not None and m in CLOUD_MASK_MODALITIES:
+                    arrays["cloud_mask"] = cogs.decode(mask, "uint8")
+            except CorruptSampleError as e:
+                raise CorruptSampleError(f"{key} {m}: {e.reason}") from e
+            out[m] = {**arrays, **self._item_meta(i, m)}
+        return out
+
+    def _arrays(self, i: int, stored: dict) -> dict[str, dict[str, np.ndarray]]:
+        """The raw arrays of each modality of sample i from its fetched bytes."""
+        key = self._ids[i]
+        if self.read_from == "cog":
+            return self._cog_arrays(i, stored)
+        if self.read_from == "source":
+            return {m: member_arrays(key, m, data, self._names) for m, data in stored.items()}
+        arrays = {}
+        for m, (href, chunks) in stored.items():
+            try:
+                arrays[m] = self._stacks.arrays(href, key, self._names, chunks)
+            except CorruptSampleError as e:
+                raise CorruptSampleError(f"{key} {m}: {e.reason}") from e
+        return arrays
 
     def _decode(self, block, j: int, i: int) -> dict | None:
         """Sample j of a fetched block (row i), or None (logged) when it cannot be had."""
         fetched, failed = block.result()
-        key = self._ids[i]
         try:
             if j in failed:
                 raise CorruptSampleError(failed[j])
-            arrays = {}
-            for m, stored in fetched[j].items():
-                if self.read_from == "zarr":
-                    href, chunks = stored
-                    try:
-                        arrays[m] = self._stacks.arrays(href, key, self._names, chunks)
-                    except CorruptSampleError as e:
-                        raise CorruptSampleError(f"{key} {m}: {e.reason}") from e
-                else:
-                    arrays[m] = member_arrays(key, m, stored, self._names)
-            return sample_dict(key, arrays, self.return_metadata)
+            return sample_dict(self._ids[i], self._arrays(i, fetched[j]), self.return_metadata)
         except CorruptSampleError as e:
             self._fail(e.reason)
             return None

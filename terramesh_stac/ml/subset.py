@@ -8,7 +8,8 @@ The search is resolved once, straight from pgstac (its own WHERE clause of the s
 `pgstac.stac_search_to_where`, the clause the API and the map's footprints use), into a
 Parquet manifest `<subsets dir>/<NAME>.parquet`, one row per sample, ordered by id:
 
-    id, collection, datetime, source, split, shard, center_lon, center_lat, cloud_cover
+    id, collection, datetime, s1_datetime, source, split, shard, center_lon, center_lat,
+    cloud_cover, cloud_mask_cog (the item's cloud-mask COG, None without one)
     <MOD>_href, <MOD>_offset, <MOD>_size where the sample's `.zarr.zip` lies in its source
                                          shard (the item's `<MOD>_source` asset: a byte range)
     <MOD>_cog                            the item's COG of the modality (None without one)
@@ -140,16 +141,19 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
         assets, p = item["assets"] or {}, item["properties"] or {}
         ranges = {m: r for m in MODALITIES if (r := _source_range(assets, m)) is not None}
         centre = p.get("terramesh:center") or [None, None]
+        mask, s1_time = assets.get("cloud_mask"), p.get("terramesh:s1_datetime")
         base = {
             "id": item["id"],
             "collection": item["collection"],
             "datetime": item["datetime"],
+            "s1_datetime": datetime.fromisoformat(s1_time.replace("Z", "+00:00")) if s1_time else None,
             "source": p.get("terramesh:source"),
             "split": p.get("terramesh:split"),
             "shard": p.get("terramesh:shard"),
             "center_lon": centre[0],
             "center_lat": centre[1],
             "cloud_cover": p.get("eo:cloud_cover"),
+            "cloud_mask_cog": mask.get("href") if isinstance(mask, dict) else None,
         }
         samples.append((base, ranges))
     if modalities is None:

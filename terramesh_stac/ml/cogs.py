@@ -1,0 +1,50 @@
+"""Samples of the items' COGs (the stream's COG path).
+
+A TerraMesh COG is small (one 272 x 272 internal tile per band, no overview, a few hundred
+kB), so each is read whole, in one request, and decoded in memory by GDAL (rasterio): a
+block's COGs are requested together (fsspec's `cat` of many URLs, which s3fs runs
+concurrently), as a block's members are in one range request on the byte-range path.
+
+What a COG does not hold comes from the subset's manifest, as the item gives it: the
+centre (`terramesh:center`, rounded to 1e-6 degree, 0.1 m) and the acquisition times
+(`datetime` for the S2 modalities, NDVI and LULC, `terramesh:s1_datetime` for S1, none
+for DEM). The pixels are the source's bit for bit: float16 modalities are stored as float32
+(exact, converters/cog.py) and cast back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import fsspec
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from terramesh_stac.converters.zarrzip import CorruptSampleError
+
+
+def fetch_objects(urls: list[str], storage_options: dict) -> list:
+    """The bytes of each whole object, or the exception that stopped its read; `storage_options`
+    (s3fs's) apply to URLs, not to local paths."""
+    by_fs: dict[str, list[int]] = defaultdict(list)
+    for i, url in enumerate(urls):
+        by_fs[url.split("://")[0] if "://" in url else ""].append(i)
+    out: list = [None] * len(urls)
+    for protocol, positions in by_fs.items():
+        fs, _ = fsspec.core.url_to_fs(urls[positions[0]], **(storage_options if protocol else {}))
+        got = fs.cat([urls[i] for i in positions], on_error="return")
+        for i in positions:
+            data = got.get(fs._strip_protocol(urls[i]), FileNotFoundError(urls[i]))
+            out[i] = data if isinstance(data, bytes | Exception) else OSError(f"{urls[i]}: {data!r}")
+    return out
+
+
+def decode(data: bytes, dtype: str) -> np.ndarray:
+    """(band, y, x) of a COG's bytes, in the source dtype."""
+    try:
+        with rasterio.MemoryFile(data) as memory, memory.open() as src:
+            values = src.read()
+    except RasterioError as e:
+        raise CorruptSampleError(f"undecodable COG: {e}") from e
+    return values.astype(dtype, copy=False)  # float16 sources are stored as float32, exactly
