@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import shapely
+import xarray as xr
 
 from terramesh_stac.converters import synth
 from terramesh_stac.converters.metadata import read_metadata, write_metadata
@@ -32,6 +33,7 @@ from terramesh_stac.converters.zarrzip import (
     NO_TIME_THRESHOLD,
     CorruptSampleError,
     decode_zarr_zip,
+    decode_zarr_zip_with_zarr,
     encode_zarr_zip,
     read_arrays,
     sample_scalar,
@@ -208,15 +210,23 @@ def _members_of(root):
     ids=["generated", "deflated-zip", "metadata-shape-1", "no-cloud-mask"],
 )
 def test_direct_decode_equals_the_xarray_reading(synth_root, tmp_path, variant):
-    """read_arrays (numcodecs, straight from the metadata) against decode_zarr_zip (zarr 3 +
-    xarray), on every modality and sample kind: bytes (float16 NaN payloads included),
-    shapes, dtypes, and the raw time (DEM's 0)."""
+    """decode_zarr_zip (numcodecs straight from the metadata, then xarray's CF decoding) and
+    read_arrays (the raw arrays) against decode_zarr_zip_with_zarr (zarr 3 + xarray's
+    open_zarr), on every modality and sample kind: the same Dataset (variables, coordinates,
+    attributes, dtypes), pixel bytes bit for bit (float16 NaN payloads included), and the
+    raw time (DEM's 0)."""
     from tests.official_loader import array_digest
 
     root = synth_root if variant is None else _small_variant(tmp_path, **variant)[0]
     seen = set()
     for modality, name, data in _members_of(root):
-        fast, ds = read_arrays(data, LOADER_ARRAYS), decode_zarr_zip(data)
+        fast, ds, direct = read_arrays(data, LOADER_ARRAYS), decode_zarr_zip_with_zarr(data), decode_zarr_zip(data)
+        xr.testing.assert_identical(direct, ds)
+        assert {v: direct[v].dtype for v in direct.variables} == {v: ds[v].dtype for v in ds.variables}
+        assert set(direct.coords) == set(ds.coords) and direct.attrs == ds.attrs
+        for array in ("bands", "cloud_mask", "x", "y"):
+            if array in ds:
+                assert array_digest(direct[array].values) == array_digest(ds[array].values), (modality, name)
         for array in ("bands", "cloud_mask"):
             assert (array in fast) == (array in ds), (modality, name, array)
             if array in ds:
@@ -243,9 +253,10 @@ def test_corrupt_bytes_raise_clear_errors(synth_root):
         (_zip_without(good, "bands/0.0.0.0"), "chunk bands/0.0.0.0 missing"),
         (_zip_without(good, "bands/0.0.0.0", b"\0" * 64), "unreadable"),
     ]:
-        with pytest.raises(CorruptSampleError, match=why) as e:
-            decode_zarr_zip(bad)
-        assert isinstance(e.value, ValueError) and e.value.reason
+        for decode in (decode_zarr_zip, decode_zarr_zip_with_zarr):
+            with pytest.raises(CorruptSampleError, match=why) as e:
+                decode(bad)
+            assert isinstance(e.value, ValueError) and e.value.reason
         if "missing" not in why:  # read_arrays reads a missing chunk as zarr 2 does: fill values
             with pytest.raises(CorruptSampleError):
                 read_arrays(bad, LOADER_ARRAYS)
