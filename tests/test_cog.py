@@ -136,6 +136,11 @@ def test_cog_is_lossless_and_georeferenced(modality):
     assert is_valid, errors
     assert profile["blockxsize"] == 272 and profile["blockysize"] == 272
     assert profile["compress"].lower() == "zstd"
+    with MemoryFile(asset.data) as mem, mem.open() as cog:
+        structure = cog.tags(ns="IMAGE_STRUCTURE")
+        assert cog.overviews(1) == []
+    assert structure["PREDICTOR"] == ("3" if pixels.dtype.kind == "f" else "2")
+    assert structure["INTERLEAVE"] == ("PIXEL" if pixels.shape[0] > 1 else "BAND")
 
 
 @pytest.mark.parametrize(

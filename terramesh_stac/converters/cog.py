@@ -35,9 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import rasterio
 import xarray as xr
 from rasterio.io import MemoryFile
-from rio_cogeo.cogeo import cog_translate
+from rasterio.session import DummySession
 
 from .footprint import Grid, grid_of
 from .modalities import (
@@ -55,7 +56,7 @@ _NO_TIME = np.datetime64("1970-01-01T00:00:00", "ns")
 
 @dataclass(frozen=True)
 class CogProfile:
-    """GTiff creation options for a COG; `predictor` None picks 2 (int) or 3 (float)."""
+    """Creation options of GDAL's COG driver; `predictor` None picks 2 (int) or 3 (float)."""
 
     blocksize: int = 272
     compress: str = "ZSTD"
@@ -64,26 +65,20 @@ class CogProfile:
     overview_level: int = 0
 
     def creation_options(self, dtype: np.dtype) -> dict:
-        opts = {
-            "driver": "GTiff",
-            "interleave": "pixel",
-            "tiled": True,
-            "blockxsize": self.blocksize,
-            "blockysize": self.blocksize,
-            "compress": self.compress,
-        }
-        if self.level is not None:
-            key = {"ZSTD": "zstd_level", "DEFLATE": "zlevel", "LERC_ZSTD": "zstd_level"}.get(self.compress)
-            if key:
-                opts[key] = self.level
+        opts = {"driver": "COG", "blocksize": self.blocksize, "compress": self.compress}
+        if self.level is not None and self.compress in ("ZSTD", "DEFLATE", "LERC_ZSTD"):
+            opts["level"] = self.level
         if self.compress.startswith("LERC"):
             opts["max_z_error"] = 0  # lossless
         else:
             pred = self.predictor
             if pred is None:
                 pred = 3 if np.dtype(dtype).kind == "f" else 2
-            if pred:
-                opts["predictor"] = pred
+            opts["predictor"] = {0: "NO", 2: "STANDARD", 3: "FLOATING_POINT"}[pred]
+        if self.overview_level:
+            opts["overview_count"] = self.overview_level
+        else:
+            opts["overviews"] = "NONE"
         return opts
 
 
@@ -141,35 +136,26 @@ def write_cog(
     descriptions: list[str] | None = None,
     profile: CogProfile = DEFAULT_PROFILE,
 ) -> bytes:
-    """COG bytes of a (bands, rows, cols) array on `grid`, via rio-cogeo's cog_translate."""
+    """COG bytes of a (bands, rows, cols) array on `grid`: one in-memory write by GDAL's COG
+    driver (rasterio stages the array and CreateCopy's it; pixel interleaved)."""
     count, h, w = data.shape
-    src_profile = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": count,
-        "dtype": data.dtype.name,
-        "crs": grid.proj_code,
-        "transform": grid.transform,
-        "nodata": nodata,
-    }
-    with MemoryFile() as src_mem:
-        with src_mem.open(**src_profile) as src:
-            src.write(data)
+    options = profile.creation_options(data.dtype)
+    # no cloud session: with AWS credentials set, rasterio would build a boto3 one per open
+    with rasterio.Env(session=DummySession()), MemoryFile() as memory:
+        with memory.open(
+            width=w,
+            height=h,
+            count=count,
+            dtype=data.dtype.name,
+            crs=grid.proj_code,
+            transform=grid.transform,
+            nodata=nodata,
+            **options,
+        ) as dst:
+            dst.write(data)
             for i, d in enumerate(descriptions or [], start=1):
-                src.set_band_description(i, d)
-        with src_mem.open() as src, MemoryFile() as dst_mem:
-            cog_translate(
-                src,
-                dst_mem.name,
-                profile.creation_options(data.dtype),
-                in_memory=True,
-                quiet=True,
-                overview_level=profile.overview_level,
-                add_mask=False,
-                use_cog_driver=False,
-            )
-            return bytes(dst_mem.read())
+                dst.set_band_description(i, d)
+        return bytes(memory.read())
 
 
 # --------------------------------------------------------------------------- encoders
