@@ -18,6 +18,15 @@ in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
     float16 for S1/NDVI, which the COG stores as float32).
 (e) where a decode goes: decode_zarr_zip per modality on the first shard, against the zip
     reading and the numcodecs decode of every chunk it contains (the work any reader must do).
+(f) ours against the floor, interleaved over --rounds: CPU ms per sample (time.process_time,
+    all threads of this process) of benchmarks/conversion_floor.py (tar -> zip entries ->
+    numcodecs -> rio-cogeo COGs at our profile + the cloud mask, nothing else) and of our
+    conversion of the same shards in this process (pipeline.convert_shard, shard after shard,
+    everything `convert` writes), and the ratio floor / ours (= our samples/s over the floor's
+    on one core; target >= 0.8).
+(g) a Dask worker against a plain process, interleaved over --rounds: the wall seconds of
+    run.convert on a warmed 1-worker LocalCluster (start_client: the production worker)
+    against the same shards converted in this process; target >= 0.9.
 """
 
 from __future__ import annotations
@@ -45,12 +54,13 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import conversion_floor  # noqa: E402
 from _common import command_line, conditions, generate_source, loadavg, temp_dir  # noqa: E402
 
 from terramesh_stac.converters.cog import encode_cloud_mask, encode_cog  # noqa: E402
 from terramesh_stac.converters.modalities import MODALITIES  # noqa: E402
-from terramesh_stac.converters.pipeline import ConvertOptions  # noqa: E402
-from terramesh_stac.converters.run import convert  # noqa: E402
+from terramesh_stac.converters.pipeline import ConvertOptions, convert_shard  # noqa: E402
+from terramesh_stac.converters.run import convert, start_client  # noqa: E402
 from terramesh_stac.converters.sample import Sample  # noqa: E402
 from terramesh_stac.converters.shards import MEMBER_SUFFIX, iter_samples  # noqa: E402
 from terramesh_stac.converters.source import open_source  # noqa: E402
@@ -158,6 +168,57 @@ def decode_breakdown(source, split: str, shard: str) -> dict[str, tuple[int, flo
     return out
 
 
+def plain_process(source_url: str, split: str, shards: list[str], dest: str) -> tuple[int, float, float]:
+    """(samples, CPU seconds, wall seconds) of converting `shards` in this process."""
+    options = ConvertOptions(dest=dest, collection_id="terramesh-bench")
+    n, cpu, wall = 0, time.process_time(), time.perf_counter()
+    for shard in shards:
+        n += convert_shard(source_url, split, shard, options).items
+    return n, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def on_a_worker(client, source_url: str, split: str, shards: list[str], dest: str) -> tuple[int, float]:
+    """(samples, wall seconds) of run.convert of `shards` on `client`'s worker."""
+    options = ConvertOptions(dest=dest, collection_id="terramesh-bench")
+    t = time.perf_counter()
+    report = convert(source_url, options, split=split, max_shards=len(shards), client=client)
+    return report.items, time.perf_counter() - t
+
+
+def floor_and_worker(source_url: str, split: str, shards: list[str], work: str, rounds: int) -> None:
+    """(f) and (g), rounds interleaved."""
+    print()
+    print("## (f) ours vs the floor, CPU ms per sample; (g) a Dask worker vs a plain process, wall s")
+    print()
+    print(
+        "| round | floor CPU ms/sample | ours CPU ms/sample | floor / ours | plain process s | 1 worker s | plain / worker |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    client = start_client(workers=1)
+    try:
+        on_a_worker(client, source_url, split, shards[:1], os.path.join(work, "warm"))  # imports, GDAL init
+        floors, oursl, workers = [], [], []
+        for r in range(1, rounds + 1):
+            n_floor, cpu_floor = conversion_floor.run(Path(source_url), split)
+            n, cpu, wall = plain_process(source_url, split, shards, os.path.join(work, f"plain{r}"))
+            n_worker, wall_worker = on_a_worker(client, source_url, split, shards, os.path.join(work, f"worker{r}"))
+            assert n_floor == n == n_worker, (n_floor, n, n_worker)
+            floor_ms, ours_ms = 1000 * cpu_floor / n_floor, 1000 * cpu / n
+            floors.append(floor_ms / ours_ms)
+            workers.append(wall / wall_worker)
+            oursl.append(ours_ms)
+            print(
+                f"| {r} | {floor_ms:.0f} | {ours_ms:.0f} | {floors[-1]:.2f} | {wall:.1f} | {wall_worker:.1f} | "
+                f"{workers[-1]:.2f} |",
+                flush=True,
+            )
+    finally:
+        client.close()
+    print()
+    print(f"ours / floor (samples/s on one core): {min(floors):.2f}-{max(floors):.2f} (target >= 0.8)")
+    print(f"a worker / a plain process (samples/s): {min(workers):.2f}-{max(workers):.2f} (target >= 0.9)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -171,6 +232,7 @@ def main() -> None:
     ap.add_argument(
         "--profile", action="store_true", help="also cProfile the full conversion and print the top functions"
     )
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (f) and (g)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -310,6 +372,7 @@ def main() -> None:
             f"| all modalities of a sample | | | {tot[0]:.1f} | {tot[1]:.1f} | {tot[2]:.1f} | "
             f"{tot[0] - tot[1] - tot[2]:.1f} | {100 * (tot[0] - tot[1] - tot[2]) / tot[0]:.0f} % |"
         )
+        floor_and_worker(source_url, args.split, shards, work, args.rounds)
         print()
         print(f"# load average (1/5/15 min) at the end: {loadavg()}")
 

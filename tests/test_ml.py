@@ -161,18 +161,22 @@ def test_the_cog_path_streams_the_loader_arrays_from_the_items_cogs(
         assert_is_the_loaders(sample, official, subset.modalities, centre_to=1e-6)
         assert sample["S1RTC"].dtype == torch.float16 and sample["DEM"].dtype == torch.int16
     assert sorted(keys) == subset.rows.column("id").to_pylist()
-    # one sample's S1RTC COG cut short (in a copy of the manifest: the catalog stays whole)
+    # two samples' S1RTC COGs cut short (in a copy of the manifest: the catalog stays whole):
+    # one whose item still gives the full size (a short read), one without a size (undecodable)
     rows = subset.rows.to_pylist()
-    broken = tmp_path / "S1RTC.tif"
-    broken.write_bytes(Path(rows[1]["S1RTC_cog"]).read_bytes()[:5000])
-    rows[1]["S1RTC_cog"] = str(broken)
+    for j, size in ((1, "kept"), (2, None)):
+        broken = tmp_path / f"S1RTC-{j}.tif"
+        broken.write_bytes(Path(rows[j]["S1RTC_cog"]).read_bytes()[:5000])
+        rows[j]["S1RTC_cog"] = str(broken)
+        rows[j]["S1RTC_cog_size"] = rows[j]["S1RTC_cog_size"] if size else None
     damaged = subsets.Subset(subset.name, pa.Table.from_pylist(rows, schema=subset.rows.schema), subset.meta)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     with caplog.at_level("WARNING", logger="terramesh_stac.ml.dataset"):
         left = [s["__key__"] for s in SubsetDataset(damaged, ["DEM", "S1RTC"], read_from="cog")]
-    assert left == [r["id"] for r in rows if r is not rows[1]]
-    assert any(rows[1]["id"] in r.message and "S1RTC" in r.message for r in caplog.records)
+    assert left == [r["id"] for r in rows if r not in rows[1:3]]
+    for j, reason in ((1, "5000 bytes, the item says"), (2, "undecodable COG")):
+        assert any(rows[j]["id"] in r.message and "S1RTC" in r.message and reason in r.message for r in caplog.records)
 
 
 def test_without_metadata_the_sample_is_its_key_and_arrays(majortom):

@@ -123,6 +123,10 @@ def blocks(shards: list[str], block_size: int) -> list[np.ndarray]:
     return out
 
 
+def column_or_none(rows, name: str) -> list:
+    return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
+
+
 def item_metadata(rows, modalities: list[str]):
     """What the items give of each sample for the loader's metadata, as the source stores it:
     f(row, modality) -> {center_lon, center_lat: 0-d float64, time: (1,) int64 ns} (no time
@@ -199,8 +203,8 @@ class SubsetDataset(IterableDataset):
         self._stack_hrefs = {m: rows.column(f"{m}_zarr_stack").to_pylist() for m in self.modalities} if zarr else {}
         self._stacks: Stacks | None = None  # made in each worker process (it holds locks)
         if read_from == "cog":
-            self._cogs = {m: rows.column(f"{m}_cog").to_pylist() for m in self.modalities}
-            self._masks = rows.column("cloud_mask_cog").to_pylist()
+            self._cogs = {m: column_or_none(rows, f"{m}_cog") for m in ["cloud_mask", *self.modalities]}
+            self._cog_sizes = {m: column_or_none(rows, f"{m}_cog_size") for m in self._cogs}
             self._item_meta = item_metadata(rows, self.modalities)
         self._blocks = blocks(rows.column(f"{self.modalities[0]}_href").to_pylist(), block_size)
         self._ranges = {
@@ -272,10 +276,12 @@ class SubsetDataset(IterableDataset):
     def _fetch_cogs(self, rows: np.ndarray, fetched: list[dict], failed: dict) -> None:
         """Every COG of a block's samples (and their cloud masks, for the metadata), whole,
         requested together."""
-        wanted = [(j, m, self._cogs[m][i]) for j, i in enumerate(rows) for m in self.modalities]
+        wanted = [(j, m, i) for j, i in enumerate(rows) for m in self.modalities]
         if self.return_metadata and any(m in CLOUD_MASK_MODALITIES for m in self.modalities):
-            wanted += [(j, "cloud_mask", self._masks[i]) for j, i in enumerate(rows) if self._masks[i]]
-        for (j, m, _), data in zip(wanted, cogs.fetch_objects([h for _, _, h in wanted], self.storage_options)):
+            wanted += [(j, "cloud_mask", i) for j, i in enumerate(rows) if self._cogs["cloud_mask"][i]]
+        urls = [self._cogs[m][i] for _, m, i in wanted]
+        sizes = [self._cog_sizes[m][i] for _, m, i in wanted]
+        for (j, m, _), data in zip(wanted, cogs.fetch_objects(urls, sizes, self.storage_options)):
             if isinstance(data, Exception):
                 failed.setdefault(j, f"{self._ids[rows[j]]} {m}: unreadable: {type(data).__name__}: {data}")
             else:

@@ -9,10 +9,12 @@ The search is resolved once, straight from pgstac (its own WHERE clause of the s
 Parquet manifest `<subsets dir>/<NAME>.parquet`, one row per sample, ordered by id:
 
     id, collection, datetime, s1_datetime, source, split, shard, center_lon, center_lat,
-    cloud_cover, cloud_mask_cog (the item's cloud-mask COG, None without one)
+    cloud_cover, cloud_mask_cog, cloud_mask_cog_size (the item's cloud-mask COG and its
+                                         file:size, None without one)
     <MOD>_href, <MOD>_offset, <MOD>_size where the sample's `.zarr.zip` lies in its source
                                          shard (the item's `<MOD>_source` asset: a byte range)
-    <MOD>_cog                            the item's COG of the modality (None without one)
+    <MOD>_cog, <MOD>_cog_size            the item's COG of the modality and its file:size
+                                         (None without one)
     <MOD>_zarr, <MOD>_zarr_stack         the item's Zarr view (converters/zarrview.py) and its
                                          shard's stacked store (None without them)
 
@@ -114,8 +116,8 @@ def search_body(
 
 
 def _source_range(assets: dict, modality: str) -> tuple | None:
-    """(href, offset, size, cog href, zarr view href, zarr stack href) of a modality's bytes
-    in its source shard, or None. (pgstac keeps an asset the item lacks as a marker string,
+    """(href, offset, size, cog href, cog size, zarr view href, zarr stack href) of a
+    modality's bytes in its source shard, or None. (pgstac keeps an asset the item lacks as a marker string,
     not a dict.)"""
     src = assets.get(f"{modality}_source")
     if not isinstance(src, dict) or "archive:start" not in src or "href" not in src:
@@ -127,6 +129,7 @@ def _source_range(assets: dict, modality: str) -> tuple | None:
         start,
         end - start + 1,
         cog.get("href") if isinstance(cog, dict) else None,
+        cog.get("file:size") if isinstance(cog, dict) else None,
         view.get("href") if isinstance(view, dict) else None,
         stack.get("href") if isinstance(stack, dict) else None,
     )
@@ -154,6 +157,7 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
             "center_lat": centre[1],
             "cloud_cover": p.get("eo:cloud_cover"),
             "cloud_mask_cog": mask.get("href") if isinstance(mask, dict) else None,
+            "cloud_mask_cog_size": mask.get("file:size") if isinstance(mask, dict) else None,
         }
         samples.append((base, ranges))
     if modalities is None:
@@ -177,6 +181,7 @@ def _rows_of(items, modalities: list[str] | None) -> tuple[dict[str, list], list
                 row[f"{m}_offset"],
                 row[f"{m}_size"],
                 row[f"{m}_cog"],
+                row[f"{m}_cog_size"],
                 row[f"{m}_zarr"],
                 row[f"{m}_zarr_stack"],
             ) = ranges[m]
