@@ -10,7 +10,7 @@ pixel noise, per modality:
   S1RTC  2 x float16 dB (smooth backscatter + speckle in dB), some NaN
   DEM    1 x int16 metres (smooth relief)
 Every profile is lossless (LERC with max_z_error 0). Encoding goes through
-terramesh_stac.converters.cog.write_cog (rio-cogeo cog_translate from a MemoryFile), exactly what the
+terramesh_stac.converters.cog.write_cog (GDAL's COG driver, one in-memory write), exactly what the
 converter runs; time is wall-clock per sample (best of --repeat), single thread.
 """
 
