@@ -41,18 +41,11 @@ import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import orjson  # noqa: E402
-
-# benchmarks/distributed.py shadows dask's `distributed` (which the conversion imports) when
-# this folder is first on sys.path, as Python puts a script's folder: move it to the end.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
-
 from _common import command_line, conditions, generate_source, loadavg, pgstac_cluster, temp_dir  # noqa: E402
 
 from terramesh_stac.catalog import database  # noqa: E402

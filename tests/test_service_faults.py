@@ -197,7 +197,7 @@ def test_sigterm_with_requests_in_flight_stops_within_seconds(fault_cluster, fau
 
 def _load_benchmark_module(name: str):
     """benchmarks/<name>.py as a module, without putting benchmarks/ on sys.path (its
-    `distributed.py` would hide dask's `distributed` from every later import)."""
+    `dask_workers.py` would hide dask's `distributed` from every later import)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

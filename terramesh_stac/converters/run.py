@@ -49,7 +49,7 @@ RUN_STAGING = ".staging/run"  # the client's temporary files (no split is called
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
 # glibc's dynamic mmap threshold: every buffer over 128 kB becomes its own mmap/munmap. Putting
 # the threshold back up measured 1.41x, 1.10x and 0.96x the default's speed in three runs of
-# benchmarks/distributed.py on a shared 2-core machine (noise-level; peak memory unchanged).
+# benchmarks/dask_workers.py on a shared 2-core machine (noise-level; peak memory unchanged).
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216"}
 SUMMARY_PROBLEMS = 50
 # Finished shards are published together once they hold this many items or the oldest has

@@ -1,7 +1,7 @@
 """Conversion on Dask: scaling with workers, closeness to the decode limit, memory, pgstac
 load during conversion, and an extrapolation to the full 9.2 M samples.
 
-    .venv/bin/python benchmarks/distributed.py [--shards 8] [--samples-per-shard 16]
+    .venv/bin/python benchmarks/dask_workers.py [--shards 8] [--samples-per-shard 16]
         [--workers 1,2] [--extrapolate 2,32,256] [--no-publish]
         [--real-samples-per-shard 1000] [--real-months-per-shard N]
 
@@ -40,16 +40,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
-
-# This file's name shadows dask's `distributed` package when its folder is first on sys.path
-# (as Python puts a script's folder): move the folder to the end, where `_common` is still found.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 from _common import command_line, conditions, generate_source, loadavg, pgstac_cluster, temp_dir  # noqa: E402
 
