@@ -303,14 +303,17 @@ class SubsetDataset(IterableDataset):
     def _cog_arrays(self, i: int, fetched: dict) -> dict[str, dict[str, np.ndarray]]:
         """The raw arrays of sample i from its COGs, with the item's centre and times."""
         key, out = self._ids[i], {}
-        mask = fetched.get("cloud_mask")
+        try:  # the sample's one mask (the S2 mask every optical modality holds), decoded once
+            mask = cogs.decode(fetched["cloud_mask"], "uint8") if "cloud_mask" in fetched else None
+        except CorruptSampleError as e:
+            raise CorruptSampleError(f"{key} cloud_mask: {e.reason}") from e
         for m in self.modalities:
             try:
                 arrays = {"bands": cogs.decode(fetched[m], MODALITY_INFO[m].dtype)[np.newaxis]}
-                if mask is not None and m in CLOUD_MASK_MODALITIES:
-                    arrays["cloud_mask"] = cogs.decode(mask, "uint8")
             except CorruptSampleError as e:
                 raise CorruptSampleError(f"{key} {m}: {e.reason}") from e
+            if mask is not None and m in CLOUD_MASK_MODALITIES:
+                arrays["cloud_mask"] = mask
             out[m] = {**arrays, **self._item_meta(i, m)}
         return out
 
