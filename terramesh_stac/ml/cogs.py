@@ -23,19 +23,19 @@ from rasterio.errors import RasterioError
 from rasterio.session import DummySession
 
 from terramesh_stac.converters.zarrzip import CorruptSampleError
+from terramesh_stac.ml.subset import url_options
 
 
 def fetch_objects(urls: list[str], sizes: list[int | None], storage_options: dict) -> list:
     """The bytes of each whole object, or the exception that stopped its read: one range
     request each where the size is known (the asset's `file:size`; an S3-compatible server
-    serves a range cheaper than a whole object), all at once (s3fs runs them concurrently).
-    `storage_options` (s3fs's) apply to URLs, not to local paths."""
+    serves a range cheaper than a whole object), all at once (s3fs runs them concurrently)."""
     by_fs: dict[str, list[int]] = defaultdict(list)
     for i, url in enumerate(urls):
         by_fs[url.split("://")[0] if "://" in url else ""].append(i)
     out: list = [None] * len(urls)
-    for protocol, positions in by_fs.items():
-        fs, _ = fsspec.core.url_to_fs(urls[positions[0]], **(storage_options if protocol else {}))
+    for positions in by_fs.values():
+        fs, _ = fsspec.core.url_to_fs(urls[positions[0]], **url_options(urls[positions[0]], storage_options))
         ranged = [i for i in positions if sizes[i]]
         if ranged:
             got = fs.cat_ranges([urls[i] for i in ranged], [0] * len(ranged), [sizes[i] for i in ranged])

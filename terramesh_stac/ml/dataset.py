@@ -54,7 +54,7 @@ from terramesh_stac.converters.modalities import CLOUD_MASK_MODALITIES, MODALITY
 from terramesh_stac.converters.zarrzip import LOADER_ARRAYS, CorruptSampleError, read_arrays
 from terramesh_stac.ml import cogs
 from terramesh_stac.ml.stacks import Stacks
-from terramesh_stac.ml.subset import Subset, SubsetError, read
+from terramesh_stac.ml.subset import Subset, SubsetError, read, url_options
 
 try:  # a torch Dataset when torch is there (DataLoader workers need it); plain iterable otherwise
     from torch.utils.data import IterableDataset, get_worker_info
@@ -242,7 +242,7 @@ class SubsetDataset(IterableDataset):
         logger.warning("sample skipped: %s", reason)
 
     def _fetch(self, ranges: list[tuple[str, int, int]]) -> list:
-        options = self.storage_options if ranges and "://" in ranges[0][0] else {}
+        options = url_options(ranges[0][0], self.storage_options) if ranges else {}
         return fetch_ranges(ranges, MAX_GAP, MAX_BLOCK, **options)
 
     def _fetch_source(self, rows: np.ndarray, m: str, fetched: list[dict], failed: dict) -> None:

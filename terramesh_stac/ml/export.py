@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from terramesh_stac.converters import zarrstack
 from terramesh_stac.converters.zarrzip import CorruptSampleError, decode_zarr_zip
-from terramesh_stac.ml.subset import Subset, read_member
+from terramesh_stac.ml.subset import Subset, read_member, url_options
 
 MEMBER_SUFFIX = ".zarr.zip"
 
@@ -87,7 +87,7 @@ def _metadata_rows(subset_rows: pa.Table, split: str, storage_options: dict) -> 
     """The source's metadata rows of these samples, else the manifest's own columns."""
     href = subset_rows.column(f"{_first_modality(subset_rows)}_href")[0].as_py()
     source = f"{_source_root(href)}/{split}_metadata.parquet"
-    fs, path = fsspec.core.url_to_fs(source, **(storage_options if "://" in source else {}))
+    fs, path = fsspec.core.url_to_fs(source, **url_options(source, storage_options))
     members = pa.array([f"{key}{MEMBER_SUFFIX}" for key in subset_rows.column("id").to_pylist()])
     if fs.exists(path):
         with fs.open(path, "rb") as f:

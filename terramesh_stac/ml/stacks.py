@@ -31,6 +31,7 @@ import zarr
 
 from terramesh_stac.converters import zarrstack, zarrview
 from terramesh_stac.converters.zarrzip import CorruptSampleError
+from terramesh_stac.ml.subset import url_options
 
 PER_ITEM = {"center_lon": "center_lon", "center_lat": "center_lat", "time": "item_time"}  # loader name -> stack
 
@@ -76,7 +77,7 @@ class Stacks:
         self._lock = threading.Lock()
 
     def _options(self, href: str) -> dict:
-        return self.storage_options if "://" in href else {}
+        return url_options(href, self.storage_options)
 
     def _fs(self, href: str):
         return fsspec.core.url_to_fs(href, **self._options(href))

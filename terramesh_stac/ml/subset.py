@@ -72,10 +72,15 @@ class Subset:
         return self.rows.num_rows
 
 
+def url_options(url: str, storage_options: dict) -> dict:
+    """The fsspec options for `url`: `storage_options` (s3fs's) apply to URLs, not to local paths."""
+    return storage_options if "://" in url else {}
+
+
 def read_member(href: str, offset: int, size: int, storage_options: dict) -> bytes:
     """A manifest row's `.zarr.zip` bytes (byteindex.fetch_range: one range request, a short
-    read raises); `storage_options` (s3fs's) apply to URLs, not to local paths."""
-    return fetch_range(href, offset, size, **(storage_options if "://" in href else {}))
+    read raises)."""
+    return fetch_range(href, offset, size, **url_options(href, storage_options))
 
 
 def check_name(name: str) -> str:
