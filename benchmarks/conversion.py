@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/conversion.py --source /data/TerraMesh --split val
 
 Without --source a TerraMesh-format tree is generated (terramesh_stac.converters.synth, both sources:
-Major TOM and SSL4EO-S12 shards) into a temp dir that is removed at the end. Everything runs
+Major TOM and SSL4EO-S12 shards) into a temp dir that is removed at the end. (a)-(e) run
 in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
 
 (a) decode only: terramesh_stac.converters.shards.iter_samples over every shard (tar read + zarr.zip
@@ -18,15 +18,20 @@ in this one process on one core (GDAL_NUM_THREADS=1, BLAS/OpenMP threads 1):
     float16 for S1/NDVI, which the COG stores as float32).
 (e) where a decode goes: decode_zarr_zip per modality on the first shard, against the zip
     reading and the numcodecs decode of every chunk it contains (the work any reader must do).
-(f) ours against the floor, interleaved over --rounds: CPU ms per sample (time.process_time,
-    all threads of this process) of benchmarks/conversion_floor.py (tar -> zip entries ->
-    numcodecs -> rio-cogeo COGs at our profile + the cloud mask, nothing else) and of our
-    conversion of the same shards in this process (pipeline.convert_shard, shard after shard,
-    everything `convert` writes), and the ratio floor / ours (= our samples/s over the floor's
-    on one core; target >= 0.8).
-(g) a Dask worker against a plain process, interleaved over --rounds: the wall seconds of
-    run.convert on a warmed 1-worker LocalCluster (start_client: the production worker)
-    against the same shards converted in this process; target >= 0.9.
+(f) ours against the floor, interleaved over --rounds: CPU ms per sample (time.process_time)
+    of benchmarks/conversion_floor.py (tar -> zip entries -> numcodecs -> rio-cogeo COGs at
+    our profile + the cloud mask, nothing else) and of our conversion of the same shards
+    (pipeline.convert_shard: everything `convert` writes), and the ratio floor / ours (= our
+    samples/s over the floor's on one core; target >= 0.8). Each runs in a plain process of
+    its own (this script again, with the environment it started with, kept for the whole run
+    and warmed with one shard; no Dask in it: the cluster's scheduler runs in this one),
+    which converts one shard at a time on request.
+(g) a Dask worker against a plain process: the wall seconds of the same shards converted as
+    tasks (convert_shard) on a warmed 1-worker LocalCluster (start_client: the production
+    worker) against (f)'s plain process; target >= 0.9. The floor, ours and the worker take
+    turns shard by shard, the order turning, so that the machine's noise falls on all three.
+    Each round ends with a whole run.convert of the shards on the worker (it adds the run's
+    own work: collection, staging, report, scheduling), against the same plain process.
 """
 
 from __future__ import annotations
@@ -43,8 +48,13 @@ for _v in (
 ):
     os.environ.setdefault(_v, "1")
 
+PLAIN_ENV = dict(os.environ)  # for (f)'s plain processes: before Dask adds its workers' variables
+
 import argparse  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
 import time  # noqa: E402
@@ -177,6 +187,50 @@ def plain_process(source_url: str, split: str, shards: list[str], dest: str) -> 
     return n, time.process_time() - cpu, time.perf_counter() - wall
 
 
+class PlainProcess:
+    """A fresh process (this script, --child-server, the environment it started with) that
+    converts one shard at a time on request, the floor's way or ours: (samples, CPU s, wall s)."""
+
+    def __init__(self, kind: str, source_url: str, split: str, dest: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--child-server", kind, "--source", source_url, "--split", split]
+            + ["--child-dest", dest],
+            env=PLAIN_ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def shard(self, shard: str) -> tuple[int, float, float]:
+        self.proc.stdin.write(shard + "\n")
+        self.proc.stdin.flush()
+        return tuple(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def child_server(kind: str, source_url: str, split: str, dest: str) -> None:
+    for i, line in enumerate(sys.stdin):
+        shard = line.strip()
+        if kind == "floor":
+            t = time.perf_counter()
+            n, cpu = conversion_floor.run(Path(source_url), split, [shard])
+            result = (n, cpu, time.perf_counter() - t)
+        else:
+            result = plain_process(source_url, split, [shard], os.path.join(dest, str(i)))  # a new dest: no skip
+            shutil.rmtree(os.path.join(dest, str(i)))
+        print(json.dumps(result), flush=True)
+
+
+def shard_on_a_worker(source_url: str, split: str, shard: str, dest: str) -> tuple[int, float]:
+    """(samples, wall s) of one shard converted in the worker's task thread."""
+    t = time.perf_counter()
+    n = convert_shard(source_url, split, shard, ConvertOptions(dest=dest, collection_id="terramesh-bench")).items
+    return n, time.perf_counter() - t
+
+
 def on_a_worker(client, source_url: str, split: str, shards: list[str], dest: str) -> tuple[int, float]:
     """(samples, wall seconds) of run.convert of `shards` on `client`'s worker."""
     options = ConvertOptions(dest=dest, collection_id="terramesh-bench")
@@ -186,37 +240,71 @@ def on_a_worker(client, source_url: str, split: str, shards: list[str], dest: st
 
 
 def floor_and_worker(source_url: str, split: str, shards: list[str], work: str, rounds: int) -> None:
-    """(f) and (g), rounds interleaved."""
+    """(f) and (g), interleaved shard by shard, the order turning."""
     print()
     print("## (f) ours vs the floor, CPU ms per sample; (g) a Dask worker vs a plain process, wall s")
     print()
     print(
-        "| round | floor CPU ms/sample | ours CPU ms/sample | floor / ours | plain process s | 1 worker s | plain / worker |"
+        "| round | floor CPU ms/sample | ours CPU ms/sample | floor / ours | plain process s | "
+        "1 worker, shard tasks s | plain / worker | run.convert on the worker s | plain / run.convert |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     client = start_client(workers=1)
+    floor = PlainProcess("floor", source_url, split, work)
+    ours = PlainProcess("ours", source_url, split, os.path.join(work, "plain"))
     try:
-        on_a_worker(client, source_url, split, shards[:1], os.path.join(work, "warm"))  # imports, GDAL init
-        floors, oursl, workers = [], [], []
+        # warm-up: imports, GDAL, the page cache
+        client.submit(shard_on_a_worker, source_url, split, shards[0], os.path.join(work, "warm"), pure=False).result()
+        floor.shard(shards[0])
+        ours.shard(shards[0])
+        floors, workers, runs = [], [], []
         for r in range(1, rounds + 1):
-            n_floor, cpu_floor = conversion_floor.run(Path(source_url), split)
-            n, cpu, wall = plain_process(source_url, split, shards, os.path.join(work, f"plain{r}"))
-            n_worker, wall_worker = on_a_worker(client, source_url, split, shards, os.path.join(work, f"worker{r}"))
-            assert n_floor == n == n_worker, (n_floor, n, n_worker)
+            totals = defaultdict(lambda: [0, 0.0, 0.0])  # name -> samples, CPU s, wall s
+            for i, shard in enumerate(shards):
+                measure = {
+                    "floor": lambda: floor.shard(shard),
+                    "ours": lambda: ours.shard(shard),
+                    "worker": lambda: (
+                        *client.submit(
+                            shard_on_a_worker, source_url, split, shard, os.path.join(work, f"w{r}"), pure=False
+                        ).result(),
+                    ),
+                }
+                names = list(measure)
+                for name in names[(r + i) % 3 :] + names[: (r + i) % 3]:  # the order turns every shard
+                    got = measure[name]()
+                    t = totals[name]
+                    t[0] += got[0]
+                    t[1] += got[1] if name != "worker" else 0.0
+                    t[2] += got[-1]
+            n_run, wall_run = on_a_worker(client, source_url, split, shards, os.path.join(work, f"run{r}"))
+            (n_floor, cpu_floor, _), (n, cpu, wall), (n_worker, _, wall_worker) = (
+                totals["floor"],
+                totals["ours"],
+                totals["worker"],
+            )
+            assert n_floor == n == n_worker == n_run, (n_floor, n, n_worker, n_run)
             floor_ms, ours_ms = 1000 * cpu_floor / n_floor, 1000 * cpu / n
             floors.append(floor_ms / ours_ms)
             workers.append(wall / wall_worker)
-            oursl.append(ours_ms)
+            runs.append(wall / wall_run)
             print(
                 f"| {r} | {floor_ms:.0f} | {ours_ms:.0f} | {floors[-1]:.2f} | {wall:.1f} | {wall_worker:.1f} | "
-                f"{workers[-1]:.2f} |",
+                f"{workers[-1]:.2f} | {wall_run:.1f} | {runs[-1]:.2f} |",
                 flush=True,
             )
     finally:
+        floor.close()
+        ours.close()
         client.close()
     print()
-    print(f"ours / floor (samples/s on one core): {min(floors):.2f}-{max(floors):.2f} (target >= 0.8)")
-    print(f"a worker / a plain process (samples/s): {min(workers):.2f}-{max(workers):.2f} (target >= 0.9)")
+    for label, values, target in (
+        ("ours / floor (samples/s on one core)", floors, 0.8),
+        ("a worker / a plain process (samples/s, shard tasks)", workers, 0.9),
+        ("run.convert on the worker / a plain process (a whole run of these shards)", runs, None),
+    ):
+        goal = f" (target >= {target})" if target else ""
+        print(f"{label}: {min(values):.2f}-{max(values):.2f}, median {statistics.median(values):.2f}{goal}")
 
 
 def main() -> None:
@@ -233,8 +321,12 @@ def main() -> None:
         "--profile", action="store_true", help="also cProfile the full conversion and print the top functions"
     )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (f) and (g)")
+    ap.add_argument("--child-server", choices=["floor", "ours"], help=argparse.SUPPRESS)  # (f)'s plain process
+    ap.add_argument("--child-dest", help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.child_server:
+        return child_server(args.child_server, args.source, args.split, args.child_dest)
 
     work = temp_dir("terramesh-bench-conv-")
     try:

@@ -52,9 +52,10 @@ from terramesh_stac.converters.run import convert, start_client  # noqa: E402
 from terramesh_stac.converters.source import open_source  # noqa: E402
 
 FULL_SAMPLES = 9_200_000
-# start_client gives LocalCluster workers terramesh_stac.converters.run.WORKER_ENV (MALLOC_MMAP_THRESHOLD_=16 MiB)
-# because Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's dynamic
-# mmap threshold. The extra run measures Dask's environment as it comes, without ours.
+# start_client starts LocalCluster workers with terramesh_stac.converters.run.WORKER_ENV (glibc's
+# MALLOC_TRIM_THRESHOLD_ 64 MiB, MALLOC_MMAP_THRESHOLD_ 16 MiB) in Dask's pre-spawn environment,
+# instead of Dask's MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's dynamic mmap
+# threshold. The extra run measures Dask's environment as it comes, without ours.
 DASK_DEFAULT_ENV: dict[str, str] = {}
 FULL_BYTES = 17e12  # TerraMesh on the Hub: ~17 TB
 MB = 1e6

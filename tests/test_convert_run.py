@@ -24,7 +24,7 @@ import rasterio
 
 from terramesh_stac.converters.layout import manifest_path, revision_path
 from terramesh_stac.converters.pipeline import ConvertOptions
-from terramesh_stac.converters.run import convert, start_client
+from terramesh_stac.converters.run import WORKER_ENV, convert, start_client
 from terramesh_stac.converters.synth import generate
 from terramesh_stac.converters.zarrzip import decode_zarr_zip
 from tests.conftest import read_items, rewrite_member
@@ -74,6 +74,20 @@ def normalised(files: dict[str, bytes], root: Path) -> dict[str, bytes]:
             data = json.dumps(manifest, sort_keys=True).encode()
         out[rel] = data.replace(str(root).encode(), b"<DEST>")
     return out
+
+
+def _environment_at_start() -> dict[str, str]:
+    """The worker process's environment as it was exec'd: what glibc's allocator read."""
+    pairs = Path("/proc/self/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+def test_workers_start_with_the_allocator_settings(client):
+    # glibc reads MALLOC_* once at process start: set later (os.environ, Dask's
+    # nanny.environ) they change nothing, and Dask's own MALLOC_TRIM_THRESHOLD_=65536 made a
+    # worker convert at ~0.5-0.7x a plain process's speed (benchmarks/conversion.py (g))
+    for env in client.run(_environment_at_start).values():
+        assert {k: env.get(k) for k in WORKER_ENV} == WORKER_ENV
 
 
 def test_parallel_run_equals_single_worker_run(source, client, tmp_path):

@@ -46,15 +46,20 @@ log = logging.getLogger(__name__)
 PROGRESS_TOPIC = "terramesh-samples"
 RUN_REPORT = "reports/run.json"
 RUN_STAGING = ".staging/run"  # the client's temporary files (no split is called "run")
-# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
-# glibc's dynamic mmap threshold: every buffer over 128 kB becomes its own mmap/munmap. Putting
-# the threshold back up measured 1.41x, 1.10x and 0.96x the default's speed in three runs of
-# benchmarks/dask_workers.py on a shared 2-core machine (noise-level; peak memory unchanged).
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216"}
-SUMMARY_PROBLEMS = 50
+# glibc's allocator settings for worker processes. Dask's nanny starts workers with
+# MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS), which also switches off
+# glibc's dynamic mmap threshold: each codec buffer over 128 kB became its own mmap, first-touch
+# page faults and munmap. A worker converting one shard made ~5x the page faults of a plain
+# process (~970k against ~190k for 64 samples) and ran at 0.48-0.68x its speed. With these,
+# ~500. glibc reads them once at process start, so they go into Dask's pre-spawn environment
+# (LocalCluster's `env=` is applied inside the worker, too late); the cost is up to 64 MB of
+# freed memory a worker keeps for reuse. Workers of a cluster started elsewhere
+# (`--scheduler`) need the same variables in their environment.
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": "67108864", "MALLOC_MMAP_THRESHOLD_": "16777216"}
+SUMMARY_PROBLEMS = 50  # problems listed in the printed summary; the report has them all
 # Finished shards are published together once they hold this many items or the oldest has
 # waited this long: pgstac's load cost is mostly per (call, month partition), not per item.
-PUBLISH_ITEMS, PUBLISH_SECONDS = 10_000, 30.0  # problems listed in the printed summary; the report has them all
+PUBLISH_ITEMS, PUBLISH_SECONDS = 10_000, 30.0
 
 
 @dataclass
@@ -193,20 +198,26 @@ def write_collection(options: ConvertOptions, store) -> tuple[str, dict]:
 
 def start_client(scheduler: str | None = None, workers: int | None = None, worker_env: dict[str, str] | None = None):
     """A dask.distributed Client: of `scheduler` if given, else of a new LocalCluster whose
-    worker processes get `worker_env` (default WORKER_ENV) on top of Dask's environment."""
+    worker processes start with `worker_env` (default WORKER_ENV) over Dask's pre-spawn
+    environment."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler)
     n = workers or len(os.sched_getaffinity(0))
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-        env=dict(WORKER_ENV if worker_env is None else worker_env),
-    )
+    pre_spawn = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ"),
+        **(WORKER_ENV if worker_env is None else worker_env),
+    }
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):  # read by each Nanny as it is made
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster)
 
 
@@ -240,6 +251,31 @@ def run_shard(
         return convert_shard(source_url, split, shard, options, limit=limit, force=force, on_sample=tick)
     except DestinationError as e:
         return ShardReport(split=split, shard=shard, fault=str(e))
+
+
+class PublishQueue:
+    """Finished shards waiting for the one publisher: due once they hold `items` items or the
+    oldest has waited `seconds`."""
+
+    def __init__(self, items: int = PUBLISH_ITEMS, seconds: float = PUBLISH_SECONDS):
+        self.max_items, self.max_seconds = items, seconds
+        self.shards: list[tuple[str, str]] = []
+        self.items, self.oldest = 0, 0.0
+
+    def add(self, split: str, shard: str, items: int) -> None:
+        if not self.shards:
+            self.oldest = time.monotonic()
+        self.shards.append((split, shard))
+        self.items += items
+
+    def due(self) -> bool:
+        return bool(self.shards) and (
+            self.items >= self.max_items or time.monotonic() - self.oldest >= self.max_seconds
+        )
+
+    def take(self) -> list[tuple[str, str]]:
+        shards, self.shards, self.items = self.shards, [], 0
+        return shards
 
 
 def _publish(publisher, store, shards: list[tuple[str, str]]) -> str | None:
@@ -327,7 +363,7 @@ def convert(
         with _Display(progress, len(work), expected) as display:
             if progress:
                 client.subscribe_topic(PROGRESS_TOPIC, lambda event: display.samples(*event[1]))
-            pending, pending_items, since = [], 0, time.monotonic()  # finished, not yet published
+            pending = PublishQueue()  # finished, not yet published
             for batch in as_completed(futures).batches():
                 for future in batch:
                     s, shard = futures[future]
@@ -344,24 +380,18 @@ def convert(
                     reports.append(report)
                     display.shard(report)
                     if report.content_id:
-                        pending.append((s, shard))
-                        pending_items += report.items
+                        pending.add(s, shard, report.items)
                     future.release()
                 if stopped:
                     client.cancel([f for f in futures if not f.done()])
                     break
-                if (
-                    publisher is not None
-                    and pending
-                    and (pending_items >= PUBLISH_ITEMS or time.monotonic() - since >= PUBLISH_SECONDS)
-                ):
-                    stopped = _publish(publisher, store, pending)
+                if publisher is not None and pending.due():
+                    stopped = _publish(publisher, store, pending.take())
                     if stopped:
                         client.cancel([f for f in futures if not f.done()])
                         break
-                    pending, pending_items, since = [], 0, time.monotonic()
-            if publisher is not None and pending:
-                stopped = _publish(publisher, store, pending) or stopped
+            if publisher is not None and pending.shards:
+                stopped = _publish(publisher, store, pending.take()) or stopped
     finally:
         if progress:
             try:
