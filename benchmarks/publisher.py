@@ -230,17 +230,26 @@ def main() -> None:
         print("## (2) simulated workers' output published as it comes")
         print()
         print(
-            "| workers | shards | items arriving/s (nominal) | items published/s | loading items/s | in pgstac | calls | "
+            "| workers (as they arrived) | shards | items arriving/s (nominal) | items published/s | loading items/s | in pgstac | calls | "
             "manifest -> searchable p50 / p95 / max s | waiting when the workers stopped | then done in s | on exit s |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             lags = r["lags"]
             print(
-                f"| {r['workers']} | {r['shards']} | {r['arrival_rate']:.0f} ({r['workers'] * args.worker_rate:.0f}) | {r['published_rate']:.0f} | "
+                f"| {r['workers']} ({r['arrival_rate'] / args.worker_rate:.0f}) | {r['shards']} | {r['arrival_rate']:.0f} ({r['workers'] * args.worker_rate:.0f}) | {r['published_rate']:.0f} | "
                 f"{r['load_rate']:.0f} | {r['in_db']} / {r['items']} | {r['calls']} | "
                 f"{percentile(lags, 50):.1f} / {percentile(lags, 95):.1f} / {max(lags):.1f} | "
                 f"{r['waiting']} items | {r['tail']:.1f} | {r['exit_seconds']:.1f} |"
+            )
+        behind = [r for r in rows if r["arrival_rate"] < 0.9 * r["workers"] * args.worker_rate]
+        if behind:
+            print()
+            print(
+                "# The simulated workers fell behind in the rows of "
+                + ", ".join(str(r["workers"]) for r in behind)
+                + " workers: the process that plays them shares the cores with the publisher and "
+                "PostgreSQL. Those rows measure the workers in brackets, not the nominal ones."
             )
         rate = n / seconds
         print()
