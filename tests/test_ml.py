@@ -179,6 +179,39 @@ def test_the_cog_path_streams_the_loader_arrays_from_the_items_cogs(
         assert any(rows[j]["id"] in r.message and "S1RTC" in r.message and reason in r.message for r in caplog.records)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_each_rank_reads_its_own_shards_and_every_sample_once(monkeypatch, shuffle):
+    """The epoch's blocks are dealt in consecutive parts: a rank reads about 1/world of the
+    shards (and opens only their Zarr stores), every sample once across the ranks, and the
+    parts differ by less than a block. The order only needs a manifest's ids and tars."""
+    per_shard = [37, 40, 40, 12, 40, 40, 33, 40, 40, 25, 40, 40]  # the subset's samples per shard
+    tars = [f"s3://b/val/S2L2A/shard_{k:04d}.tar" for k, n in enumerate(per_shard) for _ in range(n)]
+    rows = pa.table(
+        {
+            "id": [f"key{i:05d}" for i in range(len(tars))],
+            "S2L2A_href": tars,
+            "S2L2A_offset": list(range(len(tars))),
+            "S2L2A_size": [1] * len(tars),
+        }
+    )
+    dataset = SubsetDataset(subsets.Subset("dealt", rows, {"modalities": ["S2L2A"]}), shuffle=shuffle, block_size=8)
+    world, seen = 4, []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        orders = []
+        for rank in range(world):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", str(world))
+            orders.append(dataset.order())
+        assert sorted(np.concatenate(orders).tolist()) == list(range(len(tars)))  # each sample once
+        sizes = [len(o) for o in orders]
+        assert max(sizes) - min(sizes) < 8 * 2  # a cut is within a block of its share
+        for order in orders:
+            assert len({tars[i] for i in order}) <= len(per_shard) // world + 2
+        seen.append([o.tolist() for o in orders])
+    assert (seen[0] != seen[1]) == shuffle  # a new order every epoch, only when shuffled
+
+
 def test_without_metadata_the_sample_is_its_key_and_arrays(majortom):
     _, subset = majortom
     sample = next(iter(SubsetDataset(subset, modalities=["S2L2A", "DEM"])))

@@ -25,7 +25,8 @@ request per sample), or with `read_from="cog"` from the items' COGs (`<MOD>_cog`
 them, the centre to 1e-6 degree), local paths or s3:// (fsspec; `storage_options` for s3fs).
 Every sample is read exactly once per epoch across ranks (`RANK`, `WORLD_SIZE`,
 or torch.distributed when initialised) and DataLoader workers: the epoch's order (shuffled
-with `seed + epoch`, or by id) is dealt out rank by rank, then worker by worker. Reads run
+with `seed + epoch`, or by id) is cut into consecutive parts of near-equal samples, one per
+rank, then one per worker (see `deal`). Reads run
 `read_threads` at a time with at most `prefetch` samples decoded ahead, so a slow store
 is waited on in parallel and memory stays bounded. A sample that cannot be read or decoded
 is logged (key, modality, reason) and skipped (`on_error="raise"` stops instead).
@@ -34,8 +35,11 @@ Samples are read in blocks of up to `block_size` neighbours of one shard (manife
 by id, which is their order in the tar): the members of a block that lie less than
 MAX_GAP bytes apart in a tar come in one range request per modality, which on object
 storage is what makes the stream as fast as reading whole tars. The shuffle permutes the
-blocks and the samples within each block; `block_size=1` shuffles sample by sample, at
-one request per sample and modality.
+shards, the blocks within each shard and the samples within each block, and then each
+worker's blocks again; `block_size=1` shuffles sample by sample, at one request per sample
+and modality. Because the parts are consecutive in that order, a worker reads the blocks of
+about 1/(ranks x workers) of the shards (as WebDataset deals whole shards), and opens only
+their Zarr stores, while the parts stay within a block of each other in size.
 """
 
 from __future__ import annotations
@@ -123,6 +127,19 @@ def blocks(shards: list[str], block_size: int) -> list[np.ndarray]:
     return out
 
 
+def deal(blocks: list[np.ndarray], parts: int, part: int) -> list[np.ndarray]:
+    """Part `part` of `blocks` cut into `parts` consecutive runs of near-equal samples: each
+    cut at the block boundary nearest to its equal share, so a block is in one part only."""
+    edges = np.concatenate([[0], np.cumsum([len(b) for b in blocks])])  # samples before block j
+
+    def cut(k: int) -> int:
+        share = edges[-1] * k / parts
+        j = int(np.searchsorted(edges, share))
+        return j if j == 0 or edges[j] - share < share - edges[j - 1] else j - 1
+
+    return blocks[cut(part) : cut(part + 1)]
+
+
 def column_or_none(rows, name: str) -> list:
     return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
 
@@ -206,7 +223,10 @@ class SubsetDataset(IterableDataset):
             self._cogs = {m: column_or_none(rows, f"{m}_cog") for m in ["cloud_mask", *self.modalities]}
             self._cog_sizes = {m: column_or_none(rows, f"{m}_cog_size") for m in self._cogs}
             self._item_meta = item_metadata(rows, self.modalities)
-        self._blocks = blocks(rows.column(f"{self.modalities[0]}_href").to_pylist(), block_size)
+        tars = rows.column(f"{self.modalities[0]}_href").to_pylist()
+        self._blocks = blocks(tars, block_size)
+        starts = [k for k, b in enumerate(self._blocks) if k == 0 or tars[b[0]] != tars[self._blocks[k - 1][0]]]
+        self._shard_runs = list(zip(starts, [*starts[1:], len(self._blocks)]))  # each shard's blocks
         self._ranges = {
             m: (
                 rows.column(f"{m}_href").to_pylist(),
@@ -222,14 +242,20 @@ class SubsetDataset(IterableDataset):
 
     def block_order(self) -> list[np.ndarray]:
         """The blocks (row numbers) this rank and worker read this epoch, in order."""
-        order = list(self._blocks)
-        if self.shuffle:
-            rng = np.random.default_rng(self.seed + self.epoch)
-            order = [rng.permutation(order[i]) for i in rng.permutation(len(order))]
+        order = list(self._blocks)  # shard after shard, in manifest order
+        rng = np.random.default_rng(self.seed + self.epoch) if self.shuffle else None
+        if rng is not None:
+            shards = [order[a:b] for a, b in self._shard_runs]
+            order = [
+                rng.permutation(shards[i][j])
+                for i in rng.permutation(len(shards))
+                for j in rng.permutation(len(shards[i]))
+            ]
         rank, world = rank_and_world()
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        return order[rank::world][worker_id::workers]
+        mine = deal(deal(order, world, rank), workers, worker_id)
+        return [mine[i] for i in rng.permutation(len(mine))] if rng is not None else mine
 
     def order(self) -> np.ndarray:
         """Row numbers this rank and worker read this epoch, in order."""
