@@ -224,11 +224,9 @@ def child_server(kind: str, source_url: str, split: str, dest: str) -> None:
         print(json.dumps(result), flush=True)
 
 
-def shard_on_a_worker(source_url: str, split: str, shard: str, dest: str) -> tuple[int, float]:
-    """(samples, wall s) of one shard converted in the worker's task thread."""
-    t = time.perf_counter()
-    n = convert_shard(source_url, split, shard, ConvertOptions(dest=dest, collection_id="terramesh-bench")).items
-    return n, time.perf_counter() - t
+def shard_on_a_worker(source_url: str, split: str, shard: str, dest: str) -> tuple[int, float, float]:
+    """(samples, CPU s, wall s) of one shard converted in the worker's task thread."""
+    return plain_process(source_url, split, [shard], dest)
 
 
 def on_a_worker(client, source_url: str, split: str, shards: list[str], dest: str) -> tuple[int, float]:
@@ -264,19 +262,13 @@ def floor_and_worker(source_url: str, split: str, shards: list[str], work: str, 
                 measure = {
                     "floor": lambda: floor.shard(shard),
                     "ours": lambda: ours.shard(shard),
-                    "worker": lambda: (
-                        *client.submit(
-                            shard_on_a_worker, source_url, split, shard, os.path.join(work, f"w{r}"), pure=False
-                        ).result(),
-                    ),
+                    "worker": lambda: client.submit(
+                        shard_on_a_worker, source_url, split, shard, os.path.join(work, f"w{r}"), pure=False
+                    ).result(),
                 }
                 names = list(measure)
                 for name in names[(r + i) % 3 :] + names[: (r + i) % 3]:  # the order turns every shard
-                    got = measure[name]()
-                    t = totals[name]
-                    t[0] += got[0]
-                    t[1] += got[1] if name != "worker" else 0.0
-                    t[2] += got[-1]
+                    totals[name] = [a + b for a, b in zip(totals[name], measure[name]())]
             n_run, wall_run = on_a_worker(client, source_url, split, shards, os.path.join(work, f"run{r}"))
             (n_floor, cpu_floor, _), (n, cpu, wall), (n_worker, _, wall_worker) = (
                 totals["floor"],

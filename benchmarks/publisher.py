@@ -43,7 +43,7 @@ import warnings
 
 import orjson
 from _common import command_line, conditions, generate_source, loadavg, percentile, pgstac_cluster, temp_dir
-from load import multiply
+from load import multiply, reset
 
 from terramesh_stac.catalog import database
 from terramesh_stac.catalog.loader import Publisher
@@ -162,14 +162,9 @@ def publish_run(dsn: str, dest: str, items: list[dict], manifest: Manifest, args
 
 def ceiling(admin_dsn: str, dsn: str, dest: str) -> tuple[int, float, int]:
     """(3): every shard at dest published again, all pending at once -> (items, s, calls)."""
-    import psycopg
-
     store = ConvertOptions(dest=dest, collection_id=COLLECTION).store()
     collection = json.loads(store.get(COLLECTION_FILE))
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute("SELECT pgstac.delete_collection(%s)", (COLLECTION,))
-        conn.execute("VACUUM ANALYZE")
-        conn.execute("CHECKPOINT")
+    reset(admin_dsn, [COLLECTION])
     store.delete_tree("published")
     pending = PublishQueue()
     manifests = {m.shard: m for m in all_manifests(store)}
